@@ -1,0 +1,54 @@
+"""The run configuration: one frozen object shared by the CLI and the Python API."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import ConfigError
+from .spec import CodecSpec, unique_specs
+
+DEFAULT_SAMPLES_PER_SHARD = 1000
+
+
+@dataclass(frozen=True)
+class TranscodeConfig:
+    """What to transcode and where. ``codecs`` accepts spec strings (sweeps expand) or CodecSpecs."""
+
+    dataset: str
+    root: str
+    codecs: tuple[CodecSpec, ...]
+    out: str = "shards"
+    split: str | None = None
+    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
+    limit: int | None = None
+    ms_ssim: bool = False
+    source_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def create(cls, dataset: str, root: str | Path, codecs: Sequence[str | CodecSpec] | str, *,
+               out: str | Path = "shards", split: str | None = None,
+               samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD, limit: int | None = None,
+               ms_ssim: bool = False, source_options: Mapping[str, Any] | None = None) -> "TranscodeConfig":
+        """Validate and build a config (raises ConfigError with a one-line message)."""
+        if isinstance(codecs, (str, CodecSpec)):
+            codecs = [codecs]
+        specs = tuple(unique_specs(codecs))
+        if samples_per_shard < 1:
+            raise ConfigError("--samples-per-shard must be at least 1")
+        if limit is not None and limit < 1:
+            raise ConfigError("--limit must be at least 1")
+        opts = tuple(sorted((k, v) for k, v in (source_options or {}).items() if v is not None))
+        return cls(dataset=dataset, root=str(root), codecs=specs, out=str(out), split=split,
+                   samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim, source_options=opts)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["codecs"] = [c.canonical for c in self.codecs]
+        d["source_options"] = dict(self.source_options)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TranscodeConfig":
+        data = dict(data)
+        return cls.create(data.pop("dataset"), data.pop("root"), data.pop("codecs"), **data)

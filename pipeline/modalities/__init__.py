@@ -1,0 +1,37 @@
+"""Per-modality steps of a shard task: decode a source sample once, then encode and measure it
+for each codec setting. A modality also names its manifest columns. New modalities (audio) add a
+module here and an entry in :data:`MODALITIES`."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from ..codecs.base import Codec
+from ..sources.base import RawSample
+
+
+class Modality(Protocol):
+    #: manifest columns this modality adds to the common ones, in order
+    COLUMNS: list[tuple[str, pa.DataType]]
+
+    def prepare(self, raw: RawSample) -> Any:
+        """Decode the source bytes once into what every codec of this modality encodes."""
+
+    def encode(self, codec: Codec, prepared: Any, options: dict[str, Any]) -> tuple[list[tuple[str, bytes]],
+                                                                                     dict[str, Any]]:
+        """Encode, decode back, measure. Returns (members: payload first, then extras) and measures.
+
+        Measures hold exact facts (bits, sizes, metrics); keys ending in ``_s`` are timings, kept
+        in the manifest only (never in the shard, so shards stay byte-identical across runs).
+        """
+
+
+MODALITIES = {"image": "pipeline.modalities.image"}
+
+
+def get_modality(name: str) -> Modality:
+    if name not in MODALITIES:
+        raise ValueError(f"no modality {name!r}")
+    return importlib.import_module(MODALITIES[name])  # type: ignore[return-value]

@@ -1,0 +1,41 @@
+"""Images: source bytes -> RGB uint8 (see :mod:`pipeline.imaging`) -> codec -> bits, bpp, PSNR, MS-SSIM."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..codecs.base import ImageCodec
+from ..errors import SampleError
+from ..imaging import decode_to_rgb
+from ..metrics import ms_ssim, mse, psnr_from_mse
+from ..sources.base import RawSample
+
+COLUMNS = [("width", pa.int64()), ("height", pa.int64()), ("bits", pa.int64()), ("bpp", pa.float64()),
+           ("psnr", pa.float64()), ("mse", pa.float64()), ("ms_ssim", pa.float64())]
+
+
+def prepare(raw: RawSample) -> np.ndarray:
+    return decode_to_rgb(raw.data)
+
+
+def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple[list[tuple[str, bytes]],
+                                                                                   dict[str, Any]]:
+    """Encode, decode the payload back, and measure: bits from the payload, metrics from its pixels."""
+    t0 = time.perf_counter()
+    enc = codec.encode(rgb)
+    t1 = time.perf_counter()
+    dec = codec.decode(enc.payload)
+    t2 = time.perf_counter()
+    if dec.shape != rgb.shape or dec.dtype != np.uint8:
+        raise SampleError(f"decoded {dec.shape} {dec.dtype} differs from the encoded image {rgb.shape} uint8")
+    h, w = rgb.shape[:2]
+    err = mse(rgb, dec)
+    m: dict[str, Any] = {"width": w, "height": h, "bits": enc.payload_bits,
+                         "bpp": enc.payload_bits / (w * h), "mse": err, "psnr": psnr_from_mse(err),
+                         "encode_s": t1 - t0, "decode_s": t2 - t1}
+    if options.get("ms_ssim"):
+        m["ms_ssim"] = ms_ssim(rgb, dec)
+    return [(enc.extension, enc.payload), *enc.extra], m

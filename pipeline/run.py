@@ -1,0 +1,226 @@
+"""Planner and executor: list the source, cut it into shards, run them on an executor, publish.
+
+The core takes any ``concurrent.futures.Executor`` (Dask's ``Client.get_executor()``, a process
+pool, or the in-process one below); Dask set-up lives in :mod:`pipeline.cluster`.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import layout
+from .codecs import get_codec
+from .config import TranscodeConfig
+from .errors import ConfigError
+from .modalities import get_modality
+from .sources import make_source
+from .sources.base import Source
+from .spec import CodecSpec
+from .task import ShardResult, ShardTask, run_shard
+from .writer import publish_bytes, write_json
+
+
+class InlineExecutor(cf.Executor):
+    """Runs each task when submitted, in this process: for tests, debugging and tiny runs."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut: cf.Future = cf.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            fut.set_exception(exc)
+        return fut
+
+
+@dataclass
+class SetSummary:
+    """What one codec setting's output holds after a run."""
+
+    spec: str
+    tag: str
+    folder: str
+    shards: int
+    samples: int
+    ok: int
+    errors: int
+    bytes: int
+
+
+@dataclass
+class RunResult:
+    config: TranscodeConfig
+    listed: int
+    skipped_files: int
+    shards_written: int = 0  # (shard, setting) pairs encoded by this run
+    shards_cached: int = 0  # (shard, setting) pairs found complete
+    sets: list[SetSummary] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
+    """Validate everything that can be checked before work, list the source, and cut it into shards."""
+    for spec in config.codecs:
+        codec = get_codec(spec.name)
+        reason = codec.unavailable()
+        if reason:
+            raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
+    source = make_source(config.dataset, config.root, config.split, dict(config.source_options))
+    for spec in config.codecs:
+        if get_codec(spec.name).modality != source.modality:
+            raise ConfigError(f"{spec.name} is an {get_codec(spec.name).modality} codec; "
+                              f"{config.dataset} is an {source.modality} dataset")
+    refs = source.list()
+    if config.limit is not None:
+        refs = refs[: config.limit]
+    n = config.samples_per_shard
+    options = {"ms_ssim": True} if config.ms_ssim else {}
+    tasks = [ShardTask(source, config.dataset, tuple(refs[i: i + n]), i // n, config.codecs, config.out,
+                       options) for i in range(0, len(refs), n)]
+    return source, tasks
+
+
+def _check_conflicts(config: TranscodeConfig, source: Source) -> None:
+    """Refuse to mix two settings in one folder (a tag whose index records another spec)."""
+    for spec in config.codecs:
+        index = layout.set_dir(config.out, config.dataset, source.split, spec) / layout.INDEX
+        if index.is_file():
+            try:
+                recorded = json.loads(index.read_text()).get("codec")
+            except ValueError:
+                continue
+            if recorded != spec.canonical:
+                raise ConfigError(f"{index.parent} holds {recorded}, not {spec.canonical}")
+
+
+def _library_versions(specs: Iterable[CodecSpec]) -> dict[str, dict[str, str]]:
+    import numpy
+    import PIL
+
+    from . import __version__
+
+    base = {"mpq-pipeline": __version__, "python": sys.version.split()[0], "numpy": numpy.__version__,
+            "pillow": PIL.__version__}
+    return {s.canonical: {**base, **get_codec(s.name).versions()} for s in specs}
+
+
+COMMON_COLUMNS = [("key", pa.string()), ("shard", pa.string()), ("codec", pa.string()), ("status", pa.string()),
+                  ("error", pa.string())]
+TAIL_COLUMNS = [("source", pa.string()), ("source_sha256", pa.string()), ("label", pa.int64()),
+                ("payload_ext", pa.string()), ("encode_s", pa.float64()), ("decode_s", pa.float64())]
+
+
+def manifest_schema(modality: str) -> pa.Schema:
+    return pa.schema(COMMON_COLUMNS + get_modality(modality).COLUMNS + TAIL_COLUMNS)
+
+
+def manifest_table(rows: list[dict[str, Any]], modality: str = "image") -> pa.Table:
+    """Rows to a table with the fixed columns first; extra source fields (wnid, ...) follow as strings."""
+    schema = manifest_schema(modality)
+    extra = sorted({k for r in rows for k in r} - set(schema.names))
+    cols: dict[str, list[Any]] = {name: [] for name in schema.names + extra}
+    for r in rows:
+        for name in cols:
+            v = r.get(name)
+            if name == "psnr" and r.get("status") == "ok" and r.get("mse") == 0:
+                v = math.inf  # lossless: stored as null in JSON, +inf here
+            cols[name].append(v)
+    arrays = [pa.array(cols[f.name], type=f.type) for f in schema]
+    arrays += [pa.array([None if v is None else str(v) for v in cols[e]], type=pa.string()) for e in extra]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(list(schema) + [pa.field(e, pa.string()) for e in extra]))
+
+
+def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks: list[ShardTask],
+                 stats: dict[int, dict[str, Any]], versions: dict[str, str]) -> SetSummary:
+    folder = layout.set_dir(config.out, config.dataset, source.split, spec)
+    rows = [r for t in tasks for r in stats[t.index]["rows"]]
+    buf = pa.BufferOutputStream()
+    pq.write_table(manifest_table(rows, source.modality), buf)
+    publish_bytes(folder / layout.MANIFEST, buf.getvalue().to_pybytes())
+    # shards beyond this plan (a rerun with a smaller --limit) are stale: remove them
+    keep = {layout.shard_name(config.dataset, source.split, spec, t.index) for t in tasks}
+    for p in sorted(folder.glob(f"{config.dataset}-{source.split}-{spec.tag}-*")):
+        stem = p.name.removesuffix(".tar").removesuffix("_stats.json")
+        if stem not in keep:
+            p.unlink()
+    shards = [{"name": stats[t.index]["shard"], "samples": stats[t.index]["samples"],
+               "errors": stats[t.index]["errors"], "bytes": stats[t.index]["bytes"],
+               "sha256": stats[t.index]["sha256"]} for t in tasks]
+    ok = sum(s["samples"] for s in shards)
+    errors = sum(s["errors"] for s in shards)
+    index = {
+        "format": layout.FORMAT, "dataset": config.dataset, "split": source.split,
+        "codec": spec.canonical, "spec": spec.to_dict(), "tag": spec.tag,
+        "modality": get_codec(spec.name).modality, "source": source.describe(),
+        "samples_per_shard": config.samples_per_shard, "limit": config.limit, "ms_ssim": config.ms_ssim,
+        "versions": versions, "counts": {"listed": len(rows), "ok": ok, "error": errors},
+        "shards": shards, "manifest": layout.MANIFEST,
+    }
+    write_json(folder / layout.INDEX, index)  # last: its presence means the set is complete
+    return SetSummary(spec.canonical, spec.tag, str(folder), len(shards), len(rows), ok, errors,
+                      sum(s["bytes"] for s in shards))
+
+
+def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
+              progress: bool | Callable[[int, int], None] = False) -> RunResult:
+    """Run a transcode; returns what was written. Shards already complete are verified and skipped.
+
+    ``executor`` defaults to running in this process; pass ``Client.get_executor()`` for Dask.
+    ``progress`` shows a tqdm bar (True) or calls ``progress(done_samples, total_samples)``.
+    """
+    source, tasks = plan(config)
+    _check_conflicts(config, source)
+    total = sum(len(t.refs) for t in tasks)
+    result = RunResult(config, total, getattr(source, "skipped", 0))
+    for spec in config.codecs:  # the index is rewritten last; remove it so a half-run set never looks complete
+        (layout.set_dir(config.out, config.dataset, source.split, spec) / layout.INDEX).unlink(missing_ok=True)
+    executor = executor or InlineExecutor()
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="sample", desc=f"{config.dataset}/{source.split}", smoothing=0.1,
+                   dynamic_ncols=True)
+    done = 0
+    stats: dict[str, dict[int, dict[str, Any]]] = {s.tag: {} for s in config.codecs}
+    futures = {executor.submit(run_shard, t): t for t in tasks}
+    try:
+        for fut in cf.as_completed(futures):
+            task = futures[fut]
+            try:
+                res: ShardResult = fut.result()
+            except Exception as exc:  # a whole task failed: keep going, report at the end
+                result.failed.append(f"shard {task.index:06d}: {type(exc).__name__}: {exc}")
+                continue
+            result.shards_written += len(res.written)
+            result.shards_cached += len(res.cached)
+            for tag, st in res.stats.items():
+                stats[tag][task.index] = st
+            done += len(task.refs)
+            if bar is not None:
+                bar.update(len(task.refs))
+            elif callable(progress):
+                progress(done, total)
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if result.failed:
+        return result
+    versions = _library_versions(config.codecs)
+    for spec in config.codecs:
+        result.sets.append(_publish_set(config, source, spec, tasks, stats[spec.tag], versions[spec.canonical]))
+    return result

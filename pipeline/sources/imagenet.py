@@ -1,0 +1,102 @@
+"""ImageNet (ILSVRC-2012 CLS-LOC) in the PyTorch-example layout or the Kaggle layout.
+
+Labels follow torchvision: the index of the WordNet id in the sorted list of the dataset's
+wnids. That list comes from ``LOC_synset_mapping.txt`` when the root has it (Kaggle), else
+from the class folders of ``train/`` and ``val/`` together, so both splits agree.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ..errors import ConfigError, SampleError
+from .base import IMAGE_EXTENSIONS, RawSample, SampleRef, Source, finalize, read_file, sanitize_key
+from . import register
+
+
+def _find_up(start: Path, name: str, levels: int = 4) -> Path | None:
+    p = start
+    for _ in range(levels):
+        if (p / name).exists():
+            return p / name
+        p = p.parent
+    return None
+
+
+@register
+class ImageNet(Source):
+    name = "imagenet"
+    splits = ("train", "val")
+    summary = "ILSVRC-2012: train/ and val/ with one folder per wnid, or the Kaggle ILSVRC/Data/CLS-LOC layout"
+
+    def _layout(self) -> tuple[Path, Path | None, Path | None]:
+        """(split folder, LOC_val_solution.csv, LOC_synset_mapping.txt)."""
+        root = Path(self.root)
+        if not root.is_dir():
+            raise ConfigError(f"imagenet: root {root} is not a folder")
+        for base in (root / "ILSVRC" / "Data" / "CLS-LOC", root / "Data" / "CLS-LOC", root / "CLS-LOC", root):
+            if (base / self.split).is_dir():
+                kaggle = base != root
+                csv_path = _find_up(base, "LOC_val_solution.csv") if kaggle or self.split == "val" else None
+                mapping = _find_up(base, "LOC_synset_mapping.txt")
+                return base / self.split, csv_path, mapping
+        raise ConfigError(
+            f"imagenet: no {self.split}/ folder under {root} (expected {root}/{self.split}/<wnid>/*.JPEG "
+            f"or {root}/ILSVRC/Data/CLS-LOC/{self.split})"
+        )
+
+    def wnids(self) -> list[str]:
+        split_dir, _, mapping = self._layout()
+        if mapping is not None:
+            wnids = [line.split()[0] for line in mapping.read_text().splitlines() if line.strip()]
+        else:
+            wnids = []
+            for s in self.splits:
+                d = split_dir.parent / s
+                if d.is_dir():
+                    wnids += [p.name for p in d.iterdir() if p.is_dir()]
+        if not wnids:
+            raise ConfigError(f"imagenet: no class folders (wnids) under {split_dir.parent}")
+        return sorted(set(wnids))
+
+    def list(self) -> list[SampleRef]:
+        split_dir, csv_path, _ = self._layout()
+        index = {w: i for i, w in enumerate(self.wnids())}
+        refs: list[SampleRef] = []
+        subdirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+        if subdirs:  # one folder per wnid
+            for d in subdirs:
+                for f in sorted(d.iterdir()):
+                    if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                        refs.append(self._ref(f, split_dir, d.name, index))
+        else:  # flat val folder with LOC_val_solution.csv
+            solution: dict[str, str] = {}
+            if csv_path is not None:
+                with open(csv_path, newline="") as fh:
+                    for row in csv.DictReader(fh):
+                        pred = (row.get("PredictionString") or "").split()
+                        if pred:
+                            solution[row["ImageId"]] = pred[0]
+            for f in sorted(split_dir.iterdir()):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    refs.append(self._ref(f, split_dir, solution.get(f.stem), index))
+        if not refs:
+            raise ConfigError(f"imagenet: no images under {split_dir}")
+        return finalize(refs)
+
+    def _ref(self, f: Path, split_dir: Path, wnid: str | None, index: dict[str, int]) -> SampleRef:
+        label = index.get(wnid) if wnid else None
+        return SampleRef(sanitize_key(f.stem), str(f.relative_to(split_dir.parent)), label,
+                         (("path", str(f)), ("wnid", wnid)))
+
+    def read(self, ref: SampleRef) -> RawSample:
+        wnid = ref.get("wnid")
+        if wnid is None:
+            raise SampleError("missing label: image not in LOC_val_solution.csv")
+        if ref.label is None:
+            raise SampleError(f"missing label: wnid {wnid} is not in the dataset's wnid list")
+        data = read_file(Path(ref.get("path")))
+        return RawSample(data, {"cls": str(ref.label).encode()}, {"label": ref.label, "wnid": wnid})
+
+    def label_fields(self, ref: SampleRef) -> dict:
+        return {"label": ref.label, "wnid": ref.get("wnid")}

@@ -1,0 +1,208 @@
+"""Codec settings as spec strings (``name:key=value,...``) parsed into frozen, validated dataclasses.
+
+A spec has one canonical form (every parameter, defaults included, in the codec's declared
+order), a filesystem-safe tag for folder and shard names, and a dict form for JSON.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .errors import ConfigError
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a codec: type, default, allowed range or choices, short name for tags."""
+
+    name: str
+    type: type
+    default: Any
+    help: str = ""
+    short: str | None = None
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    in_tag: bool = False  # always shown in the tag, even at its default
+
+    def coerce(self, codec: str, raw: Any) -> Any:
+        """Turn a string (or value) into this parameter's type, or raise a one-line ConfigError."""
+        if raw is None:
+            return None
+        where = f"{codec}:{self.name}"
+        try:
+            if self.type is bool:
+                if isinstance(raw, bool):
+                    value: Any = raw
+                elif str(raw).lower() in _TRUE:
+                    value = True
+                elif str(raw).lower() in _FALSE:
+                    value = False
+                else:
+                    raise ValueError
+            elif self.type is int:
+                if isinstance(raw, float) and not raw.is_integer():
+                    raise ValueError
+                value = int(str(raw)) if not isinstance(raw, (int, float)) else int(raw)
+            elif self.type is float:
+                value = float(raw)
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise ValueError
+            else:
+                value = self.type(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {raw!r} is not a valid {self.type.__name__}") from None
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise ConfigError(f"{where}: {value!r} is not one of {allowed}")
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{where}: {value} is below the minimum {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{where}: {value} is above the maximum {self.maximum}")
+        return value
+
+
+def format_value(value: Any) -> str:
+    """Canonical text of a parameter value (the inverse of Param.coerce)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(float(value)).rstrip("0").rstrip(".") if "e" not in repr(value) else repr(value)
+    return str(value)
+
+
+def _tag_value(value: Any) -> str:
+    text = format_value(value)
+    return re.sub(r"[^A-Za-z0-9]", lambda m: "p" if m.group() == "." else "m" if m.group() == "-" else "_", text)
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """A validated codec setting. Build with :func:`parse_spec` or :meth:`from_dict`."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self.params:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    @property
+    def canonical(self) -> str:
+        """Every parameter, defaults included, in declared order: ``jpeg:quality=5,subsampling=420``."""
+        if not self.params:
+            return self.name
+        body = ",".join(f"{k}={format_value(v)}" for k, v in self.params if v is not None)
+        return f"{self.name}:{body}" if body else self.name
+
+    @property
+    def tag(self) -> str:
+        """Filesystem-safe folder/shard name: codec name, then tagged or non-default parameters."""
+        from .codecs import get_codec
+
+        declared = {p.name: p for p in get_codec(self.name).params}
+        parts = [self.name]
+        for key, value in self.params:
+            p = declared[key]
+            if value is None or (value == p.default and not p.in_tag):
+                continue
+            parts.append(f"{p.short or key}{_tag_value(value)}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": {k: v for k, v in self.params if v is not None}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CodecSpec":
+        if "name" not in data:
+            raise ConfigError(f"codec spec dict has no 'name': {dict(data)!r}")
+        return build_spec(data["name"], dict(data.get("params", {})))
+
+    def __str__(self) -> str:
+        return self.canonical
+
+
+def build_spec(name: str, raw: Mapping[str, Any]) -> CodecSpec:
+    """Validate raw parameters against the registered codec and fill in defaults."""
+    from .codecs import get_codec
+
+    codec = get_codec(name)
+    declared = {p.name: p for p in codec.params}
+    unknown = sorted(set(raw) - set(declared))
+    if unknown:
+        known = ", ".join(declared) or "none"
+        raise ConfigError(f"{name}: unknown parameter {unknown[0]!r} (parameters: {known})")
+    values = {p.name: p.coerce(name, raw.get(p.name, p.default)) for p in codec.params}
+    values = codec.check_params(values)
+    return CodecSpec(name, tuple((p.name, values[p.name]) for p in codec.params))
+
+
+def _split_spec(text: str) -> tuple[str, dict[str, list[str]]]:
+    text = text.strip()
+    if not text:
+        raise ConfigError("empty codec spec")
+    name, _, body = text.partition(":")
+    name = name.strip().lower()
+    raw: dict[str, list[str]] = {}
+    last: str | None = None
+    for token in filter(None, (t.strip() for t in body.split(","))):
+        if "=" in token:
+            key, _, value = token.partition("=")
+            key = key.strip().lower()
+            if not key or key in raw:
+                raise ConfigError(f"{text!r}: parameter {key!r} given twice or empty")
+            raw[key] = [value.strip()]
+            last = key
+        elif last is not None:  # a sweep: quality=5,10,25
+            raw[last].append(token)
+        else:
+            raise ConfigError(f"{text!r}: expected key=value, got {token!r}")
+    return name, raw
+
+
+def parse_specs(text: str) -> list[CodecSpec]:
+    """Parse one spec string, expanding sweeps (``jpeg:quality=5,10,25``) into several settings."""
+    name, raw = _split_spec(text)
+    combos: list[dict[str, str]] = [{}]
+    for key, values in raw.items():
+        combos = [dict(c, **{key: v}) for c in combos for v in values]
+    specs = [build_spec(name, c) for c in combos]
+    return list(dict.fromkeys(specs))
+
+
+def parse_spec(text: str | CodecSpec) -> CodecSpec:
+    """Parse a single codec setting; a sweep here is an error."""
+    if isinstance(text, CodecSpec):
+        return text
+    specs = parse_specs(text)
+    if len(specs) != 1:
+        raise ConfigError(f"{text!r} names {len(specs)} settings; use parse_specs for sweeps")
+    return specs[0]
+
+
+def unique_specs(specs: Iterable[str | CodecSpec]) -> list[CodecSpec]:
+    """Parse and de-duplicate several settings; two settings sharing one tag is an error."""
+    out: list[CodecSpec] = []
+    for s in specs:
+        out.extend([s] if isinstance(s, CodecSpec) else parse_specs(s))
+    out = list(dict.fromkeys(out))
+    tags: dict[str, CodecSpec] = {}
+    for s in out:
+        if s.tag in tags:
+            raise ConfigError(f"{s.canonical} and {tags[s.tag].canonical} share the tag {s.tag!r}")
+        tags[s.tag] = s
+    if not out:
+        raise ConfigError("no codec given")
+    return out

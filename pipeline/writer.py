@@ -1,0 +1,126 @@
+"""Deterministic WebDataset tar shards, published atomically.
+
+A shard is written under a temporary name in its final folder and renamed when complete, so no
+partial tar ever stands under a final name; its ``_stats.json`` is written (the same way) after
+the tar, so a shard counts as done only when both exist and agree. Tar headers carry no time,
+user or group, so the same samples give byte-identical shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+TMP_MARK = ".tmp-"
+
+
+def dumps(obj: Any) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, no NaN/Infinity (those must be None by then)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def tmp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish_bytes(final: Path, data: bytes) -> None:
+    """Write bytes to a temporary sibling, fsync, and rename onto ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(final)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def write_json(final: Path, obj: Any) -> None:
+    publish_bytes(final, dumps(obj) + b"\n")
+
+
+class ShardWriter:
+    """Collects samples (``{key}.{ext}`` members) and publishes one tar atomically on close."""
+
+    def __init__(self, final: Path):
+        self.final = final
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp_path(final)
+        self._fh = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.PAX_FORMAT)
+        self.count = 0
+        self._keys: set[str] = set()
+
+    def add(self, key: str, members: Iterable[tuple[str, bytes]]) -> None:
+        """Add one sample; ``members`` are (extension, bytes) in the order they are stored."""
+        if "." in key or "/" in key or key in self._keys:
+            raise ValueError(f"bad or repeated key {key!r}")
+        self._keys.add(key)
+        for ext, data in members:
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> tuple[int, str]:
+        """Finish the tar, rename it into place, and return (bytes, sha256) of the published file."""
+        self._tar.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        size, digest = file_digest(self.tmp)
+        os.replace(self.tmp, self.final)
+        _fsync_dir(self.final.parent)
+        return size, digest
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+            self._fh.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def remove_stale_temps(folder: Path, name: str) -> None:
+    """Delete temporary files a killed run left for ``name`` (they never stand under a final name)."""
+    if folder.is_dir():
+        for suffix in (".tar", "_stats.json"):
+            for p in folder.glob(f".{name}{suffix}{TMP_MARK}*"):
+                p.unlink(missing_ok=True)
