@@ -44,7 +44,8 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def to_rgb(img: Image.Image) -> np.ndarray:
     """Apply EXIF orientation and convert any mode to RGB uint8 (H, W, 3) as documented above."""
     try:
-        img = ImageOps.exif_transpose(img)
+        if img.getexif().get(0x0112, 1) != 1:  # orientation tag: only then do pixels move
+            img = ImageOps.exif_transpose(img)
     except Exception as exc:
         raise SampleError(f"bad EXIF orientation: {exc}") from None
     mode = img.mode
@@ -60,8 +61,8 @@ def to_rgb(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    rgb = img.convert("RGB")
-    return np.asarray(rgb, dtype=np.uint8).copy()
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def decode_to_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -11,8 +11,8 @@ _MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
 def mse(reference: np.ndarray, decoded: np.ndarray) -> float:
     if reference.shape != decoded.shape:
         raise ValueError(f"shape mismatch {reference.shape} vs {decoded.shape}")
-    diff = reference.astype(np.float64) - decoded.astype(np.float64)
-    return float(np.mean(diff * diff))
+    diff = (reference.astype(np.float64) - decoded).ravel()
+    return float(np.dot(diff, diff) / diff.size)  # integer-valued sums: exact in float64
 
 
 def psnr_from_mse(value: float, peak: float = 255.0) -> float:

@@ -51,6 +51,7 @@ class _PillowCodec(ImageCodec):
 
 @register
 class JPEG(_PillowCodec):
+    library = "Pillow (libjpeg-turbo)"
     name = "jpeg"
     extension = "jpg"
     format = "JPEG"
@@ -72,6 +73,7 @@ class JPEG(_PillowCodec):
 
 @register
 class WebP(_PillowCodec):
+    library = "Pillow (libwebp)"
     name = "webp"
     extension = "webp"
     format = "WEBP"
@@ -88,6 +90,7 @@ class WebP(_PillowCodec):
 
 @register
 class AVIF(_PillowCodec):
+    library = "Pillow (libavif)"
     name = "avif"
     extension = "avif"
     format = "AVIF"
@@ -108,6 +111,7 @@ class AVIF(_PillowCodec):
 
 @register
 class JPEG2000(_PillowCodec):
+    library = "Pillow (OpenJPEG)"
     name = "jpeg2000"
     extension = "jp2"
     format = "JPEG2000"
@@ -136,6 +140,7 @@ class JPEG2000(_PillowCodec):
 
 @register
 class PNG(_PillowCodec):
+    library = "Pillow (zlib)"
     name = "none"
     extension = "png"
     format = "PNG"

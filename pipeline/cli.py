@@ -1,0 +1,212 @@
+"""The ``mpq`` command: a thin click layer over the same config objects as the Python API."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Sequence
+
+import click
+
+from .config import DEFAULT_SAMPLES_PER_SHARD, TranscodeConfig
+from .errors import ConfigError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _summary(result, seconds: float) -> None:
+    click.echo(f"listed {result.listed} samples"
+               + (f" ({result.skipped_files} non-image files skipped)" if result.skipped_files else "")
+               + f"; shards written {result.shards_written}, already complete {result.shards_cached};"
+               f" {seconds:.1f} s")
+    for s in result.sets:
+        click.echo(f"  {s.tag:<24} ok {s.ok:>7}  error {s.errors:>5}  shards {s.shards:>5}  "
+                   f"{s.bytes / 1e6:9.2f} MB  {s.folder}")
+    for f in result.failed:
+        click.echo(f"  FAILED {f}", err=True)
+
+
+def run_config(config: TranscodeConfig, workers: int | None, scheduler: str | None, progress: bool = True):
+    """Run a config on Dask (or in-process with workers=0) and print a summary; used by transcode and demo."""
+    from .run import transcode
+
+    start = time.perf_counter()
+    if workers == 0 and not scheduler:
+        result = transcode(config, progress=progress)
+    else:
+        from .cluster import dask_executor
+
+        with dask_executor(workers, scheduler, log=click.echo) as executor:
+            result = transcode(config, executor, progress=progress)
+    _summary(result, time.perf_counter() - start)
+    if result.failed:
+        click.echo("some shards failed; rerun the same command to resume", err=True)
+        sys.exit(1)
+    return result
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mpq-pipeline")
+def cli() -> None:
+    """Re-encode datasets with lossy codecs into per-codec WebDataset shards with exact bitrates."""
+
+
+@cli.command()
+@click.argument("dataset")
+@click.argument("root")
+@click.option("--split", help="split to transcode (imagenet/ade20k: train or val; imagefolder: an output name, "
+                              "default 'all'; hf: the dataset split, default 'train')")
+@click.option("--codec", "codecs", multiple=True, required=True,
+              help="codec setting 'name:key=value,...' (repeatable; 'jpeg:quality=5,10' sweeps); see `mpq codecs`")
+@click.option("--out", default="shards", show_default=True, help="output folder")
+@click.option("--workers", type=int, default=None,
+              help="Dask worker processes on this machine [default: one per core]; 0 runs in this process")
+@click.option("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
+@click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
+@click.option("--limit", type=int, default=None, help="only the first N samples (in key order)")
+@click.option("--ms-ssim", is_flag=True, help="also compute MS-SSIM per sample")
+@click.option("--image-column", default=None, help="hf: image column [default: image]")
+@click.option("--label-column", default=None, help="hf: integer label column (stored as .cls)")
+@click.option("--hf-config", default=None, help="hf: dataset configuration name on the hub")
+@click.option("--key-column", default=None, help="hf: column holding a unique id used as the sample key")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str], out: str, workers: int | None,
+              scheduler: str | None, samples_per_shard: int, limit: int | None, ms_ssim: bool,
+              image_column: str | None, label_column: str | None, hf_config: str | None, key_column: str | None,
+              no_progress: bool) -> None:
+    """Transcode DATASET stored at ROOT with one or more codec settings."""
+    from .run import plan
+
+    options = {"image_column": image_column, "label_column": label_column, "hf_config": hf_config,
+               "key_column": key_column}
+    try:
+        config = TranscodeConfig.create(dataset, root, list(codecs), out=out, split=split,
+                                        samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim,
+                                        source_options=options)
+        plan(config)  # every configuration error surfaces here, before any cluster starts
+    except ConfigError as exc:
+        _fail(str(exc))
+    if workers is not None and workers < 0:
+        _fail("--workers must be 0 or more")
+    run_config(config, workers, scheduler, progress=not no_progress)
+
+
+def codec_table(modality: str | None = None) -> str:
+    """The Markdown codec table of the README, generated from the registry (a test keeps them equal)."""
+    from .codecs import codec_names, get_codec
+    from .spec import format_value
+
+    lines = ["| codec | kind | payload | parameters (default) | library |", "|---|---|---|---|---|"]
+    for name in codec_names(modality):
+        c = get_codec(name)
+        params = ", ".join(f"`{p.name}`" + (f"={format_value(p.default)}" if p.default is not None else "")
+                           for p in c.params) or "none"
+        lines.append(f"| `{name}` | {c.modality} | `.{c.extension}` | {params} | {c.library} |")
+    return "\n".join(lines)
+
+
+def dataset_table() -> str:
+    """The Markdown dataset table of the README, generated from the source registry."""
+    from .sources import get_source, source_names
+
+    lines = ["| dataset | kind | splits | layout |", "|---|---|---|---|"]
+    for name in source_names():
+        s = get_source(name)
+        splits = ", ".join(f"`{x}`" for x in s.splits) if s.splits else f"any name (default `{s.default_split}`)"
+        lines.append(f"| `{name}` | {s.modality} | {splits} | {s.summary} |")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--modality", type=click.Choice(["image", "audio"]), default=None)
+@click.option("--markdown", is_flag=True, help="print the README's Markdown table")
+def codecs(modality: str | None, markdown: bool) -> None:
+    """List the registered codecs and their parameters."""
+    from .codecs import codec_names, get_codec
+
+    if markdown:
+        click.echo(codec_table(modality))
+        return
+    for name in codec_names(modality):
+        c = get_codec(name)
+        why = c.unavailable()
+        click.echo(f"{name}  [{c.modality}, .{c.extension}]  {c.summary}" + (f"  (UNAVAILABLE: {why})" if why else ""))
+        for p in c.params:
+            rng = f" {p.choices}" if p.choices else (
+                f" [{p.minimum}..{p.maximum}]" if p.minimum is not None or p.maximum is not None else "")
+            click.echo(f"    {p.name}={p.default}  ({p.type.__name__}{rng}) {p.help}")
+
+
+@cli.command()
+@click.option("--markdown", is_flag=True, help="print the README's Markdown table")
+def datasets(markdown: bool) -> None:
+    """List the supported dataset layouts."""
+    from .sources import get_source, source_names
+
+    if markdown:
+        click.echo(dataset_table())
+        return
+    for name in source_names():
+        s = get_source(name)
+        splits = ", ".join(s.splits) if s.splits else f"any name (default {s.default_split})"
+        click.echo(f"{name}  [{s.modality}; splits: {splits}]  {s.summary}")
+
+
+@cli.command()
+@click.argument("spec")
+def spec(spec: str) -> None:
+    """Show the canonical form and folder tag of a codec setting (sweeps expand)."""
+    from .spec import parse_specs
+
+    try:
+        for s in parse_specs(spec):
+            click.echo(f"{s.canonical}\t{s.tag}")
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+@click.option("--out", default="shards", show_default=True, help="output folder")
+@click.option("--workers", type=int, default=2, show_default=True, help="Dask worker processes (0: in-process)")
+@click.option("--codec", "codecs", multiple=True,
+              default=("jpeg:quality=5", "webp:quality=10", "avif:quality=30", "jxl:distance=3", "hevc:quality=30", "none"),
+              show_default=True)
+def demo(out: str, workers: int, codecs: Sequence[str]) -> None:
+    """Make a small ImageNet-layout sample from photographs shipped in scikit-image and transcode it."""
+    from pathlib import Path
+
+    from .demo import make_demo_imagenet
+
+    root = make_demo_imagenet(Path(out) / "_demo_source" / "imagenet")
+    click.echo(f"demo dataset: {root}")
+    try:
+        config = TranscodeConfig.create("imagenet", root, list(codecs), out=out, split="val", samples_per_shard=4)
+    except ConfigError as exc:
+        _fail(str(exc))
+    run_config(config, workers, None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code instead of exiting when called from Python (tests)."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="mpq", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("interrupted; rerun the same command to resume", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun the same command to resume", err=True)
+        return 130
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
