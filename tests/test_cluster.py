@@ -32,3 +32,22 @@ def test_local_cluster_matches_in_process(tmp_path):
     assert inline.shards_written == dask.shards_written == 6
     a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
     assert a and a == b
+
+
+def test_existing_scheduler_address(tmp_path):
+    """--scheduler: connect to a cluster someone else started (here a LocalCluster on loopback)."""
+    from distributed import LocalCluster
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(src / f"x{i}.png")
+    cfg = TranscodeConfig.create("imagefolder", src, ["jpeg:quality=30"], out=tmp_path / "o", samples_per_shard=1)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1") as cluster:
+        logs: list[str] = []
+        with dask_executor(scheduler=cluster.scheduler_address, log=logs.append) as ex:
+            res = transcode(cfg, ex)
+    assert cluster.scheduler_address in logs[0]
+    assert res.shards_written == 3 and res.sets[0].ok == 3
