@@ -168,6 +168,28 @@ def spec(spec: str) -> None:
 
 
 @cli.command()
+@click.argument("out")
+@click.option("--dataset", default=None, help="only this dataset [default: every dataset under OUT]")
+@click.option("--split", default=None, help="only this split [default: every split]")
+@click.option("--out", "report_dir", default=None, help="report folder [default: OUT/_report]")
+@click.option("--anchor", default=None,
+              help="codec family the BD-rates are measured against [default: jpeg where present]")
+@click.option("--breakdown-shards", type=int, default=1, show_default=True,
+              help="tar files per setting whose headers are read for the storage breakdown (0: none, -1: all)")
+def report(out: str, dataset: str | None, split: str | None, report_dir: str | None, anchor: str | None,
+           breakdown_shards: int) -> None:
+    """Rate-distortion report of the finished sets under OUT: tables, RD plots, BD-rates, storage."""
+    from .report import write_report
+
+    try:
+        folder = write_report(out, dataset=dataset, split=split, report_dir=report_dir, anchor=anchor,
+                              breakdown_shards=None if breakdown_shards < 0 else breakdown_shards)
+    except ConfigError as exc:
+        _fail(str(exc))
+    click.echo(f"report: {folder / 'report.html'}  (also report.md, summary.csv, bdrate.csv, plots) in {folder}")
+
+
+@cli.command()
 @click.option("--out", default="shards", show_default=True, help="output folder")
 @click.option("--workers", type=int, default=2, show_default=True, help="Dask worker processes (0: in-process)")
 @click.option("--codec", "codecs", multiple=True,
