@@ -24,12 +24,15 @@ class TranscodeConfig:
     limit: int | None = None
     ms_ssim: bool = False
     source_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    store_bitstream: bool = True  # learned codecs: keep the .bin member
+    store_reconstruction: bool = True  # learned codecs: keep the decoded .png member
 
     @classmethod
     def create(cls, dataset: str, root: str | Path, codecs: Sequence[str | CodecSpec] | str, *,
                out: str | Path = "shards", split: str | None = None,
                samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD, limit: int | None = None,
-               ms_ssim: bool = False, source_options: Mapping[str, Any] | None = None) -> "TranscodeConfig":
+               ms_ssim: bool = False, source_options: Mapping[str, Any] | None = None,
+               store_bitstream: bool = True, store_reconstruction: bool = True) -> "TranscodeConfig":
         """Validate and build a config (raises ConfigError with a one-line message)."""
         if isinstance(codecs, (str, CodecSpec)):
             codecs = [codecs]
@@ -38,9 +41,12 @@ class TranscodeConfig:
             raise ConfigError("--samples-per-shard must be at least 1")
         if limit is not None and limit < 1:
             raise ConfigError("--limit must be at least 1")
+        if not store_bitstream and not store_reconstruction:
+            raise ConfigError("learned codecs need the .bin or the .png member: do not turn both off")
         opts = tuple(sorted((k, v) for k, v in (source_options or {}).items() if v is not None))
         return cls(dataset=dataset, root=str(root), codecs=specs, out=str(out), split=split,
-                   samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim, source_options=opts)
+                   samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim, source_options=opts,
+                   store_bitstream=store_bitstream, store_reconstruction=store_reconstruction)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -3,7 +3,8 @@
 The one documented conversion (README, "Pixels the codecs see"):
 1. decode with Pillow by content, never by file name (ImageNet has a PNG named .JPEG);
 2. apply the EXIF orientation, so pixels are upright as a viewer shows them;
-3. 16-bit and 32-bit grayscale are scaled to 8 bits (value * 255 / max of the type, rounded);
+3. integer grayscale deeper than 8 bits (Pillow modes I;16 and I) is scaled from the 16-bit range
+   (value * 255 / 65535, rounded); float grayscale (mode F) is rounded and clipped to 0-255;
 4. grayscale, bilevel, CMYK, YCbCr, LAB and palette images become RGB with Pillow's convert
    (no ICC colour management; CMYK uses Pillow's naive conversion);
 5. anything with transparency (RGBA, LA, PA, palette with a transparent index) is composited
@@ -49,12 +50,10 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     except Exception as exc:
         raise SampleError(f"bad EXIF orientation: {exc}") from None
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img)
-        top = 65535.0 if mode.startswith("I;16") else float(max(arr.max(), 1)) if mode == "F" else 65535.0
-        if mode == "I" and arr.max() <= 255:
-            top = 255.0
-        arr8 = np.clip(np.rint(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+    if mode.startswith("I") or mode == "F":  # 16/32-bit grayscale: scaled from the 16-bit range
+        arr = np.asarray(img).astype(np.float64)
+        scale = 1.0 if mode == "F" else 255.0 / 65535.0
+        arr8 = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
         return np.repeat(arr8[:, :, None], 3, axis=2)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
     if has_alpha:

@@ -26,7 +26,7 @@ from .sources import make_source
 from .sources.base import Source
 from .spec import CodecSpec
 from .task import ShardResult, ShardTask, run_shard
-from .writer import publish_bytes, write_json
+from .writer import publish_bytes, remove_all_temps, write_json
 
 
 class InlineExecutor(cf.Executor):
@@ -75,16 +75,21 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
         reason = codec.unavailable()
         if reason:
             raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
+        codec.preflight(spec)  # e.g. a learned codec's weights: present, or downloaded, and checked
     source = make_source(config.dataset, config.root, config.split, dict(config.source_options))
     for spec in config.codecs:
-        if get_codec(spec.name).modality != source.modality:
+        if get_codec(spec.name).modality not in (source.modality, "any"):  # "any": the lossless reference
             raise ConfigError(f"{spec.name} is an {get_codec(spec.name).modality} codec; "
                               f"{config.dataset} is an {source.modality} dataset")
     refs = source.list()
     if config.limit is not None:
         refs = refs[: config.limit]
     n = config.samples_per_shard
-    options = {"ms_ssim": True} if config.ms_ssim else {}
+    options: dict[str, Any] = {"ms_ssim": True} if config.ms_ssim else {}
+    if not config.store_bitstream:  # only non-defaults, so existing plans (and their hashes) stay the same
+        options["bitstream"] = False
+    if not config.store_reconstruction:
+        options["reconstruction"] = False
     tasks = [ShardTask(source, config.dataset, tuple(refs[i: i + n]), i // n, config.codecs, config.out,
                        options) for i in range(0, len(refs), n)]
     return source, tasks
@@ -127,12 +132,13 @@ def manifest_schema(modality: str) -> pa.Schema:
 def manifest_table(rows: list[dict[str, Any]], modality: str = "image") -> pa.Table:
     """Rows to a table with the fixed columns first; extra source fields (wnid, ...) follow as strings."""
     schema = manifest_schema(modality)
+    inf_when_exact = getattr(get_modality(modality), "INF_WHEN_EXACT", ("psnr",))
     extra = sorted({k for r in rows for k in r} - set(schema.names))
     cols: dict[str, list[Any]] = {name: [] for name in schema.names + extra}
     for r in rows:
         for name in cols:
             v = r.get(name)
-            if name == "psnr" and r.get("status") == "ok" and r.get("mse") == 0:
+            if name in inf_when_exact and r.get("status") == "ok" and r.get("mse") == 0:
                 v = math.inf  # lossless: stored as null in JSON, +inf here
             cols[name].append(v)
     arrays = [pa.array(cols[f.name], type=f.type) for f in schema]
@@ -161,7 +167,7 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     index = {
         "format": layout.FORMAT, "dataset": config.dataset, "split": source.split,
         "codec": spec.canonical, "spec": spec.to_dict(), "tag": spec.tag,
-        "modality": get_codec(spec.name).modality, "source": source.describe(),
+        "modality": source.modality, "source": source.describe(),
         "samples_per_shard": config.samples_per_shard, "limit": config.limit, "ms_ssim": config.ms_ssim,
         "versions": versions, "counts": {"listed": len(rows), "ok": ok, "error": errors},
         "shards": shards, "manifest": layout.MANIFEST,
@@ -182,8 +188,11 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     _check_conflicts(config, source)
     total = sum(len(t.refs) for t in tasks)
     result = RunResult(config, total, getattr(source, "skipped", 0))
-    for spec in config.codecs:  # the index is rewritten last; remove it so a half-run set never looks complete
-        (layout.set_dir(config.out, config.dataset, source.split, spec) / layout.INDEX).unlink(missing_ok=True)
+    for spec in config.codecs:
+        folder = layout.set_dir(config.out, config.dataset, source.split, spec)
+        # the index is rewritten last; remove it so a half-run set never looks complete
+        (folder / layout.INDEX).unlink(missing_ok=True)
+        remove_all_temps(folder)  # leftovers of a killed run, also next to shards that are complete
     executor = executor or InlineExecutor()
     bar = None
     if progress is True:

@@ -35,6 +35,8 @@ class Param:
             return None
         where = f"{codec}:{self.name}"
         try:
+            if self.type in (int, float) and (isinstance(raw, bool) or (isinstance(raw, str) and "_" in raw)):
+                raise ValueError  # True is not a quality, and "5_0" is a typo, not 50
             if self.type is bool:
                 if isinstance(raw, bool):
                     value: Any = raw
@@ -144,7 +146,8 @@ def build_spec(name: str, raw: Mapping[str, Any]) -> CodecSpec:
     if unknown:
         known = ", ".join(declared) or "none"
         raise ConfigError(f"{name}: unknown parameter {unknown[0]!r} (parameters: {known})")
-    values = {p.name: p.coerce(name, raw.get(p.name, p.default)) for p in codec.params}
+    # None (JSON null) means "the default", never "unset" for a parameter that has a default
+    values = {p.name: p.coerce(name, p.default if raw.get(p.name) is None else raw[p.name]) for p in codec.params}
     values = codec.check_params(values)
     return CodecSpec(name, tuple((p.name, values[p.name]) for p in codec.params))
 
@@ -184,8 +187,8 @@ def parse_specs(text: str) -> list[CodecSpec]:
 
 def parse_spec(text: str | CodecSpec) -> CodecSpec:
     """Parse a single codec setting; a sweep here is an error."""
-    if isinstance(text, CodecSpec):
-        return text
+    if isinstance(text, CodecSpec):  # built by hand, perhaps: validate it like a parsed one
+        return build_spec(text.name, dict(text.params))
     specs = parse_specs(text)
     if len(specs) != 1:
         raise ConfigError(f"{text!r} names {len(specs)} settings; use parse_specs for sweeps")
@@ -196,7 +199,7 @@ def unique_specs(specs: Iterable[str | CodecSpec]) -> list[CodecSpec]:
     """Parse and de-duplicate several settings; two settings sharing one tag is an error."""
     out: list[CodecSpec] = []
     for s in specs:
-        out.extend([s] if isinstance(s, CodecSpec) else parse_specs(s))
+        out.extend([parse_spec(s)] if isinstance(s, CodecSpec) else parse_specs(s))
     out = list(dict.fromkeys(out))
     tags: dict[str, CodecSpec] = {}
     for s in out:

@@ -124,3 +124,13 @@ def remove_stale_temps(folder: Path, name: str) -> None:
         for suffix in (".tar", "_stats.json"):
             for p in folder.glob(f".{name}{suffix}{TMP_MARK}*"):
                 p.unlink(missing_ok=True)
+
+
+def remove_all_temps(folder: Path) -> int:
+    """Delete every temporary file a killed run left in a set's folder (call before its tasks start)."""
+    removed = 0
+    if folder.is_dir():
+        for p in folder.glob(f".*{TMP_MARK}*"):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -12,7 +12,9 @@ from ..errors import ConfigError
 from .base import Codec, Encoded, ImageCodec
 
 _REGISTRY: dict[str, type[Codec]] = {}
-_FAMILIES = ("pipeline.codecs.classic", "pipeline.codecs.jxl", "pipeline.codecs.hevc")
+_FAMILIES = ("pipeline.codecs.classic", "pipeline.codecs.jxl", "pipeline.codecs.hevc", "pipeline.codecs.compressai_zoo",
+             "pipeline.codecs.hific", "pipeline.codecs.ffmpeg_audio",
+             "pipeline.codecs.encodec")
 _loaded = False
 
 C = TypeVar("C", bound=type[Codec])
@@ -40,7 +42,8 @@ def _load() -> None:
 def codec_names(modality: str | None = None) -> list[str]:
     """Registered codec names, optionally only those of one modality ('image' or 'audio')."""
     _load()
-    return sorted(n for n, c in _REGISTRY.items() if modality in (None, c.modality))
+    return sorted(n for n, c in _REGISTRY.items()
+                  if modality in (None, c.modality) or (c.modality == "any" and modality in ("image", "audio")))
 
 
 def get_codec(name: str) -> type[Codec]:

@@ -65,11 +65,17 @@ class Codec(ABC):
         """Why this codec cannot run here (missing library or plugin), or None when it can."""
         return None
 
+    @classmethod
+    def preflight(cls, spec: CodecSpec) -> None:
+        """Check what one setting needs before any work (a learned codec's weights); raise ConfigError."""
+
 
 class ImageCodec(Codec):
     """An image codec: RGB uint8 ``(H, W, 3)`` arrays in, bytes out, and back."""
 
     modality: ClassVar[str] = "image"
+    #: the payload is no image format (a learned codec's .bin): shards also store the decoded pixels as .png
+    reconstruction: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, rgb: np.ndarray) -> Encoded:
@@ -78,3 +84,46 @@ class ImageCodec(Codec):
     @abstractmethod
     def decode(self, payload: bytes) -> np.ndarray:
         """Decode a payload written by :meth:`encode` back to RGB uint8 (H, W, 3)."""
+
+
+class AudioCodec(Codec):
+    """An audio codec: float32 ``(n, channels)`` samples in, a coded file out, and back.
+
+    A codec declares the sample rates and channel counts its encoder takes; the audio modality
+    converts to them before :meth:`encode` (soxr, averaging or copying channels) and back after
+    :meth:`decode`, so every codec is measured against the source as it was.
+    """
+
+    modality: ClassVar[str] = "audio"
+    rates: ClassVar[tuple[int, ...] | None] = None  # sample rates the encoder takes; None: any
+    channel_counts: ClassVar[tuple[int, ...]] = (1, 2)  # channel counts the encoder takes
+
+    def codec_format(self, rate: int, channels: int) -> tuple[int, int]:
+        """The (rate, channels) this codec encodes a ``rate`` Hz, ``channels``-channel signal at.
+
+        Rate: the source rate if accepted, else the lowest accepted rate above it, else the highest.
+        Channels: the source count if accepted, else the nearest accepted count.
+        """
+        if self.rates is None or rate in self.rates:
+            out_rate = rate
+        else:
+            above = [r for r in sorted(self.rates) if r >= rate]
+            out_rate = above[0] if above else max(self.rates)
+        out_ch = channels if channels in self.channel_counts else min(self.channel_counts,
+                                                                      key=lambda c: (abs(c - channels), c))
+        return out_rate, out_ch
+
+    @abstractmethod
+    def encode(self, samples: np.ndarray, rate: int) -> Encoded:
+        """Encode float32 ``(n, channels)`` samples at an accepted rate and channel count.
+
+        ``Encoded.bits`` is the measured payload (see each codec), ``info['container_bytes']`` the file size.
+        """
+
+    @abstractmethod
+    def decode(self, payload: bytes) -> tuple[np.ndarray, int]:
+        """Decode a payload to float32 ``(n, channels)`` and its rate, starting at the first encoded sample.
+
+        Encoder delay and priming are removed as the stream declares them; the result may run past
+        the encoded length (end padding) and the caller trims it to the recorded length.
+        """

@@ -146,7 +146,8 @@ class PNG(_PillowCodec):
     format = "PNG"
     feature = "zlib"
     lossless = True
-    summary = "no lossy coding: the RGB pixels the codecs see, stored as lossless PNG (a reference set)"
+    modality = "any"  # images: PNG (here); audio: the audio modality stores the source samples as FLAC
+    summary = "no lossy coding, a reference set: images as lossless PNG, audio as lossless FLAC"
     params = ()
 
     def options(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ class Modality(Protocol):
         """
 
 
-MODALITIES = {"image": "pipeline.modalities.image"}
+MODALITIES = {"image": "pipeline.modalities.image", "audio": "pipeline.modalities.audio"}
 
 
 def get_modality(name: str) -> Modality:

@@ -23,7 +23,13 @@ def prepare(raw: RawSample) -> np.ndarray:
 
 def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple[list[tuple[str, bytes]],
                                                                                    dict[str, Any]]:
-    """Encode, decode the payload back, and measure: bits from the payload, metrics from its pixels."""
+    """Encode, decode the payload back, and measure: bits from the payload, metrics from its pixels.
+
+    Facts a codec reports in ``Encoded.info`` (a learned codec's device and library versions) are
+    recorded too. A codec with ``reconstruction`` (its payload is no image format) also gets the
+    decoded pixels stored as lossless ``.png``; options ``bitstream``/``reconstruction`` = False drop
+    the payload or that ``.png`` for such codecs.
+    """
     t0 = time.perf_counter()
     enc = codec.encode(rgb)
     t1 = time.perf_counter()
@@ -33,9 +39,17 @@ def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple
         raise SampleError(f"decoded {dec.shape} {dec.dtype} differs from the encoded image {rgb.shape} uint8")
     h, w = rgb.shape[:2]
     err = mse(rgb, dec)
-    m: dict[str, Any] = {"width": w, "height": h, "bits": enc.payload_bits,
+    m: dict[str, Any] = {**enc.info, "width": w, "height": h, "bits": enc.payload_bits,
                          "bpp": enc.payload_bits / (w * h), "mse": err, "psnr": psnr_from_mse(err),
                          "encode_s": t1 - t0, "decode_s": t2 - t1}
     if options.get("ms_ssim"):
         m["ms_ssim"] = ms_ssim(rgb, dec)
-    return [(enc.extension, enc.payload), *enc.extra], m
+    members = [(enc.extension, enc.payload), *enc.extra]
+    if codec.reconstruction:
+        if options.get("reconstruction", True):
+            from ..bitstream import png_bytes
+
+            members.append(("png", png_bytes(dec)))
+        if not options.get("bitstream", True):
+            members = members[1:]
+    return members, m

@@ -9,7 +9,8 @@ from .base import RawSample, SampleRef, Source
 
 _REGISTRY: dict[str, type[Source]] = {}
 _MODULES = ("pipeline.sources.imagenet", "pipeline.sources.ade20k", "pipeline.sources.imagefolder",
-            "pipeline.sources.hf")
+            "pipeline.sources.hf", "pipeline.sources.librispeech", "pipeline.sources.musdb",
+            "pipeline.sources.audiofolder")
 _loaded = False
 
 S = TypeVar("S", bound=type[Source])

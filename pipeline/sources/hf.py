@@ -1,7 +1,8 @@
 """A Hugging Face dataset: a hub name (with config and split), a save_to_disk folder, or parquet files.
 
 The image column is read undecoded (``Image(decode=False)``), so the worker sees the stored bytes
-and hashes exactly what the dataset holds.
+and hashes exactly what the dataset holds. With ``audio_column`` the source is an audio dataset:
+that column is read the same way (``Audio(decode=False)``) and decoded by the audio modality.
 """
 from __future__ import annotations
 
@@ -20,8 +21,19 @@ class HuggingFace(Source):
     name = "hf"
     splits = None
     default_split = "train"
-    summary = "Hugging Face dataset: hub name, save_to_disk folder or parquet files (--image-column, --label-column)"
-    options = ("image_column", "label_column", "hf_config", "key_column")
+    summary = ("Hugging Face dataset: hub name, save_to_disk folder or parquet files (--image-column or "
+               "--audio-column, --label-column)")
+    options = ("image_column", "label_column", "hf_config", "key_column", "audio_column")
+
+    def __init__(self, root, split=None, **options):
+        super().__init__(root, split, **options)
+        if "audio_column" in self.opts:
+            if "image_column" in self.opts:
+                raise ConfigError("hf: give image_column or audio_column, not both")
+            self.modality = "audio"  # this instance's samples go through the audio modality
+
+    def _media_column(self) -> str:
+        return self.opts.get("audio_column") or self.opts.get("image_column", "image")
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -66,13 +78,14 @@ class HuggingFace(Source):
             raise
         except Exception as exc:
             raise ConfigError(f"hf: cannot load {self.root!r} ({kind}): {type(exc).__name__}: {exc}") from None
-        col = self.opts.get("image_column", "image")
+        col = self._media_column()
         if col not in ds.column_names:
-            raise ConfigError(f"hf: no image column {col!r} (columns: {', '.join(ds.column_names)})")
+            raise ConfigError(f"hf: no {self.modality} column {col!r} (columns: {', '.join(ds.column_names)})")
         label = self.opts.get("label_column")
         if label is not None and label not in ds.column_names:
             raise ConfigError(f"hf: no label column {label!r} (columns: {', '.join(ds.column_names)})")
-        ds = ds.cast_column(col, datasets.Image(decode=False))
+        ds = ds.cast_column(col, datasets.Audio(decode=False) if self.modality == "audio" else
+                            datasets.Image(decode=False))
         self._ds = ds
         return ds
 
@@ -98,9 +111,9 @@ class HuggingFace(Source):
     def read(self, ref: SampleRef) -> RawSample:
         ds = self.dataset()
         row = ds[int(ref.get("row"))]
-        cell = row[self.opts.get("image_column", "image")]
+        cell = row[self._media_column()]
         if cell is None:
-            raise SampleError("empty image cell")
+            raise SampleError(f"empty {self.modality} cell")
         data = cell.get("bytes")
         if data is None and cell.get("path"):
             try:
@@ -108,7 +121,7 @@ class HuggingFace(Source):
             except OSError as exc:
                 raise SampleError(f"cannot read {cell['path']}: {exc}") from None
         if data is None:
-            raise SampleError("image cell has neither bytes nor path")
+            raise SampleError(f"{self.modality} cell has neither bytes nor path")
         attachments, fields = {}, {}
         label_col = self.opts.get("label_column")
         if label_col:

@@ -72,8 +72,11 @@ class ImageNet(Source):
         else:  # flat val folder with LOC_val_solution.csv
             solution: dict[str, str] = {}
             if csv_path is not None:
-                with open(csv_path, newline="") as fh:
-                    for row in csv.DictReader(fh):
+                with open(csv_path, newline="", encoding="utf-8-sig") as fh:  # tolerate a BOM
+                    reader = csv.DictReader(fh)
+                    if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or ()):
+                        raise ConfigError(f"imagenet: {csv_path} lacks the columns ImageId,PredictionString")
+                    for row in reader:
                         pred = (row.get("PredictionString") or "").split()
                         if pred:
                             solution[row["ImageId"]] = pred[0]

@@ -1,0 +1,138 @@
+"""Where learned codecs run (CPU or one GPU) and how many threads they use.
+
+One device per process: a Dask worker started for a GPU sees that GPU as ``cuda`` (the cluster
+sets ``CUDA_VISIBLE_DEVICES`` per worker and gives the worker the resource ``GPU=1``), others use
+the CPU. ``MPQ_DEVICE`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) overrides the choice, and
+``MPQ_INFERENCE_THREADS`` the number of intra-op threads (torch and TensorFlow).
+
+Numerics are pinned for reproducible entropy coding: TF32 off and deterministic cuDNN on GPUs,
+since an entropy decoder must recompute the encoder's probability tables to the last bit.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import threading
+
+from .errors import ConfigError
+
+DEVICE_ENV = "MPQ_DEVICE"
+THREADS_ENV = "MPQ_INFERENCE_THREADS"
+
+_lock = threading.Lock()
+_configured: set[str] = set()
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def gpu_available(framework: str = "torch") -> bool:
+    """Whether ``framework`` (``torch`` or ``tensorflow``) sees a GPU."""
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def choose_device(requested: str | None = None, *, framework: str = "torch") -> str:
+    """``requested``, else ``$MPQ_DEVICE``, else ``cuda`` when the framework sees a GPU, else ``cpu``."""
+    want = (requested or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    if want == "cpu":
+        return "cpu"
+    if want == "auto":
+        return "cuda" if gpu_available(framework) else "cpu"
+    if want == "cuda" or (want.startswith("cuda:") and want[5:].isdigit()):
+        if not gpu_available(framework):
+            raise ConfigError(f"device {want!r} was asked for ({DEVICE_ENV} or --device) but {framework} sees no GPU")
+        return want
+    raise ConfigError(f"unknown device {want!r}: use auto, cpu, cuda or cuda:N")
+
+
+def inference_threads() -> int | None:
+    """Intra-op threads from ``$MPQ_INFERENCE_THREADS``, or None to keep the process's setting (torch's
+    default, or what a Dask worker's set-up chose: one thread per single-threaded worker process)."""
+    raw = os.environ.get(THREADS_ENV)
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ConfigError(f"{THREADS_ENV}={raw!r} is not a number of threads") from None
+    if n < 1:
+        raise ConfigError(f"{THREADS_ENV} must be at least 1")
+    return n
+
+
+def configure_torch(device: str) -> None:
+    """Set threads and deterministic numerics once per process and device; inference only."""
+    import torch
+
+    kind = device.split(":")[0]
+    with _lock:
+        if kind in _configured:
+            return
+        n = inference_threads()
+        if n is not None and torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(1)  # allowed once, before any parallel work
+        except RuntimeError:
+            pass
+        if kind == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cudnn.benchmark = False  # autotuning may pick different kernels per run
+            torch.backends.cudnn.deterministic = True
+        _configured.add(kind)
+
+
+def configure_tensorflow() -> None:
+    """Threads and full-precision float32 (no TF32) for TensorFlow, once per process.
+
+    Op determinism is not forced: it makes TensorFlow refuse ops without a deterministic GPU kernel,
+    which could stop a published graph from running at all."""
+    import tensorflow as tf
+
+    with _lock:
+        if "tensorflow" in _configured:
+            return
+        n = inference_threads()
+        try:
+            if n is not None:
+                tf.config.threading.set_intra_op_parallelism_threads(n)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            tf.config.experimental.enable_tensor_float_32_execution(False)
+        except RuntimeError:  # TF already initialised by the caller: keep its settings
+            pass
+        _configured.add("tensorflow")
+
+
+def tf_device(device: str) -> str:
+    """TensorFlow's name for one of our device strings: ``cpu`` -> ``/CPU:0``, ``cuda:1`` -> ``/GPU:1``."""
+    if device == "cpu":
+        return "/CPU:0"
+    return f"/GPU:{device.partition(':')[2] or 0}"
+
+
+def device_name(device: str, *, framework: str = "torch") -> str:
+    """What the recorded ``device_name`` says: the GPU model, or the CPU architecture."""
+    if not device.startswith("cuda"):
+        return platform.machine() or "cpu"
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        index = int(device.partition(":")[2] or 0)
+        details = tf.config.experimental.get_device_details(gpus[index]) if index < len(gpus) else {}
+        return str(details.get("device_name", "GPU"))
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))

@@ -1,0 +1,117 @@
+"""MUSDB18-HQ (``<split>/<track>/{mixture,drums,bass,other,vocals}.wav``) and MUSDB18
+(``<split>/<track>.stem.mp4``, five AAC streams: mixture, drums, bass, other, vocals).
+
+The mixture is the sample's signal and goes through the codec. The four stems are stored
+losslessly as ``{key}.{stem}.flac`` references: exactly the WAV samples for MUSDB18-HQ, and for
+MUSDB18 the decoded AAC quantized to 24 bits like the mixture (see :mod:`pipeline.audio_io`).
+With the option ``encode_stems`` the stems also go through the codec (``{key}.{stem}.{ext}``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, SampleError
+from .base import RawSample, SampleRef, Source, finalize, read_file, sanitize_key
+from . import register
+
+STEMS = ("drums", "bass", "other", "vocals")
+STREAMS = ("mixture", *STEMS)  # stream order of a .stem.mp4
+STEM_SUFFIX = ".stem.mp4"
+
+
+@dataclass
+class TrackedSample(RawSample):
+    """A sample with further signals the audio modality codes alongside the main one (name -> file bytes)."""
+
+    tracks: dict[str, bytes] = field(default_factory=dict)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"musdb: option {name} takes true or false, not {value!r}")
+
+
+@register
+class MUSDB(Source):
+    name = "musdb"
+    modality = "audio"
+    splits = ("train", "test")
+    summary = "MUSDB18-HQ (WAV folders) or MUSDB18 (.stem.mp4): mixture coded, stems kept as FLAC"
+    options = ("encode_stems",)
+
+    def __init__(self, root, split=None, **options):
+        super().__init__(root, split, **options)
+        self.encode_stems = _flag("encode_stems", self.opts.get("encode_stems", False))
+        self.opts["encode_stems"] = self.encode_stems
+
+    def list(self) -> list[SampleRef]:
+        folder = Path(self.root) / self.split
+        if not folder.is_dir():
+            raise ConfigError(f"musdb: no {self.split} folder under {self.root} (expected <root>/{self.split}/"
+                              f"<track>/mixture.wav or <root>/{self.split}/<track>{STEM_SUFFIX})")
+        refs = []
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_dir() and (p / "mixture.wav").is_file():
+                track, layout = p.name, "hq"
+            elif p.is_file() and p.name.endswith(STEM_SUFFIX):
+                track, layout = p.name[: -len(STEM_SUFFIX)], "stem"
+            else:
+                continue
+            refs.append(SampleRef(sanitize_key(track), f"{self.split}/{p.name}", None,
+                                  (("path", str(p)), ("layout", layout), ("track", track))))
+        if not refs:
+            raise ConfigError(f"musdb: no tracks under {folder} (neither <track>/mixture.wav nor *{STEM_SUFFIX})")
+        return finalize(refs)
+
+    def read(self, ref: SampleRef) -> RawSample:
+        from ..audio_io import decode_audio, flac_bytes
+
+        path = Path(ref.get("path"))
+        if ref.get("layout") == "hq":
+            data = read_file(path / "mixture.wav")
+            mixture = decode_audio(data)
+            stems = {}
+            for stem in STEMS:
+                audio = decode_audio(read_file(path / f"{stem}.wav"))
+                if audio.rate != mixture.rate or audio.samples.shape != mixture.samples.shape:
+                    raise SampleError(f"{stem}.wav has {audio.samples.shape} at {audio.rate} Hz, mixture.wav "
+                                      f"{mixture.samples.shape} at {mixture.rate} Hz")
+                stems[stem] = flac_bytes(audio)
+        else:
+            import av
+
+            data = read_file(path)
+            try:
+                with av.open(path) as container:
+                    count = len(container.streams.audio)
+            except av.error.FFmpegError as exc:
+                raise SampleError(f"cannot open {path.name}: {exc}") from None
+            if count != len(STREAMS):
+                raise SampleError(f"{path.name} has {count} audio streams, a stem file has {len(STREAMS)} "
+                                  f"({', '.join(STREAMS)})")
+            mixture = decode_audio(data, stream=0)
+            stems = {}
+            for i, stem in enumerate(STEMS, 1):
+                audio = decode_audio(data, stream=i)
+                if audio.rate != mixture.rate or audio.samples.shape != mixture.samples.shape:
+                    raise SampleError(f"stream {i} ({stem}) has {audio.samples.shape} at {audio.rate} Hz, the "
+                                      f"mixture {mixture.samples.shape} at {mixture.rate} Hz")
+                stems[stem] = flac_bytes(audio)
+        attachments = {f"{stem}.flac": stems[stem] for stem in STEMS}
+        fields = {"track": ref.get("track"), "stems": list(STEMS), "stems_coded": self.encode_stems}
+        if self.encode_stems:
+            return TrackedSample(data, attachments, fields, tracks=dict(stems))
+        return RawSample(data, attachments, fields)
+
+    def label_fields(self, ref: SampleRef) -> dict:
+        return {"track": ref.get("track")}

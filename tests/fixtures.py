@@ -1,0 +1,465 @@
+"""Builders for small test datasets in each source's native layout, made from real photographs.
+
+The photographs ship with scikit-image (``skimage.data``) and scikit-learn
+(``load_sample_images``), so nothing is downloaded. Each builder writes a dataset under a
+folder and returns a :class:`Built` that says, independently of the code under test, which
+samples the source must list, with which original name, label and outcome.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+import math
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# --------------------------------------------------------------------------- photographs
+
+
+@functools.lru_cache(maxsize=None)
+def _full(name: str) -> np.ndarray:
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_images
+
+        data = load_sample_images()
+        return data.images[[Path(f).stem for f in data.filenames].index(name)]
+    import skimage.data
+
+    return getattr(skimage.data, name)()
+
+
+def photo(name: str, height: int, width: int) -> np.ndarray:
+    """A real photograph centre-cropped to the aspect ratio and resized (Lanczos) to (height, width)."""
+    full = _full(name)
+    h, w = full.shape[:2]
+    if w * height > h * width:  # too wide: crop width
+        cw = h * width // height
+        full = full[:, (w - cw) // 2: (w - cw) // 2 + cw]
+    else:
+        ch = w * height // width
+        full = full[(h - ch) // 2: (h - ch) // 2 + ch]
+    img = Image.fromarray(full).resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(img).copy()
+
+
+# --------------------------------------------------------------------------- encoded files
+
+
+def encode_pil(img: Image.Image, fmt: str, **options: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def jpeg_bytes(arr: np.ndarray, quality: int = 92) -> bytes:
+    return encode_pil(Image.fromarray(arr), "JPEG", quality=quality)
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    return encode_pil(Image.fromarray(arr), "PNG")
+
+
+def gray_jpeg(name: str = "camera", size: tuple[int, int] = (96, 96)) -> bytes:
+    arr = photo(name, *size)
+    if arr.ndim == 3:
+        arr = np.asarray(Image.fromarray(arr).convert("L"))
+    return jpeg_bytes(arr)
+
+
+def cmyk_jpeg(name: str = "coffee", size: tuple[int, int] = (96, 128)) -> bytes:
+    """A CMYK JPEG (as print workflows write; ImageNet has a few)."""
+    return encode_pil(Image.fromarray(photo(name, *size)).convert("CMYK"), "JPEG", quality=95)
+
+
+def exif_rotated_jpeg(name: str, size: tuple[int, int], orientation: int) -> bytes:
+    """A JPEG whose stored pixels are ``photo(name, *size)`` and whose EXIF orientation tag is set."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode_pil(Image.fromarray(photo(name, *size)), "JPEG", quality=92, exif=exif.tobytes())
+
+
+def truncated_jpeg(name: str = "rocket", size: tuple[int, int] = (96, 128)) -> bytes:
+    data = jpeg_bytes(photo(name, *size))
+    return data[: len(data) * 3 // 5]
+
+
+def palette_png(name: str = "chelsea", size: tuple[int, int] = (80, 112), transparent: int | None = None) -> bytes:
+    img = Image.fromarray(photo(name, *size)).quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=0)
+    opts = {} if transparent is None else {"transparency": transparent}
+    return encode_pil(img, "PNG", **opts)
+
+
+def rgba_png(name: str = "astronaut", size: tuple[int, int] = (100, 100)) -> bytes:
+    """A photograph cut out with a soft round mask: transparent corners, opaque centre, graded ring."""
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    r = np.hypot((yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2))
+    alpha = np.clip(np.rint((1.0 - r) / 0.25 * 255), 0, 255).astype(np.uint8)
+    return png_bytes(np.dstack([photo(name, h, w), alpha]))
+
+
+# expected pixels, computed here without pipeline code ------------------------------------
+
+
+def pil_raw(data: bytes) -> np.ndarray:
+    """Stored pixels as Pillow decodes them, no orientation, no mode conversion."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.asarray(img).copy()
+
+
+def over_white(rgba: np.ndarray) -> np.ndarray:
+    """Alpha-composite RGBA over white in float, rounded (Pillow's integer result is within 1)."""
+    a = rgba[..., 3:4].astype(np.float64) / 255.0
+    out = rgba[..., :3].astype(np.float64) * a + 255.0 * (1.0 - a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class Expected:
+    """One listed sample: the original name the pipeline must keep, its bytes, label, and outcome."""
+
+    source: str
+    data: bytes
+    label: int | None = None
+    error: str | None = None  # substring of the error message, or None for an ok sample
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Built:
+    root: Path
+    samples: dict[str, Expected]  # by original name (SampleRef.source)
+    skipped: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> list[Expected]:
+        return [e for e in self.samples.values() if e.error is None]
+
+
+def _write(path: Path, data: bytes) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+WNIDS = ["n01440764", "n01443537", "n02102040"]  # tench, goldfish, English springer
+
+
+def _train_files() -> list[tuple[str, bytes]]:
+    """(file stem suffix, bytes) for ImageNet train folders: ordinary JPEGs plus the odd cases."""
+    return [
+        ("a", jpeg_bytes(photo("astronaut", 96, 128))),
+        ("gray", gray_jpeg("camera", (96, 96))),
+        ("cmyk", cmyk_jpeg("coffee", (96, 128))),
+        ("png", png_bytes(photo("china", 80, 120))),  # a PNG named .JPEG, as in ILSVRC-2012
+        ("exif6", exif_rotated_jpeg("rocket", (64, 112), 6)),
+        ("b", jpeg_bytes(photo("flower", 112, 80))),
+    ]
+
+
+def build_imagenet(root: Path, layout: str) -> dict[str, Built]:
+    """ImageNet in the PyTorch-example layout ("folders") or the Kaggle layout ("kaggle").
+
+    Returns the expectation per split. The val split of the Kaggle layout is flat with labels
+    in LOC_val_solution.csv; one val image is missing from the csv and must become an error.
+    """
+    if layout == "folders":
+        base = root
+    elif layout == "kaggle":
+        base = root / "ILSVRC" / "Data" / "CLS-LOC"
+        names = ["tench, Tinca tinca", "goldfish, Carassius auratus", "English springer, English springer spaniel"]
+        _write(root / "LOC_synset_mapping.txt",
+               "".join(f"{w} {n}\n" for w, n in zip(WNIDS, names, strict=True)).encode())
+    else:
+        raise ValueError(layout)
+    label = {w: i for i, w in enumerate(sorted(WNIDS))}
+    out = {"train": Built(root, {}), "val": Built(root, {})}
+    # train: two images per class; the odd files are spread over the classes
+    files = _train_files()
+    for i, (suffix, data) in enumerate(files):
+        wnid = WNIDS[i % len(WNIDS)]
+        rel = f"train/{wnid}/{wnid}_{i:05d}_{suffix}.JPEG"
+        _write(base / rel, data)
+        out["train"].samples[rel] = Expected(rel, data, label[wnid], fields={"wnid": wnid})
+    # val
+    val = [
+        (WNIDS[0], jpeg_bytes(photo("cat", 96, 128))),
+        (WNIDS[1], palette_png("chelsea", (80, 112))),
+        (WNIDS[2], jpeg_bytes(photo("immunohistochemistry", 64, 64))),
+        (WNIDS[0], truncated_jpeg("rocket", (96, 128))),
+    ]
+    rows = []
+    for i, (wnid, data) in enumerate(val, start=1):
+        stem = f"ILSVRC2012_val_{i:08d}"
+        if layout == "folders":
+            rel = f"val/{wnid}/{stem}.JPEG"
+        else:
+            rel = f"val/{stem}.JPEG"
+            rows.append((stem, f"{wnid} 48 30 200 180 {wnid} 10 12 60 70"))
+        _write(base / rel, data)
+        error = "cannot decode" if i == len(val) else None
+        out["val"].samples[rel] = Expected(rel, data, label[wnid], error, {"wnid": wnid})
+    if layout == "kaggle":  # one val image the csv does not know
+        rel = f"val/ILSVRC2012_val_{len(val) + 1:08d}.JPEG"
+        data = _write(base / rel, jpeg_bytes(photo("coffee", 64, 96)))
+        out["val"].samples[rel] = Expected(rel, data, None, "missing label")
+        with open(root / "LOC_val_solution.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["ImageId", "PredictionString"])
+            w.writerows(rows)
+    return out
+
+
+def build_ade20k(root: Path) -> dict[str, Built]:
+    """ADEChallengeData2016 with images, uint8 label maps, and one image without its annotation."""
+    base = root / "ADEChallengeData2016"
+    rng = np.random.default_rng(20160)
+    out = {}
+    for split, folder, names in (("train", "training", ["astronaut", "coffee", "china"]),
+                                 ("val", "validation", ["chelsea", "flower", "rocket"])):
+        built = Built(root, {})
+        for i, name in enumerate(names, start=1):
+            stem = f"ADE_{split}_{i:08d}"
+            rel = f"images/{folder}/{stem}.jpg"
+            data = _write(base / rel, jpeg_bytes(photo(name, 96, 128)))
+            if split == "val" and i == len(names):
+                built.samples[rel] = Expected(rel, data, None, "missing annotation")
+                continue
+            # a label map: class ids from a coarse quantisation of the photo, as segmentation masks look
+            gray = np.asarray(Image.fromarray(photo(name, 96, 128)).convert("L"))
+            seg = (gray // 32).astype(np.uint8) + rng.integers(0, 2, size=gray.shape, dtype=np.uint8) * 8
+            seg_bytes = _write(base / f"annotations/{folder}/{stem}.png", png_bytes(seg))
+            built.samples[rel] = Expected(rel, data, None, None, {"seg.png": seg_bytes})
+        out[split] = built
+    return out
+
+
+def build_imagefolder(root: Path, classes: bool) -> Built:
+    """A folder of images with (``classes``) or without class subfolders, plus non-image files to skip."""
+    built = Built(root, {})
+    items = [
+        ("cats", "chelsea.jpg", jpeg_bytes(photo("chelsea", 96, 128))),
+        ("cats", "cat.png", png_bytes(photo("cat", 80, 112))),
+        ("cats", "cutout_rgba.png", rgba_png("astronaut", (100, 100))),
+        ("things", "rocket.JPG", jpeg_bytes(photo("rocket", 112, 80))),
+        ("things", "coins.jpeg", gray_jpeg("coins", (96, 112))),
+        ("things", "exif8.jpg", exif_rotated_jpeg("coffee", (72, 120), 8)),
+        ("things", "broken.jpg", truncated_jpeg("astronaut", (96, 96))),
+    ]
+    names = sorted({c for c, _, _ in items})
+    for cls, fname, data in items:
+        # without classes: the "cats" images at the top, the others in a subfolder (then no labels)
+        rel = f"{cls}/{fname}" if classes else fname if cls == "cats" else f"sub/{fname}"
+        _write(root / rel, data)
+        error = "cannot decode" if fname == "broken.jpg" else None
+        built.samples[rel] = Expected(rel, data, names.index(cls) if classes else None, error,
+                                      {"class_name": cls} if classes else {})
+    # files that are not images: skipped and counted
+    _write(root / "README.txt", b"not an image\n")
+    _write(root / ("cats" if classes else "sub") / "labels.csv", b"a,b\n")
+    _write(root / ".hidden" / "x.jpg", b"hidden folders are ignored")
+    built.skipped = 2
+    return built
+
+
+def hf_rows() -> list[tuple[bytes, int]]:
+    """(image bytes, label) of the Hugging Face test dataset; one row holds a truncated JPEG."""
+    return [
+        (jpeg_bytes(photo("astronaut", 96, 96)), 0),
+        (png_bytes(photo("coffee", 80, 120)), 1),
+        (gray_jpeg("camera", (64, 96)), 2),
+        (truncated_jpeg("china", (96, 128)), 1),
+        (jpeg_bytes(photo("flower", 120, 80)), 0),
+        (jpeg_bytes(photo("cat", 64, 80)), -1),  # ClassLabel's "no label"
+    ]
+
+
+HF_CLASSES = ["astronaut", "kitchen", "scene"]
+
+
+def build_hf(root: Path) -> dict[str, Built]:
+    """The same rows as a ``save_to_disk`` folder and as parquet files (two, to test globbing)."""
+    import datasets
+
+    rows = hf_rows()
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=HF_CLASSES),
+                                  "name": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b, "path": None} for b, _ in rows], "label": [lab for _, lab in rows],
+         "name": [f"img{i}" for i in range(len(rows))]}, features=features)
+    disk = root / "disk"
+    ds.save_to_disk(str(disk))
+    pq_dir = root / "parquet"
+    pq_dir.mkdir(parents=True)
+    ds.select(range(3)).to_parquet(str(pq_dir / "part-0.parquet"))
+    ds.select(range(3, len(rows))).to_parquet(str(pq_dir / "part-1.parquet"))
+    out = {}
+    for kind, where in (("disk", disk), ("parquet", pq_dir)):
+        width = len(str(len(rows) - 1))
+        built = Built(where, {}, options={"label_column": "label"})
+        for i, (data, lab) in enumerate(rows):
+            name = f"{where}#{i:0{width}d}"
+            error = "cannot decode" if i == 3 else "missing label" if lab < 0 else None
+            built.samples[name] = Expected(name, data, lab, error, {"class_name": HF_CLASSES[lab]} if lab >= 0 else {})
+        out[kind] = built
+    return out
+
+
+# --------------------------------------------------------------------------- reading output back
+
+
+def read_tar(path: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """Every member of a tar with its bytes, in stored order."""
+    with tarfile.open(path) as tf:
+        return [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+
+
+def group_members(members: list[tuple[tarfile.TarInfo, bytes]]) -> dict[str, list[tuple[str, bytes]]]:
+    """Members by sample key (the name up to the first dot), each as [(extension, bytes), ...] in order."""
+    out: dict[str, list[tuple[str, bytes]]] = {}
+    for info, data in members:
+        key, _, ext = info.name.partition(".")
+        out.setdefault(key, []).append((ext, data))
+    return out
+
+
+def tree_bytes(folder: Path, pattern: str = "*.tar") -> dict[str, bytes]:
+    """Relative path -> bytes of every file matching ``pattern`` under ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob(pattern))}
+
+
+def verify_run(result, built: Built) -> dict[str, dict[str, Any]]:
+    """Check every codec set of a finished run against the fixture, recomputing what was recorded.
+
+    Returns, per canonical spec, the JSON records by original name (for further checks).
+    """
+    import pyarrow.parquet as pq
+    import pytest
+
+    from pipeline.codecs import make_codec
+    from pipeline.imaging import decode_to_rgb
+    from pipeline.metrics import mse as mse_of
+    from pipeline.metrics import psnr_from_mse
+    from pipeline.spec import parse_spec
+
+    assert not result.failed, result.failed
+    assert result.listed == len(built.samples)
+    assert len(result.sets) == len(result.config.codecs)
+    n_ok = len(built.ok)
+    records_by_spec = {}
+    for summary in result.sets:
+        spec = parse_spec(summary.spec)
+        assert spec.canonical == summary.spec
+        codec = make_codec(spec)
+        folder = Path(summary.folder)
+        assert folder.name == spec.tag
+        assert (summary.samples, summary.ok, summary.errors) == (len(built.samples), n_ok,
+                                                                 len(built.samples) - n_ok)
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files left"
+        index = json.loads((folder / "index.json").read_text())
+        assert index["codec"] == spec.canonical and index["tag"] == spec.tag
+        assert index["counts"] == {"listed": len(built.samples), "ok": n_ok, "error": len(built.samples) - n_ok}
+        # shards named in the index are exactly the tars present, with the recorded size and hash
+        assert sorted(s["name"] for s in index["shards"]) == sorted(p.name for p in folder.glob("*.tar"))
+        for s in index["shards"]:
+            data = (folder / s["name"]).read_bytes()
+            assert (len(data), hashlib.sha256(data).hexdigest()) == (s["bytes"], s["sha256"])
+        manifest = pq.read_table(folder / "manifest.parquet").to_pylist()
+        assert len(manifest) == len(built.samples)
+        rows = {r["source"]: r for r in manifest}
+        assert set(rows) == set(built.samples), "manifest must list every sample under its original name"
+        assert len({r["key"] for r in manifest}) == len(manifest)
+
+        members: dict[str, list[tuple[str, bytes]]] = {}
+        for s in index["shards"]:
+            items = read_tar(folder / s["name"])
+            for info, _ in items:
+                assert (info.mtime, info.uid, info.gid, info.uname, info.gname) == (0, 0, 0, "", ""), info.name
+                assert info.isfile()
+            grouped = group_members(items)
+            assert not set(grouped) & set(members), "a key in two shards"
+            members.update(grouped)
+        assert len(members) == n_ok
+
+        records = {}
+        for name, exp in built.samples.items():
+            row = rows[name]
+            key = row["key"]
+            assert "." not in key and "/" not in key
+            assert row["codec"] == spec.canonical
+            assert row["label"] == exp.label
+            if exp.error is not None:
+                assert row["status"] == "error" and exp.error in row["error"], (name, row["error"])
+                assert key not in members
+                continue
+            assert row["status"] == "ok" and row["error"] is None, (name, row["error"])
+            assert row["shard"] in [s["name"] for s in index["shards"]]
+            sample = members[key]
+            exts = [e for e, _ in sample]
+            # payload first, the json record last; the source's attachments in between, sorted
+            assert exts[0] == codec.extension and exts[-1] == "json", exts
+            attachments = dict(sample[1:-1])
+            copied = [e for e in exts[1:-1] if e == "cls" or e in exp.fields]
+            assert copied == sorted(copied)
+            payload, record = sample[0][1], json.loads(sample[-1][1])
+            assert not [k for k in record if k.endswith("_s")], "timings must stay out of shards"
+            assert record["codec"] == spec.canonical
+            assert record["source"] == exp.source == row["source"]
+            assert record["key"] == key
+            assert record["source_sha256"] == hashlib.sha256(exp.data).hexdigest() == row["source_sha256"]
+            assert record["bits"] == 8 * len(payload) == row["bits"]
+            decoded = codec.decode(payload)
+            reference = decode_to_rgb(exp.data)
+            h, w = reference.shape[:2]
+            assert decoded.shape == reference.shape and decoded.dtype == np.uint8
+            assert (record["width"], record["height"]) == (w, h) == (row["width"], row["height"])
+            assert record["bpp"] == row["bpp"] == record["bits"] / (w * h)
+            err = mse_of(reference, decoded)
+            psnr = psnr_from_mse(err)
+            assert record["mse"] == pytest.approx(err, rel=1e-12, abs=1e-12)
+            assert row["psnr"] == pytest.approx(psnr, rel=1e-12)
+            assert record["psnr"] == (None if math.isinf(psnr) else pytest.approx(psnr, rel=1e-12))
+            if codec.lossless:
+                assert np.array_equal(decoded, reference)
+            if exp.label is not None:
+                assert attachments["cls"] == str(exp.label).encode("ascii")
+                assert record["label"] == exp.label
+            else:
+                assert "cls" not in attachments
+            for ext, want in exp.fields.items():
+                if ext.endswith(".png"):  # attachments are copied byte for byte
+                    assert attachments[ext] == want, ext
+                else:
+                    assert record[ext] == want and row[ext] == want, ext
+            records[name] = record
+        records_by_spec[spec.canonical] = records
+    return records_by_spec
+
+
+DEFAULT_CODECS = ("none", "jpeg:quality=50")
+
+
+def transcode(dataset: str, built: Built, out: Path, *, split: str | None = None,
+              codecs: tuple[str, ...] = DEFAULT_CODECS, samples_per_shard: int = 2, executor=None,
+              progress=False, **kwargs):
+    """Run the pipeline on a fixture dataset (InlineExecutor unless ``executor`` is given)."""
+    from pipeline import TranscodeConfig
+    from pipeline.run import transcode as run
+
+    config = TranscodeConfig.create(dataset, built.root, list(codecs), out=out, split=split,
+                                    samples_per_shard=samples_per_shard,
+                                    source_options=kwargs.pop("source_options", built.options), **kwargs)
+    return run(config, executor, progress=progress)
