@@ -508,7 +508,8 @@ class _ViewPlan:
         self.json = table["json"]
         self.attachments = [(ext, name, table[ext]) for ext, name in tasks.ATTACHMENT_FIELDS.items()
                             if ext in table and ext != self.extension]
-        self.user = [(ext, fn) for ext, fn in ds.user_decoders.items() if ext not in tasks.ATTACHMENT_FIELDS]
+        taken = {self.extension, "json", *tasks.ATTACHMENT_FIELDS}  # a user entry for these replaces ours
+        self.user = [(ext, fn) for ext, fn in ds.user_decoders.items() if ext not in taken]
 
 
 class _WithRecord:

@@ -144,6 +144,10 @@ def test_image_formats_and_transform(classes_out):
               sample_transform=lambda s: (seen.append(s["__key__"]), s)[1])
     s = next(iter(ds))
     assert s["image"].dtype == torch.float32 and float(s["image"].max()) <= 1.0 and seen == [s["__key__"]]
+    from pipeline.loaders.decoders import pil_rgb
+
+    via_pillow = next(iter(load(classes_out, "imagefolder", "all", "jpeg:quality=5", decoders={"jpg": pil_rgb})))
+    assert np.array_equal(via_pillow["image"].permute(1, 2, 0).numpy(), arr["image"]) and "jpg" not in via_pillow
     with pytest.raises(ConfigError, match="image_format"):
         load(classes_out, "imagefolder", "all", "none", image_format="cv2")
 
