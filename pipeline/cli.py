@@ -71,20 +71,33 @@ def cli() -> None:
 @click.option("--label-column", default=None, help="hf: integer label column (stored as .cls)")
 @click.option("--hf-config", default=None, help="hf: dataset configuration name on the hub")
 @click.option("--key-column", default=None, help="hf: column holding a unique id used as the sample key")
+@click.option("--weights-dir", default=None, type=click.Path(file_okay=False),
+              help="learned codecs: folder holding checkpoints [default: the torch hub cache]; sets MPQ_WEIGHTS_DIR")
+@click.option("--offline", is_flag=True, help="learned codecs: never download weights (sets MPQ_OFFLINE=1)")
+@click.option("--no-store-bin", is_flag=True, help="learned codecs: do not store the .bin bitstream")
+@click.option("--no-store-png", is_flag=True, help="learned codecs: do not store the decoded .png")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str], out: str, workers: int | None,
               scheduler: str | None, samples_per_shard: int, limit: int | None, ms_ssim: bool,
               image_column: str | None, label_column: str | None, hf_config: str | None, key_column: str | None,
+              weights_dir: str | None, offline: bool, no_store_bin: bool, no_store_png: bool,
               no_progress: bool) -> None:
     """Transcode DATASET stored at ROOT with one or more codec settings."""
+    import os
+
     from .run import plan
 
+    if weights_dir:  # set before any worker starts, so local workers inherit it
+        os.environ["MPQ_WEIGHTS_DIR"] = os.path.abspath(weights_dir)
+    if offline:
+        os.environ["MPQ_OFFLINE"] = "1"
     options = {"image_column": image_column, "label_column": label_column, "hf_config": hf_config,
                "key_column": key_column}
     try:
         config = TranscodeConfig.create(dataset, root, list(codecs), out=out, split=split,
                                         samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim,
-                                        source_options=options)
+                                        source_options=options, store_bitstream=not no_store_bin,
+                                        store_reconstruction=not no_store_png)
         plan(config)  # every configuration error surfaces here, before any cluster starts
     except ConfigError as exc:
         _fail(str(exc))
@@ -152,6 +165,25 @@ def datasets(markdown: bool) -> None:
         s = get_source(name)
         splits = ", ".join(s.splits) if s.splits else f"any name (default {s.default_split})"
         click.echo(f"{name}  [{s.modality}; splits: {splits}]  {s.summary}")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N [default: a GPU when present]")
+def decode(file: str, output: str, device: str | None) -> None:
+    """Decode a learned codec's stored bitstream (FILE.bin, e.g. taken out of a shard) to a PNG.
+
+    A FILE.json beside it (the sample's record) is read to warn when the device or library versions
+    differ from the encoder's: learned codecs may decode differently across devices.
+    """
+    from .bitstream import decode_to_png
+
+    try:
+        rgb = decode_to_png(file, output, device=device)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(f"{output}: {rgb.shape[1]}x{rgb.shape[0]}")
 
 
 @cli.command()

@@ -276,6 +276,27 @@ def test_decoding_in_a_fresh_process_reproduces_the_stored_png(zoo_run, zoo_stor
         assert out == stored_png  # the same PNG settings: byte-identical files
 
 
+def test_mpq_decode_command_reproduces_the_stored_png(zoo_run, zoo_store, tmp_path, monkeypatch):
+    """`mpq decode key.bin -o key.png` gives the PNG the shard stores, byte for byte."""
+    from pipeline.cli import main
+
+    root, _, shards = zoo_run
+    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
+    monkeypatch.setenv("MPQ_OFFLINE", "1")
+    monkeypatch.setenv("MPQ_DEVICE", "cpu")
+    _point_zoo_at(monkeypatch, zoo_store)
+    arch = ZOO[0]
+    key, items = next(iter(shards[arch][1].items()))
+    d = dict(items)
+    src = tmp_path / f"{key}.bin"
+    src.write_bytes(d["bin"])
+    src.with_suffix(".json").write_bytes(d["json"])
+    assert main(["decode", str(src), "-o", str(tmp_path / "out.png")]) == 0
+    assert (tmp_path / "out.png").read_bytes() == d["png"]
+    src.write_bytes(d["bin"][:-3])  # a truncated stream: a one-line error, exit 2
+    assert main(["decode", str(src), "-o", str(tmp_path / "bad.png")]) == 2
+
+
 def test_a_stream_from_another_device_warns_on_decode(zoo_run):
     _, _, shards = zoo_run
     _, members = shards["bmshj2018-factorized"]
