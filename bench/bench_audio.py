@@ -10,7 +10,8 @@ files at a time:
 * bare loop: per file ``ffmpeg -i SRC.flac <codec options> OUT.ext`` then ``ffmpeg -i OUT.ext -f null -``
   (the same bundled binary), ``workers`` files in parallel.
 
-CPU seconds (this process and its children) are reported too. ``--backends`` instead times the two
+CPU seconds (this process and its children) are reported too; numpy's BLAS runs on one thread
+(``OMP_NUM_THREADS=1`` unless set), the ffmpeg binary with its defaults on both sides. ``--backends`` instead times the two
 ways into FFmpeg per codec (the ``ffmpeg`` binary vs PyAV in-process), encode and decode of the
 same clips, which is how each codec's backend was chosen.
 
@@ -32,9 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test signal synthesizers
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one core per worker, as deployed
+    os.environ.setdefault(_var, "1")
 
 #: pipeline spec -> ffmpeg output options doing the same (opus: the pipeline resamples to 48 kHz, so does ffmpeg)
 SETTINGS = {
@@ -160,8 +162,9 @@ def bench_backends(args: argparse.Namespace) -> dict:
                     best = min(best, time.perf_counter() - t0)
                 times[backend] = best
             rows.append({"clip": clip, "codec": name, "cli_s": times["cli"], "pyav_s": times["pyav"]})
-            print(f"{clip:24s} {name:5s} ffmpeg binary {times['cli'] * 1000:7.1f} ms   PyAV {times['pyav'] * 1000:7.1f} ms"
-                  f"   faster: {'binary' if times['cli'] < times['pyav'] else 'PyAV'}", flush=True)
+            faster = "binary" if times["cli"] < times["pyav"] else "PyAV"
+            print(f"{clip:24s} {name:5s} ffmpeg binary {times['cli'] * 1000:7.1f} ms   "
+                  f"PyAV {times['pyav'] * 1000:7.1f} ms   faster: {faster}", flush=True)
     return {"backends": rows}
 
 

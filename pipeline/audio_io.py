@@ -129,7 +129,7 @@ def _decode_pcm_soundfile(data: bytes) -> Audio | None:
 
 
 def _join_frames(chunks: list[np.ndarray], channels: int) -> np.ndarray:
-    """Decoded frames (``to_ndarray()``: planar ``(channels, n)`` or packed ``(1, n * channels)``) as float32 (n, ch)."""
+    """Decoded frames as float32 (n, ch); ``to_ndarray()`` gives planar (channels, n) or packed (1, n * channels)."""
     if not chunks:
         return np.zeros((0, channels), np.float32)
     if all(c.shape[0] == channels for c in chunks):  # planar (and mono, where both layouts agree)

@@ -8,12 +8,18 @@ from typing import Sequence
 import click
 
 from .config import DEFAULT_SAMPLES_PER_SHARD, TranscodeConfig
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 
 
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+def _output_failed(exc: Exception) -> None:
+    click.echo(f"error: {exc}; nothing partial is left under a final name, rerun to resume once it is writable",
+               err=True)
+    sys.exit(1)
 
 
 def _summary(result, seconds: float) -> None:
@@ -28,18 +34,28 @@ def _summary(result, seconds: float) -> None:
         click.echo(f"  FAILED {f}", err=True)
 
 
-def run_config(config: TranscodeConfig, workers: int | None, scheduler: str | None, progress: bool = True):
-    """Run a config on Dask (or in-process with workers=0) and print a summary; used by transcode and demo."""
+def run_config(config: TranscodeConfig, workers: int | None, scheduler: str | None, progress: bool = True, *,
+               cluster=None, isolate: bool = False):
+    """Run a config on Dask (or in-process with workers=0) and print a summary; used by transcode and demo.
+
+    ``cluster``: a :class:`pipeline.cluster.ClusterConfig` (``--cluster FILE``). An output location that
+    cannot be written ends the run with one line and exit code 1.
+    """
     from .run import transcode
 
     start = time.perf_counter()
-    if workers == 0 and not scheduler:
-        result = transcode(config, progress=progress)
-    else:
-        from .cluster import dask_executor
+    try:
+        if workers == 0 and not scheduler and cluster is None:
+            result = transcode(config, progress=progress, isolate=isolate)
+        else:
+            from .cluster import dask_executor
 
-        with dask_executor(workers, scheduler, log=click.echo) as executor:
-            result = transcode(config, executor, progress=progress)
+            with dask_executor(workers, scheduler, cluster=cluster, log=click.echo) as executor:
+                result = transcode(config, executor, progress=progress, isolate=isolate)
+    except OutputError as exc:
+        _output_failed(exc)
+    except ConfigError as exc:  # a cluster that cannot start
+        _fail(str(exc))
     _summary(result, time.perf_counter() - start)
     if result.failed:
         click.echo("some shards failed; rerun the same command to resume", err=True)
@@ -64,6 +80,12 @@ def cli() -> None:
 @click.option("--workers", type=int, default=None,
               help="Dask worker processes on this machine [default: one per core]; 0 runs in this process")
 @click.option("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
+@click.option("--cluster", "cluster_file", default=None, type=click.Path(dir_okay=False),
+              help="cluster configuration (cluster/local.yaml, slurm.yaml, kubernetes.yaml, scheduler.yaml); "
+                   "--workers then overrides its worker count")
+@click.option("--isolate", is_flag=True,
+              help="encode in a child process per shard from the first attempt, so a codec that crashes its "
+                   "process costs one sample (retried shards always do this)")
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @click.option("--limit", type=int, default=None, help="only the first N samples (in key order)")
 @click.option("--ms-ssim", is_flag=True, help="also compute MS-SSIM per sample")
@@ -76,34 +98,53 @@ def cli() -> None:
 @click.option("--offline", is_flag=True, help="learned codecs: never download weights (sets MPQ_OFFLINE=1)")
 @click.option("--no-store-bin", is_flag=True, help="learned codecs: do not store the .bin bitstream")
 @click.option("--no-store-png", is_flag=True, help="learned codecs: do not store the decoded .png")
+@click.option("--pesq", is_flag=True, help="audio: wideband PESQ per sample (speech, at 16 kHz)")
+@click.option("--stoi", is_flag=True, help="audio: STOI per sample (speech)")
+@click.option("--store-decoded", is_flag=True, help="audio: also store the decoded signal as KEY.decoded.flac")
+@click.option("--audio-column", default=None, help="hf: audio column (makes the dataset an audio dataset)")
+@click.option("--encode-stems", is_flag=True, help="musdb: send the four stems through the codec too")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str], out: str, workers: int | None,
-              scheduler: str | None, samples_per_shard: int, limit: int | None, ms_ssim: bool,
+              scheduler: str | None, cluster_file: str | None, isolate: bool, samples_per_shard: int,
+              limit: int | None, ms_ssim: bool,
               image_column: str | None, label_column: str | None, hf_config: str | None, key_column: str | None,
-              weights_dir: str | None, offline: bool, no_store_bin: bool, no_store_png: bool,
+              weights_dir: str | None, offline: bool, no_store_bin: bool, no_store_png: bool, pesq: bool,
+              stoi: bool, store_decoded: bool, audio_column: str | None, encode_stems: bool,
               no_progress: bool) -> None:
     """Transcode DATASET stored at ROOT with one or more codec settings."""
     import os
 
-    from .run import plan
+    from .run import check_output, plan
 
     if weights_dir:  # set before any worker starts, so local workers inherit it
         os.environ["MPQ_WEIGHTS_DIR"] = os.path.abspath(weights_dir)
     if offline:
         os.environ["MPQ_OFFLINE"] = "1"
     options = {"image_column": image_column, "label_column": label_column, "hf_config": hf_config,
-               "key_column": key_column}
+               "key_column": key_column, "audio_column": audio_column, "encode_stems": encode_stems or None}
     try:
         config = TranscodeConfig.create(dataset, root, list(codecs), out=out, split=split,
                                         samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim,
                                         source_options=options, store_bitstream=not no_store_bin,
-                                        store_reconstruction=not no_store_png)
-        plan(config)  # every configuration error surfaces here, before any cluster starts
+                                        store_reconstruction=not no_store_png, pesq=pesq, stoi=stoi,
+                                        store_decoded=store_decoded)
+        source, _ = plan(config)  # every configuration error surfaces here, before any cluster starts
+        cluster = None
+        if cluster_file:
+            from .cluster import load_cluster_config
+
+            if scheduler:
+                raise ConfigError("give --cluster or --scheduler, not both")
+            cluster = load_cluster_config(cluster_file)
     except ConfigError as exc:
         _fail(str(exc))
     if workers is not None and workers < 0:
         _fail("--workers must be 0 or more")
-    run_config(config, workers, scheduler, progress=not no_progress)
+    try:
+        check_output(config, source)  # a read-only, full or unreachable output fails here, before any cluster
+    except OutputError as exc:
+        _output_failed(exc)
+    run_config(config, workers, scheduler, progress=not no_progress, cluster=cluster, isolate=isolate)
 
 
 def codec_table(modality: str | None = None) -> str:
@@ -116,7 +157,8 @@ def codec_table(modality: str | None = None) -> str:
         c = get_codec(name)
         params = ", ".join(f"`{p.name}`" + (f"={format_value(p.default)}" if p.default is not None else "")
                            for p in c.params) or "none"
-        lines.append(f"| `{name}` | {c.modality} | `.{c.extension}` | {params} | {c.library} |")
+        payload = getattr(c, "payload_doc", f"`.{c.extension}`")
+        lines.append(f"| `{name}` | {c.modality} | {payload} | {params} | {c.library} |")
     return "\n".join(lines)
 
 
@@ -128,7 +170,7 @@ def dataset_table() -> str:
     for name in source_names():
         s = get_source(name)
         splits = ", ".join(f"`{x}`" for x in s.splits) if s.splits else f"any name (default `{s.default_split}`)"
-        lines.append(f"| `{name}` | {s.modality} | {splits} | {s.summary} |")
+        lines.append(f"| `{name}` | {getattr(s, 'modality_doc', s.modality)} | {splits} | {s.summary} |")
     return "\n".join(lines)
 
 

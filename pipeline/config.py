@@ -26,13 +26,17 @@ class TranscodeConfig:
     source_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
     store_bitstream: bool = True  # learned codecs: keep the .bin member
     store_reconstruction: bool = True  # learned codecs: keep the decoded .png member
+    pesq: bool = False  # audio: wideband PESQ at 16 kHz per sample
+    stoi: bool = False  # audio: STOI per sample
+    store_decoded: bool = False  # audio: also store the decoded signal as KEY.decoded.flac
 
     @classmethod
     def create(cls, dataset: str, root: str | Path, codecs: Sequence[str | CodecSpec] | str, *,
                out: str | Path = "shards", split: str | None = None,
                samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD, limit: int | None = None,
                ms_ssim: bool = False, source_options: Mapping[str, Any] | None = None,
-               store_bitstream: bool = True, store_reconstruction: bool = True) -> "TranscodeConfig":
+               store_bitstream: bool = True, store_reconstruction: bool = True, pesq: bool = False,
+               stoi: bool = False, store_decoded: bool = False) -> "TranscodeConfig":
         """Validate and build a config (raises ConfigError with a one-line message)."""
         if isinstance(codecs, (str, CodecSpec)):
             codecs = [codecs]
@@ -46,7 +50,8 @@ class TranscodeConfig:
         opts = tuple(sorted((k, v) for k, v in (source_options or {}).items() if v is not None))
         return cls(dataset=dataset, root=str(root), codecs=specs, out=str(out), split=split,
                    samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim, source_options=opts,
-                   store_bitstream=store_bitstream, store_reconstruction=store_reconstruction)
+                   store_bitstream=store_bitstream, store_reconstruction=store_reconstruction, pesq=pesq,
+                   stoi=stoi, store_decoded=store_decoded)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -11,3 +11,8 @@ class SampleError(Exception):
 
 class MissingWeightsError(ConfigError):
     """A learned codec's weights are not where they are expected and cannot be downloaded."""
+
+
+class OutputError(Exception):
+    """The output location cannot be written (read-only, full, no permission, no such bucket): the run
+    stops with this one-line message, and nothing partial is left under a final name."""

@@ -1,17 +1,22 @@
 """Planner and executor: list the source, cut it into shards, run them on an executor, publish.
 
 The core takes any ``concurrent.futures.Executor`` (Dask's ``Client.get_executor()``, a process
-pool, or the in-process one below); Dask set-up lives in :mod:`pipeline.cluster`.
+pool, or the in-process one below); Dask set-up lives in :mod:`pipeline.cluster`. Tasks that need a
+GPU (a learned codec) and tasks that do not are separate, and each task says so in its
+``resources``, which the Dask executor of :mod:`pipeline.cluster` uses to route them.
+
+Output goes through :mod:`pipeline.storage` (a local folder or an fsspec URL). A location that
+cannot be written stops the run with one :class:`~pipeline.errors.OutputError`, checked with a
+probe before any work and again whenever a task fails to write.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
@@ -20,13 +25,13 @@ import pyarrow.parquet as pq
 from . import layout
 from .codecs import get_codec
 from .config import TranscodeConfig
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 from .modalities import get_modality
 from .sources import make_source
 from .sources.base import Source
 from .spec import CodecSpec
+from .storage import open_store
 from .task import ShardResult, ShardTask, run_shard
-from .writer import publish_bytes, remove_all_temps, write_json
 
 
 class InlineExecutor(cf.Executor):
@@ -90,22 +95,47 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
         options["bitstream"] = False
     if not config.store_reconstruction:
         options["reconstruction"] = False
-    tasks = [ShardTask(source, config.dataset, tuple(refs[i: i + n]), i // n, config.codecs, config.out,
-                       options) for i in range(0, len(refs), n)]
+    for flag, name in ((config.pesq, "pesq"), (config.stoi, "stoi"), (config.store_decoded, "decoded_flac")):
+        if flag:  # audio options, likewise only when on
+            options[name] = True
+    # codecs registered from outside the package: workers and child processes import these first
+    builtin = set(_codec_families())
+    modules = tuple(sorted({get_codec(s.name).__module__ for s in config.codecs} - builtin - {"__main__"}))
+    # learned codecs (GPU) and the others go in separate tasks, so each can be routed to its workers
+    groups = [g for g in ([s for s in config.codecs if not get_codec(s.name).needs_gpu],
+                          [s for s in config.codecs if get_codec(s.name).needs_gpu]) if g]
+    tasks = [ShardTask(source, config.dataset, tuple(refs[i: i + n]), i // n, tuple(group), config.out,
+                       options, modules=modules)
+             for group in groups for i in range(0, len(refs), n)]
     return source, tasks
+
+
+def _codec_families() -> tuple[str, ...]:
+    from . import codecs
+
+    return tuple(getattr(codecs, "_FAMILIES", ()))
 
 
 def _check_conflicts(config: TranscodeConfig, source: Source) -> None:
     """Refuse to mix two settings in one folder (a tag whose index records another spec)."""
+    store = open_store(config.out)
     for spec in config.codecs:
-        index = layout.set_dir(config.out, config.dataset, source.split, spec) / layout.INDEX
-        if index.is_file():
+        folder = store.set_folder(config.dataset, source.split, spec.tag)
+        index = store.child(folder, layout.INDEX)
+        if store.is_file(index):
             try:
-                recorded = json.loads(index.read_text()).get("codec")
+                recorded = json.loads(store.read_bytes(index)).get("codec")
             except ValueError:
                 continue
             if recorded != spec.canonical:
-                raise ConfigError(f"{index.parent} holds {recorded}, not {spec.canonical}")
+                raise ConfigError(f"{folder} holds {recorded}, not {spec.canonical}")
+
+
+def check_output(config: TranscodeConfig, source: Source) -> None:
+    """Each set's folder can be written (a probe written and deleted); raises OutputError, one line."""
+    store = open_store(config.out)
+    for spec in config.codecs:
+        store.check_writable(store.set_folder(config.dataset, source.split, spec.tag))
 
 
 def _library_versions(specs: Iterable[CodecSpec]) -> dict[str, dict[str, str]]:
@@ -148,17 +178,19 @@ def manifest_table(rows: list[dict[str, Any]], modality: str = "image") -> pa.Ta
 
 def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks: list[ShardTask],
                  stats: dict[int, dict[str, Any]], versions: dict[str, str]) -> SetSummary:
-    folder = layout.set_dir(config.out, config.dataset, source.split, spec)
+    store = open_store(config.out)
+    folder = store.set_folder(config.dataset, source.split, spec.tag)
+    tasks = [t for t in tasks if spec in t.specs]
     rows = [r for t in tasks for r in stats[t.index]["rows"]]
     buf = pa.BufferOutputStream()
     pq.write_table(manifest_table(rows, source.modality), buf)
-    publish_bytes(folder / layout.MANIFEST, buf.getvalue().to_pybytes())
+    store.publish_bytes(store.child(folder, layout.MANIFEST), buf.getvalue().to_pybytes())
     # shards beyond this plan (a rerun with a smaller --limit) are stale: remove them
     keep = {layout.shard_name(config.dataset, source.split, spec, t.index) for t in tasks}
-    for p in sorted(folder.glob(f"{config.dataset}-{source.split}-{spec.tag}-*")):
-        stem = p.name.removesuffix(".tar").removesuffix("_stats.json")
+    for name in store.names(folder, f"{config.dataset}-{source.split}-{spec.tag}-"):
+        stem = name.removesuffix(".tar").removesuffix("_stats.json")
         if stem not in keep:
-            p.unlink()
+            store.remove(store.child(folder, name))
     shards = [{"name": stats[t.index]["shard"], "samples": stats[t.index]["samples"],
                "errors": stats[t.index]["errors"], "bytes": stats[t.index]["bytes"],
                "sha256": stats[t.index]["sha256"]} for t in tasks]
@@ -172,27 +204,36 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
         "versions": versions, "counts": {"listed": len(rows), "ok": ok, "error": errors},
         "shards": shards, "manifest": layout.MANIFEST,
     }
-    write_json(folder / layout.INDEX, index)  # last: its presence means the set is complete
-    return SetSummary(spec.canonical, spec.tag, str(folder), len(shards), len(rows), ok, errors,
+    store.write_json(store.child(folder, layout.INDEX), index)  # last: its presence means the set is complete
+    return SetSummary(spec.canonical, spec.tag, folder, len(shards), len(rows), ok, errors,
                       sum(s["bytes"] for s in shards))
 
 
 def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
-              progress: bool | Callable[[int, int], None] = False) -> RunResult:
+              progress: bool | Callable[[int, int], None] = False, isolate: bool = False) -> RunResult:
     """Run a transcode; returns what was written. Shards already complete are verified and skipped.
 
-    ``executor`` defaults to running in this process; pass ``Client.get_executor()`` for Dask.
-    ``progress`` shows a tqdm bar (True) or calls ``progress(done_samples, total_samples)``.
+    ``executor`` defaults to running in this process; pass ``Client.get_executor()`` or
+    :func:`pipeline.cluster.dask_executor` for Dask. ``progress`` shows a tqdm bar (True) or calls
+    ``progress(done, total)`` (samples; a run mixing learned and other codecs counts each sample per
+    group). ``isolate`` encodes every shard in a child process from the start, so a codec that
+    crashes its process costs one sample even on the first attempt (retries always do this).
+    Raises OutputError when the output location cannot be written (nothing partial is left).
     """
     source, tasks = plan(config)
+    if isolate:
+        tasks = [dataclasses.replace(t, isolate=True) for t in tasks]
     _check_conflicts(config, source)
+    check_output(config, source)
+    listed = len({r.key for t in tasks for r in t.refs})
     total = sum(len(t.refs) for t in tasks)
-    result = RunResult(config, total, getattr(source, "skipped", 0))
+    result = RunResult(config, listed, getattr(source, "skipped", 0))
+    store = open_store(config.out)
     for spec in config.codecs:
-        folder = layout.set_dir(config.out, config.dataset, source.split, spec)
+        folder = store.set_folder(config.dataset, source.split, spec.tag)
         # the index is rewritten last; remove it so a half-run set never looks complete
-        (folder / layout.INDEX).unlink(missing_ok=True)
-        remove_all_temps(folder)  # leftovers of a killed run, also next to shards that are complete
+        store.remove(store.child(folder, layout.INDEX))
+        store.remove_temps(folder)  # leftovers of a killed run, also next to shards that are complete
     executor = executor or InlineExecutor()
     bar = None
     if progress is True:
@@ -202,12 +243,19 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
                    dynamic_ncols=True)
     done = 0
     stats: dict[str, dict[int, dict[str, Any]]] = {s.tag: {} for s in config.codecs}
-    futures = {executor.submit(run_shard, t): t for t in tasks}
+    futures: dict[cf.Future, ShardTask] = {}
+    for t in tasks:
+        fut = executor.submit(run_shard, t)
+        futures[fut] = t
+        if fut.done() and not fut.cancelled() and isinstance(fut.exception(), OutputError):
+            break  # an in-process run: no point encoding the other shards for an unwritable output
     try:
         for fut in cf.as_completed(futures):
             task = futures[fut]
             try:
                 res: ShardResult = fut.result()
+            except OutputError:  # the output cannot be written: every other task would fail the same way
+                raise
             except Exception as exc:  # a whole task failed: keep going, report at the end
                 result.failed.append(f"shard {task.index:06d}: {type(exc).__name__}: {exc}")
                 continue

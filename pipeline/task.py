@@ -3,23 +3,33 @@
 Each source sample is read and decoded once and encoded for every setting still missing. A task
 is idempotent: settings whose shard is already published (tar and stats agree with the plan,
 size and SHA-256) are verified and skipped, so reruns and retries after a killed worker are safe.
+
+A task that starts leaves a marker (``.NAME.attempt``) next to its first shard and removes it when
+it ends, by success or by a Python exception. A marker found at the start therefore means an earlier
+attempt's process died (a codec crashed it, the OOM killer, a killed worker): this attempt encodes
+in a child process (:mod:`pipeline.isolation`), so the sample that crashes it again becomes one
+error row and the rest of the shard is written.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
+import os
+import socket
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import layout
-from .codecs import make_codec
+from .codecs import get_codec, make_codec
+from .codecs.base import Codec
 from .errors import SampleError
 from .modalities import get_modality
 from .sources.base import SampleRef, Source
 from .spec import CodecSpec
-from .writer import ShardWriter, dumps, file_digest, remove_stale_temps, write_json
+from .storage import open_store
+from .writer import ShardWriter, dumps
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,8 @@ class ShardTask:
     specs: tuple[CodecSpec, ...]
     out: str
     options: dict[str, Any] = field(default_factory=dict)  # modality options, e.g. {"ms_ssim": True}
+    modules: tuple[str, ...] = ()  # modules registering codecs from outside the package: imported first
+    isolate: bool = False  # encode in a child process from the start (a crashing codec costs one sample)
 
     def plan_hash(self, spec: CodecSpec) -> str:
         """Identity of what this shard must contain for one setting; a change redoes the shard."""
@@ -38,9 +50,16 @@ class ShardTask:
                 "refs": [[r.key, r.source, r.label] for r in self.refs]}
         return hashlib.sha256(dumps(plan)).hexdigest()
 
-    def paths(self, spec: CodecSpec) -> tuple[Path, str]:
-        folder = layout.set_dir(self.out, self.dataset, self.source.split, spec)
+    def paths(self, spec: CodecSpec) -> tuple[str, str]:
+        """(folder, shard name without extension); the folder is a path or a URL (see :mod:`pipeline.storage`)."""
+        folder = open_store(self.out).set_folder(self.dataset, self.source.split, spec.tag)
         return folder, layout.shard_name(self.dataset, self.source.split, spec, self.index)
+
+    @property
+    def resources(self) -> dict[str, float] | None:
+        """Dask worker resources this task needs: a GPU when one of its codecs is a learned one."""
+        import_modules(self.modules)
+        return {"GPU": 1} if any(get_codec(s.name).needs_gpu for s in self.specs) else None
 
 
 @dataclass
@@ -50,21 +69,30 @@ class ShardResult:
     cached: list[str] = field(default_factory=list)  # tags found complete and verified
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # tag -> stats record
     samples: int = 0
+    isolated: bool = False  # encoded in a child process (after a crashed attempt, or asked for)
+    crashes: int = 0  # child processes that died on a sample (each such sample is an error row)
+
+
+def import_modules(modules: tuple[str, ...]) -> None:
+    """Import the modules that register codecs defined outside the package (on workers, children)."""
+    for module in modules:
+        importlib.import_module(module)
 
 
 def load_valid_stats(task: ShardTask, spec: CodecSpec) -> dict[str, Any] | None:
     """The stats of a published shard if it matches the plan and its tar's size and hash, else None."""
+    store = open_store(task.out)
     folder, name = task.paths(spec)
-    stats_file, tar = layout.stats_path(folder, name), layout.tar_path(folder, name)
-    if not stats_file.is_file() or not tar.is_file():
+    stats_file, tar = store.child(folder, f"{name}_stats.json"), store.child(folder, f"{name}.tar")
+    if not store.is_file(stats_file) or not store.is_file(tar):
         return None
     try:
-        stats = json.loads(stats_file.read_text())
-    except (OSError, ValueError):
-        return None
-    if stats.get("plan") != task.plan_hash(spec) or stats.get("bytes") != tar.stat().st_size:
-        return None
-    if file_digest(tar) != (stats["bytes"], stats.get("sha256")):
+        stats = json.loads(store.read_bytes(stats_file))
+        if stats.get("plan") != task.plan_hash(spec) or stats.get("bytes") != store.size(tar):
+            return None
+        if store.digest(tar) != (stats["bytes"], stats.get("sha256")):
+            return None
+    except (OSError, ValueError, KeyError):
         return None
     return stats
 
@@ -77,8 +105,118 @@ def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, SampleError) else f"{type(exc).__name__}: {exc}"
 
 
+def sample_events(task: ShardTask, pending: list[CodecSpec], codecs: list[Codec],
+                  start: tuple[int, int] = (0, 0)) -> Iterator[tuple]:
+    """What happens to each sample, in order, from sample ``start[0]`` and setting ``start[1]`` on.
+
+    Events: ``("sample_error", i, reason)`` (unreadable source), ``("sample", i, sha256, attachments,
+    fields)``, then per setting j ``("encoded", i, j, members, measures)`` or ``("encode_error", i, j,
+    reason)``. The same stream is consumed in this process or sent from an isolated child.
+    """
+    modality = get_modality(task.source.modality)
+    first, from_setting = start
+    for i in range(first, len(task.refs)):
+        try:
+            raw = task.source.read(task.refs[i])
+            sha = hashlib.sha256(raw.data).hexdigest()
+            prepared = modality.prepare(raw)
+        except Exception as exc:  # per-sample: recorded, the run goes on
+            yield ("sample_error", i, _reason(exc))
+            continue
+        yield ("sample", i, sha, raw.attachments, raw.fields)
+        for j in range(from_setting if i == first else 0, len(pending)):
+            try:
+                members, m = modality.encode(codecs[j], prepared, task.options)
+            except Exception as exc:
+                yield ("encode_error", i, j, _reason(exc))
+                continue
+            yield ("encoded", i, j, members, m)
+
+
+class _Assembler:
+    """Turns sample events into tar members and manifest rows, then publishes tar then stats."""
+
+    def __init__(self, task: ShardTask, pending: list[CodecSpec]):
+        self.task, self.pending = task, pending
+        self.store = open_store(task.out)
+        self.rows: list[list[dict[str, Any]]] = [[] for _ in pending]
+        self.writers: dict[int, ShardWriter] = {}
+        self.sample: tuple[int, str, dict[str, bytes], dict[str, Any]] | None = None
+        for j, spec in enumerate(pending):
+            folder, name = task.paths(spec)
+            self.store.remove_temps(folder, name)
+            self.writers[j] = self.store.shard_writer(self.store.child(folder, f"{name}.tar"))
+
+    def base(self, i: int) -> dict[str, Any]:
+        ref = self.task.refs[i]
+        return {"key": ref.key, "source": ref.source, **self.task.source.label_fields(ref)}
+
+    def apply(self, event: tuple) -> None:
+        kind, i = event[0], event[1]
+        if kind == "sample_error":
+            for rows in self.rows:
+                rows.append({**self.base(i), "status": "error", "error": event[2]})
+        elif kind == "sample":
+            self.sample = (i, event[2], event[3], event[4])
+        elif kind == "encode_error":
+            _, sha, _, _ = self._current(i)
+            self.rows[event[2]].append({**self.base(i), "source_sha256": sha, "status": "error", "error": event[3]})
+        elif kind == "encoded":
+            self._encoded(i, event[2], event[3], event[4])
+        else:
+            raise ValueError(f"unknown sample event {kind!r}")
+
+    def _current(self, i: int) -> tuple[int, str, dict[str, bytes], dict[str, Any]]:
+        if self.sample is None or self.sample[0] != i:
+            raise RuntimeError(f"sample event {i} out of order")
+        return self.sample
+
+    def _encoded(self, i: int, j: int, members: list[tuple[str, bytes]], m: dict[str, Any]) -> None:
+        _, sha, attachments, fields = self._current(i)
+        ref, spec, base = self.task.refs[i], self.pending[j], self.base(i)
+        facts = {k: v for k, v in m.items() if not k.endswith("_s")}  # timings stay out of shards
+        record = {**base, **fields, "dataset": self.task.dataset, "split": self.task.source.split,
+                  "codec": spec.canonical, "source_sha256": sha,
+                  **{k: _json_float(v) if isinstance(v, float) else v for k, v in facts.items()}}
+        self.writers[j].add(ref.key, [*members, *sorted(attachments.items()), ("json", dumps(record))])
+        self.rows[j].append({**base, **{k: v for k, v in fields.items() if k not in base},
+                             "source_sha256": sha, "status": "ok", "error": None,
+                             "payload_ext": members[0][0], **m})
+
+    def publish(self, result: ShardResult) -> None:
+        for j, spec in enumerate(self.pending):
+            size, digest = self.writers[j].close()  # still listed while closing: a failure aborts it
+            del self.writers[j]
+            folder, name = self.task.paths(spec)
+            for r in self.rows[j]:
+                r["shard"] = f"{name}.tar"
+                r["codec"] = spec.canonical
+            stats = {"format": layout.FORMAT, "shard": f"{name}.tar", "index": self.task.index,
+                     "spec": spec.canonical, "plan": self.task.plan_hash(spec), "bytes": size, "sha256": digest,
+                     "samples": sum(r["status"] == "ok" for r in self.rows[j]),
+                     "errors": sum(r["status"] == "error" for r in self.rows[j]),
+                     "rows": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()}
+                              for r in self.rows[j]]}
+            self.store.write_json(self.store.child(folder, f"{name}_stats.json"), stats)
+            result.written.append(spec.tag)
+            result.stats[spec.tag] = stats
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+        self.writers.clear()
+
+
+def attempt_marker(task: ShardTask, spec: CodecSpec) -> str:
+    """Where a running attempt of this task says so (next to the shard of ``spec``)."""
+    folder, name = task.paths(spec)
+    return open_store(task.out).child(folder, f".{name}.attempt")
+
+
 def run_shard(task: ShardTask) -> ShardResult:
     """Encode one shard for every setting still missing; publish tar then stats, per setting."""
+    import_modules(task.modules)
+    store = open_store(task.out)
     result = ShardResult(task.index, samples=len(task.refs))
     pending: list[CodecSpec] = []
     for spec in task.specs:
@@ -88,58 +226,37 @@ def run_shard(task: ShardTask) -> ShardResult:
             result.stats[spec.tag] = stats
         else:
             pending.append(spec)
+    # markers of earlier attempts, next to any of this task's shards (one may have died after publishing some)
+    crashed = [m for m in (attempt_marker(task, s) for s in task.specs) if store.is_file(m)]
     if not pending:
+        for m in crashed:  # it died after publishing everything: nothing is missing
+            store.remove(m)
         return result
 
-    codecs = {s: make_codec(s) for s in pending}
-    modality = get_modality(task.source.modality)
-    writers: dict[CodecSpec, ShardWriter] = {}
-    rows: dict[CodecSpec, list[dict[str, Any]]] = {s: [] for s in pending}
+    markers = [attempt_marker(task, s) for s in pending]
+    store.write_json(markers[0], {"host": socket.gethostname(), "pid": os.getpid(), "after_crash": bool(crashed)})
+    assembler = None
     try:
-        for spec in pending:
-            folder, name = task.paths(spec)
-            remove_stale_temps(folder, name)
-            writers[spec] = ShardWriter(layout.tar_path(folder, name))
-        for ref in task.refs:
-            base = {"key": ref.key, "source": ref.source, **task.source.label_fields(ref)}
+        assembler = _Assembler(task, pending)
+        if task.isolate or crashed:
+            from .isolation import run_isolated
+
+            result.isolated = True
+            result.crashes = run_isolated(task, pending, assembler.apply)
+        else:
+            codecs = [make_codec(s) for s in pending]
+            for event in sample_events(task, pending, codecs):
+                assembler.apply(event)
+        assembler.publish(result)
+    except BaseException:
+        if assembler is not None:
+            assembler.abort()
+        for m in {markers[0], *crashed}:  # a Python exception is no crash: the next attempt runs normally
             try:
-                raw = task.source.read(ref)
-                sha = hashlib.sha256(raw.data).hexdigest()
-                prepared = modality.prepare(raw)
-            except Exception as exc:  # per-sample: recorded, the run goes on
-                for spec in pending:
-                    rows[spec].append({**base, "status": "error", "error": _reason(exc)})
-                continue
-            for spec in pending:
-                try:
-                    members, m = modality.encode(codecs[spec], prepared, task.options)
-                except Exception as exc:
-                    rows[spec].append({**base, "source_sha256": sha, "status": "error", "error": _reason(exc)})
-                    continue
-                facts = {k: v for k, v in m.items() if not k.endswith("_s")}  # timings stay out of shards
-                record = {**base, **raw.fields, "dataset": task.dataset, "split": task.source.split,
-                          "codec": spec.canonical, "source_sha256": sha,
-                          **{k: _json_float(v) if isinstance(v, float) else v for k, v in facts.items()}}
-                writers[spec].add(ref.key, [*members, *sorted(raw.attachments.items()), ("json", dumps(record))])
-                rows[spec].append({**base, **{k: v for k, v in raw.fields.items() if k not in base},
-                                   "source_sha256": sha, "status": "ok", "error": None,
-                                   "payload_ext": members[0][0], **m})
-        for spec in pending:
-            size, digest = writers.pop(spec).close()
-            folder, name = task.paths(spec)
-            for r in rows[spec]:
-                r["shard"] = f"{name}.tar"
-                r["codec"] = spec.canonical
-            stats = {"format": layout.FORMAT, "shard": f"{name}.tar", "index": task.index,
-                     "spec": spec.canonical, "plan": task.plan_hash(spec), "bytes": size, "sha256": digest,
-                     "samples": sum(r["status"] == "ok" for r in rows[spec]),
-                     "errors": sum(r["status"] == "error" for r in rows[spec]),
-                     "rows": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()}
-                              for r in rows[spec]]}
-            write_json(layout.stats_path(folder, name), stats)
-            result.written.append(spec.tag)
-            result.stats[spec.tag] = stats
-    finally:
-        for w in writers.values():
-            w.abort()
+                store.remove(m)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+        raise
+    for m in {markers[0], *crashed}:
+        store.remove(m)
     return result

@@ -4,9 +4,13 @@ A shard is written under a temporary name in its final folder and renamed when c
 partial tar ever stands under a final name; its ``_stats.json`` is written (the same way) after
 the tar, so a shard counts as done only when both exist and agree. Tar headers carry no time,
 user or group, so the same samples give byte-identical shards.
+
+Any failure to write (a read-only or full file system, no permission) is raised as
+:class:`~pipeline.errors.OutputError` naming the folder, after the temporary file is removed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -14,9 +18,20 @@ import os
 import tarfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+from .errors import OutputError
 
 TMP_MARK = ".tmp-"
+
+
+@contextlib.contextmanager
+def output_errors(where: Path | str) -> Iterator[None]:
+    """Turn an OSError while writing into an OutputError that says where and why, in one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write {where}: {exc.strerror or exc}") from exc
 
 
 def dumps(obj: Any) -> bytes:
@@ -43,16 +58,18 @@ def _fsync_dir(path: Path) -> None:
 
 def publish_bytes(final: Path, data: bytes) -> None:
     """Write bytes to a temporary sibling, fsync, and rename onto ``final``."""
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(final)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        with output_errors(final.parent):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(final.parent)
 
@@ -66,9 +83,10 @@ class ShardWriter:
 
     def __init__(self, final: Path):
         self.final = final
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp_path(final)
-        self._fh = open(self.tmp, "wb")
+        with output_errors(final.parent):
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.tmp, "wb")
         self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.PAX_FORMAT)
         self.count = 0
         self._keys: set[str] = set()
@@ -85,25 +103,28 @@ class ShardWriter:
             info.mode = 0o444
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            with output_errors(self.final.parent):
+                self._tar.addfile(info, io.BytesIO(data))
         self.count += 1
 
     def close(self) -> tuple[int, str]:
         """Finish the tar, rename it into place, and return (bytes, sha256) of the published file."""
-        self._tar.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        size, digest = file_digest(self.tmp)
-        os.replace(self.tmp, self.final)
+        with output_errors(self.final.parent):
+            self._tar.close()
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            size, digest = file_digest(self.tmp)
+            os.replace(self.tmp, self.final)
         _fsync_dir(self.final.parent)
         return size, digest
 
     def abort(self) -> None:
-        try:
-            self._tar.close()
-            self._fh.close()
-        finally:
+        """Drop the temporary file; never raises (it runs while another error is on its way out)."""
+        for close in (self._tar.close, self._fh.close):
+            with contextlib.suppress(Exception):
+                close()
+        with contextlib.suppress(OSError):
             self.tmp.unlink(missing_ok=True)
 
 

@@ -311,7 +311,7 @@ def build_hf(root: Path) -> dict[str, Built]:
         width = len(str(len(rows) - 1))
         built = Built(where, {}, options={"label_column": "label"})
         for i, (data, lab) in enumerate(rows):
-            name = f"{where}#{i:0{width}d}"
+            name = f"row {i:0{width}d}"  # the row, not the root as typed (a path change must not redo shards)
             error = "cannot decode" if i == 3 else "missing label" if lab < 0 else None
             built.samples[name] = Expected(name, data, lab, error, {"class_name": HF_CLASSES[lab]} if lab >= 0 else {})
         out[kind] = built

@@ -22,6 +22,7 @@ from pipeline.audio_io import decode_audio, remix, resample
 from pipeline.audio_metrics import si_sdr, snr
 from pipeline.codecs import make_codec
 from pipeline.errors import ConfigError
+from pipeline.modalities.audio import decode_payload
 from pipeline.sources import make_source
 from pipeline.task import ShardTask, run_shard
 
@@ -110,6 +111,7 @@ def test_librispeech_shards_hold_what_was_recorded(libri, libri_run, tmp_path):
             assert record["bits"] == rows[key]["bits"] == af.independent_bits(codec, m[ext], tmp_path)
             assert record["kbps"] == pytest.approx(record["bits"] / (n / af.SPEECH_RATE) / 1000)
             decoded = decode_back(spec, m[ext], record)
+            assert np.array_equal(decoded, decode_payload(make_codec(parse_spec(spec)), m[ext], record))
             assert af.peak_lag(source, decoded) == 0
             assert record["snr"] == pytest.approx(snr(source, decoded), abs=1e-9)
             assert record["si_sdr"] == pytest.approx(si_sdr(source, decoded), abs=1e-9)

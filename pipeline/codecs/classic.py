@@ -140,7 +140,8 @@ class JPEG2000(_PillowCodec):
 
 @register
 class PNG(_PillowCodec):
-    library = "Pillow (zlib)"
+    library = "Pillow (zlib) for images, libsndfile (FLAC) for audio"
+    payload_doc = "`.png` (image), `.flac` (audio)"
     name = "none"
     extension = "png"
     format = "PNG"
@@ -152,3 +153,14 @@ class PNG(_PillowCodec):
 
     def options(self) -> dict[str, Any]:
         return {"compress_level": 6, "optimize": False}
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        out = _pillow_versions("zlib")
+        try:  # audio reference sets are FLAC through libsndfile
+            import soundfile
+
+            out["libsndfile"] = soundfile.__libsndfile_version__
+        except Exception:  # soundfile absent: only images can use `none` then
+            pass
+        return out

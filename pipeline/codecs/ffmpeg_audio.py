@@ -7,11 +7,11 @@ Two ways in, the faster one per codec as measured by ``bench/bench_audio.py --ba
 * PyAV in-process (Opus, AAC: no process start, which dominates on short clips).
 
 Payloads are decoded in-process: with PyAV, and Vorbis with libvorbis through libsndfile (FFmpeg's
-Ogg demuxer can cut the last block of a Vorbis stream short; see :class:`Vorbis`). Containers are written to a seekable target so
-the muxer fills in what a decoder needs to start and stop at the right sample: the LAME/Xing
-info frame (MP3 encoder delay and padding), Ogg granule positions and the Opus pre-skip, and
-MP4 edit lists (AAC priming). ``bitexact`` keeps library versions and random Ogg serial numbers
-out of the files, so the same input gives the same bytes.
+Ogg demuxer can cut the last block of a Vorbis stream short; see :class:`Vorbis`). Containers are
+written to a seekable target so the muxer fills in what a decoder needs to start and stop at the
+right sample: the LAME/Xing info frame (MP3 encoder delay and padding), Ogg granule positions and
+the Opus pre-skip, and MP4 edit lists (AAC priming). ``bitexact`` keeps library versions and random
+Ogg serial numbers out of the files, so the same input gives the same bytes.
 
 ``bits`` counts the coded packets as libavformat's demuxer returns them plus the decoder
 set-up the stream needs (see :func:`pipeline.audio_io.setup_bytes`); the file size is
@@ -85,8 +85,8 @@ def encode_cli(samples: np.ndarray, rate: int, encoder: str, muxer: str, options
         proc = subprocess.run([*cmd, "-y", out], input=np.ascontiguousarray(samples, "<f4").tobytes(),
                               capture_output=True)
         if proc.returncode != 0:
-            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
-            raise SampleError(f"ffmpeg {encoder} failed: {' | '.join(tail) or f'exit {proc.returncode}'}")
+            lines = [ln.split("] ", 1)[-1] for ln in proc.stderr.decode(errors="replace").strip().splitlines()]
+            raise SampleError(f"ffmpeg {encoder} failed: {' | '.join(lines[:2]) or f'exit {proc.returncode}'}")
         with open(out, "rb") as fh:
             return fh.read()
 

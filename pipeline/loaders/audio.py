@@ -1,8 +1,8 @@
 """Audio payloads back to the source's samples: its rate, its channels, exactly its length.
 
 A codec may have coded a resampled or remixed signal (Opus at 48 kHz, a mono-only codec); the
-audio modality measured the payload after undoing that, and so does the loader, with the same
-functions and the facts the record holds (``codec_samples``, ``codec_rate``, ``sample_rate``,
+audio modality measured the payload after undoing that, and the loader calls the same function
+(``pipeline.modalities.audio.decode_payload``) with the facts the record holds (``codec_samples``, ``codec_rate``, ``sample_rate``,
 ``num_samples``, ``channels``). Samples come out as float32 ``(n, channels)``; the dataset turns
 them into ``(channels, n)`` tensors, torchaudio's layout.
 """
@@ -32,28 +32,6 @@ def reference(audio: Any, record: Mapping[str, Any]) -> np.ndarray:
     return audio.samples
 
 
-def restore(decoded: tuple[np.ndarray, int], record: Mapping[str, Any]) -> np.ndarray:
-    """A codec's decode (samples at its rate) cut and converted back to the source, as the modality does."""
-    from ..audio_io import remix, resample
-
-    y, rate = decoded
-    need = ("codec_samples", "codec_rate", "sample_rate", "num_samples", "channels")
-    missing = [k for k in need if record.get(k) is None]
-    if missing:
-        raise SampleError(f"the record lacks {', '.join(missing)}")
-    if rate != record["codec_rate"]:
-        raise SampleError(f"decoded at {rate} Hz, the record says the codec ran at {record['codec_rate']} Hz")
-    if y.ndim != 2 or y.shape[0] < record["codec_samples"]:
-        raise SampleError(f"decoded {y.shape}, fewer than the {record['codec_samples']} samples encoded")
-    y = y[: record["codec_samples"]]
-    if rate != record["sample_rate"]:
-        y = resample(y, rate, record["sample_rate"], length=record["num_samples"])
-    out = remix(np.ascontiguousarray(y, dtype=np.float32), record["channels"])
-    if out.shape != (record["num_samples"], record["channels"]):
-        raise SampleError(f"restored {out.shape}, the source is {(record['num_samples'], record['channels'])}")
-    return out
-
-
 def payload_decoder(spec) -> tuple[str, Callable[[bytes, Mapping[str, Any]], np.ndarray]]:
     """(member extension, decode(bytes, record) -> (n, channels)) of an audio set's payload."""
     from ..codecs import get_codec, make_codec
@@ -68,8 +46,16 @@ def payload_decoder(spec) -> tuple[str, Callable[[bytes, Mapping[str, Any]], np.
 
 
 class _Restorer:
+    """Decode with the codec and cut/convert back to the source exactly as the audio modality measured it."""
+
     def __init__(self, codec):
         self.codec = codec
 
     def __call__(self, data: bytes, record: Mapping[str, Any]) -> np.ndarray:
-        return restore(self.codec.decode(data), record)
+        from ..modalities.audio import decode_payload
+
+        missing = [k for k in ("codec_samples", "codec_rate", "codec_channels", "sample_rate", "num_samples",
+                               "channels") if record.get(k) is None]
+        if missing:
+            raise SampleError(f"the record lacks {', '.join(missing)}")
+        return decode_payload(self.codec, data, record)

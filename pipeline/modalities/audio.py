@@ -7,6 +7,9 @@ the source. The codec's stream itself says where the audio starts (see the codec
 the end only removes what the stream left past the recorded length (``end_padding``, which
 is 0 for every built-in codec and checked by the tests).
 
+:func:`decode_payload` repeats the decoding half for a stored payload and its ``.json`` record, so a
+loader gets exactly the samples the metrics saw.
+
 ``bits`` is the coded stream's payload (each codec says what that counts), ``container_bytes``
 the stored file; ``kbps = bits / duration / 1000`` with the source's duration and
 ``bits_per_sample = bits / (num_samples * channels)``.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -94,17 +97,9 @@ def _code(codec: Codec, audio: Audio) -> tuple[Encoded, np.ndarray, dict[str, An
         coded = x.shape[0]
         enc = codec.encode(x, c_rate)
         t1 = time.perf_counter()
-        y, y_rate = codec.decode(enc.payload)
-        if y_rate != c_rate or y.ndim != 2 or y.shape[1] != c_channels:
-            raise SampleError(f"{codec.name} decoded {y.shape} at {y_rate} Hz, it encoded "
-                              f"{c_channels} channels at {c_rate} Hz")
-        if y.shape[0] < coded:
-            raise SampleError(f"{codec.name} decoded {y.shape[0]} samples, fewer than the {coded} encoded")
-        padding = y.shape[0] - coded
-        y = y[:coded]
-        if c_rate != rate:
-            y = resample(y, c_rate, rate, length=n)
-        decoded = remix(np.ascontiguousarray(y, dtype=np.float32), channels)
+        shape = {"sample_rate": rate, "channels": channels, "num_samples": n, "codec_rate": c_rate,
+                 "codec_channels": c_channels, "codec_samples": coded}
+        decoded, padding = _decode_back(codec, enc.payload, shape)
         t2 = time.perf_counter()
     if decoded.shape != audio.samples.shape:
         raise SampleError(f"decoded {decoded.shape}, the source is {audio.samples.shape}")
@@ -119,6 +114,36 @@ def _code(codec: Codec, audio: Audio) -> tuple[Encoded, np.ndarray, dict[str, An
                                                           "packet_bytes")},
     }
     return enc, decoded, facts
+
+
+def _decode_back(codec: AudioCodec, payload: bytes, record: Mapping[str, Any]) -> tuple[np.ndarray, int]:
+    """Decode, cut to the encoded length, convert back to the source's rate and channels; (samples, end padding)."""
+    c_rate, c_channels, coded = record["codec_rate"], record["codec_channels"], record["codec_samples"]
+    y, y_rate = codec.decode(payload)
+    if y_rate != c_rate or y.ndim != 2 or y.shape[1] != c_channels:
+        raise SampleError(f"{codec.name} decoded {y.shape} at {y_rate} Hz, it encoded "
+                          f"{c_channels} channels at {c_rate} Hz")
+    if y.shape[0] < coded:
+        raise SampleError(f"{codec.name} decoded {y.shape[0]} samples, fewer than the {coded} encoded")
+    padding = y.shape[0] - coded
+    y = y[:coded]
+    if c_rate != record["sample_rate"]:
+        y = resample(y, c_rate, record["sample_rate"], length=record["num_samples"])
+    return remix(np.ascontiguousarray(y, dtype=np.float32), record["channels"]), padding
+
+
+def decode_payload(codec: Codec, payload: bytes, record: Mapping[str, Any]) -> np.ndarray:
+    """A stored payload as float32 ``(num_samples, channels)`` at the source rate: exactly what was measured.
+
+    ``record`` is the sample's ``.json`` (or manifest row): its ``codec_rate``, ``codec_channels``,
+    ``codec_samples`` say what the stream holds, ``sample_rate``, ``channels``, ``num_samples`` what
+    the source was. Loaders use this to get the decoded audio the metrics were computed on.
+    """
+    if is_lossless_reference(codec):
+        return decode_audio(payload).samples
+    if not isinstance(codec, AudioCodec):
+        raise SampleError(f"{codec.name} is not an audio codec")
+    return _decode_back(codec, payload, record)[0]
 
 
 def _decoded_flac(audio: Audio, decoded: np.ndarray) -> bytes:
@@ -141,7 +166,7 @@ def encode(codec: Codec, prepared: PreparedAudio, options: dict[str, Any]) -> tu
     extras = []
     if options.get("decoded_flac"):
         extras.append(("decoded.flac", _decoded_flac(audio, decoded)))
-    if prepared.tracks:
+    if prepared.tracks and not is_lossless_reference(codec):  # the reference set has them as FLAC already
         tracks: dict[str, dict[str, Any]] = {}
         for name, track in prepared.tracks:
             t_enc, t_dec, t_facts = _code(codec, track)

@@ -21,6 +21,7 @@ class HuggingFace(Source):
     name = "hf"
     splits = None
     default_split = "train"
+    modality_doc = "image or audio"
     summary = ("Hugging Face dataset: hub name, save_to_disk folder or parquet files (--image-column or "
                "--audio-column, --label-column)")
     options = ("image_column", "label_column", "hf_config", "key_column", "audio_column")
@@ -104,7 +105,7 @@ class HuggingFace(Source):
             lab = labels[i]
             if lab is not None and not isinstance(lab, int):
                 raise ConfigError(f"hf: label column {label_col!r} holds {type(lab).__name__}, not int")
-            refs.append(SampleRef(sanitize_key(ids[i]), f"{self.root}#{i:0{width}d}" if not key_col else ids[i],
+            refs.append(SampleRef(sanitize_key(ids[i]), f"row {i:0{width}d}" if not key_col else ids[i],
                                   lab, (("row", i),)))
         return finalize(refs)
 

@@ -1,0 +1,148 @@
+"""Encoding a shard in a child process, so a codec that crashes its process costs one sample.
+
+A codec library can die on one input (a segfault, an abort, ``os._exit``, the OOM killer): in a
+Dask worker that kills the worker, and the task is retried; in-process it kills the run. A retried
+task (see :mod:`pipeline.task`) runs its samples here instead: a child Python process reads,
+decodes and encodes them in order and streams each result back. When the child dies, the parent
+knows exactly which sample and setting it was on (the first event it did not send), records that
+pair as an error row, and starts a new child from the next one. Results are the same bytes as
+in-process encoding, since the same code runs; only the process differs.
+
+The child is ``python -m pipeline.isolation`` with this process's ``sys.path``; it reads a pickled
+job on stdin and writes pickled events on its own copy of stdout (its fd 1 points at stderr, so
+a library printing to stdout cannot corrupt the stream).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import traceback
+from typing import Callable
+
+#: child processes that may die in one shard before the task gives up (a broken codec, not one bad sample)
+MAX_CRASHES = 10
+
+
+def _crash_reason(returncode: int | None) -> str:
+    if returncode is None:
+        return "no exit status"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _dumps(obj) -> bytes:
+    """Pickle as Dask does (cloudpickle, when installed): a task Dask can ship, a child can read."""
+    try:
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except ImportError:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _spawn() -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)  # Dask's setting slows image buffers 3x (see cluster.py)
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return subprocess.Popen([sys.executable, "-m", "pipeline.isolation"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
+
+
+def run_isolated(task, pending: list, apply: Callable[[tuple], None]) -> int:
+    """Run ``task``'s samples for the ``pending`` settings in child processes, feeding each event to
+    ``apply``; a child's death becomes an error row for the pair it was on. Returns how many died."""
+    n = len(pending)
+    pos_i, pos_j, in_sample = 0, 0, False
+    crashes = 0
+    while pos_i < len(task.refs):
+        proc = _spawn()
+        finished = False
+        try:
+            try:
+                proc.stdin.write(_dumps((task, pending, (pos_i, pos_j))))
+                proc.stdin.close()
+            except BrokenPipeError:  # died on start-up: read its status below
+                pass
+            while True:
+                try:
+                    event = pickle.load(proc.stdout)
+                except EOFError:
+                    break
+                kind = event[0]
+                if kind == "done":
+                    finished = True
+                    break
+                if kind == "fatal":
+                    raise RuntimeError(f"isolated encoder failed: {event[1]}")
+                apply(event)
+                if kind == "sample_error":
+                    pos_i, pos_j, in_sample = event[1] + 1, 0, False
+                elif kind == "sample":
+                    if event[1] != pos_i:
+                        pos_i, pos_j = event[1], 0
+                    in_sample = True
+                else:  # encoded / encode_error for (i, j)
+                    pos_i, pos_j = event[1], event[2] + 1
+                    if pos_j == n:
+                        pos_i, pos_j, in_sample = pos_i + 1, 0, False
+        except BaseException:  # Ctrl-C or a fatal error: the child must not outlive this attempt
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+            if not finished and proc.poll() is None:
+                try:
+                    proc.wait(timeout=10)  # EOF came first: give the exit status a moment to arrive
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            rc = proc.wait()
+        if finished:
+            return crashes
+        crashes += 1
+        why = _crash_reason(rc)
+        if crashes > MAX_CRASHES:
+            raise RuntimeError(f"encoding crashed its process {crashes} times in one shard (last: {why}); "
+                               "the codec library looks broken, not one sample")
+        if in_sample:
+            apply(("encode_error", pos_i, pos_j, f"{pending[pos_j].canonical} crashed its process on this sample ({why})"))
+            pos_j += 1
+            if pos_j == n:
+                pos_i, pos_j, in_sample = pos_i + 1, 0, False
+        else:
+            apply(("sample_error", pos_i, f"reading or decoding this sample crashed its process ({why})"))
+            pos_i, pos_j = pos_i + 1, 0
+    return crashes
+
+
+def main() -> None:
+    """Child side: read (task, pending specs, start) on stdin, stream events on the saved stdout."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed to stdout from here on goes to stderr
+    sys.stdout = sys.stderr
+    try:
+        from .codecs import make_codec
+        from .task import import_modules, sample_events
+
+        task, pending, start = pickle.load(sys.stdin.buffer)
+        import_modules(task.modules)
+        codecs = [make_codec(s) for s in pending]
+        for event in sample_events(task, pending, codecs, start):
+            pickle.dump(event, out, protocol=pickle.HIGHEST_PROTOCOL)
+            out.flush()
+        pickle.dump(("done",), out)
+    except Exception:  # noqa: BLE001 - a set-up error, reported to the parent as such
+        pickle.dump(("fatal", traceback.format_exc(limit=5)), out)
+    out.flush()
+    out.close()
+
+
+if __name__ == "__main__":
+    main()
