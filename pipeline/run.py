@@ -17,7 +17,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -159,11 +159,17 @@ def manifest_schema(modality: str) -> pa.Schema:
     return pa.schema(COMMON_COLUMNS + get_modality(modality).COLUMNS + TAIL_COLUMNS)
 
 
-def manifest_table(rows: list[dict[str, Any]], modality: str = "image") -> pa.Table:
-    """Rows to a table with the fixed columns first; extra source fields (wnid, ...) follow as strings."""
+def manifest_table(rows: list[dict[str, Any]], modality: str = "image",
+                   extra: Sequence[str] | None = None) -> pa.Table:
+    """Rows to a table with the fixed columns first; extra source fields (wnid, ...) follow as strings.
+
+    ``extra`` fixes those extra columns (for tables written piece by piece into one file); by
+    default they are the rows' own keys beyond the fixed columns.
+    """
     schema = manifest_schema(modality)
     inf_when_exact = getattr(get_modality(modality), "INF_WHEN_EXACT", ("psnr",))
-    extra = sorted({k for r in rows for k in r} - set(schema.names))
+    if extra is None:
+        extra = sorted({k for r in rows for k in r} - set(schema.names))
     cols: dict[str, list[Any]] = {name: [] for name in schema.names + extra}
     for r in rows:
         for name in cols:
@@ -177,13 +183,27 @@ def manifest_table(rows: list[dict[str, Any]], modality: str = "image") -> pa.Ta
 
 
 def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks: list[ShardTask],
-                 stats: dict[int, dict[str, Any]], versions: dict[str, str]) -> SetSummary:
+                 stats: dict[int, dict[str, Any]], versions: dict[str, str], row_keys: set[str]) -> SetSummary:
     store = open_store(config.out)
     folder = store.set_folder(config.dataset, source.split, spec.tag)
     tasks = [t for t in tasks if spec in t.specs]
-    rows = [r for t in tasks for r in stats[t.index]["rows"]]
+    # the rows are read back from each shard's stats, one shard at a time, so the client never holds
+    # a whole split's manifest (ImageNet-train: about 2.6 GB per setting) in memory
+    extra = sorted(row_keys - set(manifest_schema(source.modality).names))
+    listed = 0
     buf = pa.BufferOutputStream()
-    pq.write_table(manifest_table(rows, source.modality), buf)
+    writer = None
+    for t in tasks:
+        name = layout.shard_name(config.dataset, source.split, spec, t.index)
+        rows = json.loads(store.read_bytes(store.child(folder, f"{name}_stats.json")))["rows"]
+        table = manifest_table(rows, source.modality, extra)
+        if writer is None:
+            writer = pq.ParquetWriter(buf, table.schema)
+        writer.write_table(table)
+        listed += len(rows)
+    if writer is None:  # no shard at all cannot happen (an empty source is a ConfigError); be safe
+        writer = pq.ParquetWriter(buf, manifest_table([], source.modality, extra).schema)
+    writer.close()
     store.publish_bytes(store.child(folder, layout.MANIFEST), buf.getvalue().to_pybytes())
     # shards beyond this plan (a rerun with a smaller --limit) are stale: remove them
     keep = {layout.shard_name(config.dataset, source.split, spec, t.index) for t in tasks}
@@ -201,11 +221,11 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
         "codec": spec.canonical, "spec": spec.to_dict(), "tag": spec.tag,
         "modality": source.modality, "source": source.describe(),
         "samples_per_shard": config.samples_per_shard, "limit": config.limit, "ms_ssim": config.ms_ssim,
-        "versions": versions, "counts": {"listed": len(rows), "ok": ok, "error": errors},
+        "versions": versions, "counts": {"listed": listed, "ok": ok, "error": errors},
         "shards": shards, "manifest": layout.MANIFEST,
     }
     store.write_json(store.child(folder, layout.INDEX), index)  # last: its presence means the set is complete
-    return SetSummary(spec.canonical, spec.tag, folder, len(shards), len(rows), ok, errors,
+    return SetSummary(spec.canonical, spec.tag, folder, len(shards), listed, ok, errors,
                       sum(s["bytes"] for s in shards))
 
 
@@ -243,6 +263,7 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
                    dynamic_ncols=True)
     done = 0
     stats: dict[str, dict[int, dict[str, Any]]] = {s.tag: {} for s in config.codecs}
+    row_keys: dict[str, set[str]] = {s.tag: set() for s in config.codecs}
     futures: dict[cf.Future, ShardTask] = {}
     for t in tasks:
         fut = executor.submit(run_shard, t)
@@ -261,8 +282,9 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
                 continue
             result.shards_written += len(res.written)
             result.shards_cached += len(res.cached)
-            for tag, st in res.stats.items():
-                stats[tag][task.index] = st
+            for tag, st in res.stats.items():  # keep the figures, not the rows (they stay in _stats.json)
+                row_keys[tag].update(k for r in st["rows"] for k in r)
+                stats[tag][task.index] = {k: v for k, v in st.items() if k != "rows"}
             done += len(task.refs)
             if bar is not None:
                 bar.update(len(task.refs))
@@ -279,5 +301,6 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
         return result
     versions = _library_versions(config.codecs)
     for spec in config.codecs:
-        result.sets.append(_publish_set(config, source, spec, tasks, stats[spec.tag], versions[spec.canonical]))
+        result.sets.append(_publish_set(config, source, spec, tasks, stats[spec.tag], versions[spec.canonical],
+                                        row_keys[spec.tag]))
     return result
