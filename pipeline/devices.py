@@ -136,3 +136,26 @@ def device_name(device: str, *, framework: str = "torch") -> str:
     import torch
 
     return torch.cuda.get_device_name(torch.device(device))
+
+
+class LazyDevice:
+    """Mixin for learned codecs: the device is chosen (and its framework configured) on first use,
+    in the worker process that runs the codec, not where the codec object was built."""
+
+    framework: str = "torch"
+    _requested: str | None = None
+    _device: str | None = None
+
+    def _set_device_request(self, device: str | None) -> None:
+        self._requested, self._device = device, None
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            if self.framework == "tensorflow":
+                configure_tensorflow()
+                self._device = choose_device(self._requested, framework="tensorflow")
+            else:
+                self._device = choose_device(self._requested)
+                configure_torch(self._device)
+        return self._device

@@ -41,7 +41,7 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "compressai": compressai.__version__}
 
 
-class ZooCodec(ImageCodec):
+class ZooCodec(devices.LazyDevice, ImageCodec):
     """One CompressAI zoo architecture; subclasses set ``name`` (the zoo's name) and the quality range."""
 
     extension: ClassVar[str] = bitstream.EXTENSION
@@ -52,8 +52,7 @@ class ZooCodec(ImageCodec):
 
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec)
-        self._requested = device
-        self._device: str | None = None
+        self._set_device_request(device)
 
     # ------------------------------------------------------------------ registry hooks
 
@@ -95,13 +94,6 @@ class ZooCodec(ImageCodec):
         cls.checkpoint(spec)
 
     # ------------------------------------------------------------------ model and device
-
-    @property
-    def device(self) -> str:
-        if self._device is None:
-            self._device = devices.choose_device(self._requested)
-            devices.configure_torch(self._device)
-        return self._device
 
     def environment(self) -> dict[str, str]:
         """What the ``.json`` records and a decoder compares: device, its name, library versions."""

@@ -106,7 +106,7 @@ def _as_encodec_model(net: Any) -> Iterator[None]:
 
 
 @register
-class EnCodec(AudioCodec):
+class EnCodec(devices.LazyDevice, AudioCodec):
     name = "encodec"
     extension = "ecdc"
     library = "encodec (Meta), PyTorch"
@@ -124,8 +124,7 @@ class EnCodec(AudioCodec):
 
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec)
-        self._requested = device
-        self._device: str | None = None
+        self._set_device_request(device)
 
     @classmethod
     def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -167,13 +166,6 @@ class EnCodec(AudioCodec):
     def codec_format(self, rate: int, channels: int) -> tuple[int, int]:
         _, model_rate, model_channels, _ = MODELS[self.spec["model"]]
         return model_rate, model_channels
-
-    @property
-    def device(self) -> str:
-        if self._device is None:
-            self._device = devices.choose_device(self._requested)
-            devices.configure_torch(self._device)
-        return self._device
 
     def _model(self, device: str) -> Any:
         path, lm_path = self.checkpoints(self.spec)

@@ -56,7 +56,7 @@ def default_cache() -> Path:
 
 
 @register
-class HiFiC(ImageCodec):
+class HiFiC(devices.LazyDevice, ImageCodec):
     name = "hific"
     extension = bitstream.EXTENSION
     library = "tensorflow-compression"
@@ -71,8 +71,7 @@ class HiFiC(ImageCodec):
 
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec)
-        self._requested = device
-        self._device: str | None = None
+        self._set_device_request(device)
 
     # ------------------------------------------------------------------ registry hooks
 
@@ -105,13 +104,6 @@ class HiFiC(ImageCodec):
         cls.checkpoint(spec)
 
     # ------------------------------------------------------------------ model and device
-
-    @property
-    def device(self) -> str:
-        if self._device is None:
-            devices.configure_tensorflow()
-            self._device = devices.choose_device(self._requested, framework=self.framework)
-        return self._device
 
     def environment(self) -> dict[str, str]:
         """What the ``.json`` records and a decoder compares: device, its name, library versions."""
