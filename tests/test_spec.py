@@ -48,7 +48,7 @@ def test_canonical_form_defaults_and_tag(text, canonical, tag):
 
 def test_defaults_are_filled_in_declared_order():
     spec = parse_spec("jpeg:subsampling=444")
-    assert spec.params == (("quality", 75), ("subsampling", "444"))
+    assert spec.params == (("quality", 75), ("subsampling", "444"), ("bpp", None))
     assert spec["quality"] == 75 and spec.get("missing", "x") == "x"
     with pytest.raises(KeyError):
         spec["missing"]

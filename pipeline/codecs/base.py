@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..spec import CodecSpec, Param
+from ..target import RateKnob, check_values
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Codec(ABC):
     library: ClassVar[str] = ""  # the maintained library doing the work
     lossless: ClassVar[bool] = False
     needs_gpu: ClassVar[bool] = False  # route to GPU workers when there are some
+    #: the quality knob a rate target (``bpp=``, ``vbr_kbps=``) searches per sample; see :mod:`pipeline.target`
+    rate_knob: ClassVar[RateKnob | None] = None
 
     def __init__(self, spec: CodecSpec):
         if spec.name != self.name:
@@ -53,7 +56,11 @@ class Codec(ABC):
     @classmethod
     def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
         """Cross-parameter validation; raise ConfigError. Returns the (possibly normalised) values."""
-        return values
+        return values if cls.rate_knob is None else check_values(cls.name, cls.rate_knob, values)
+
+    def at_spec(self, spec: CodecSpec) -> "Codec":
+        """This codec at another setting (a target setting's fixed knob values), same device and options."""
+        return type(self)(spec)
 
     @classmethod
     def versions(cls) -> dict[str, str]:

@@ -9,6 +9,7 @@ from PIL import Image
 from ..errors import ConfigError
 from ..imaging import pil_to_bytes, rgb_from_pil_bytes
 from ..spec import Param
+from ..target import RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
 
@@ -58,9 +59,12 @@ class JPEG(_PillowCodec):
     feature = "jpg"
     summary = "baseline JPEG, libjpeg-turbo through Pillow"
     params = (
-        Param("quality", int, 75, "libjpeg quality 1-100", short="q", minimum=1, maximum=100, in_tag=True),
+        Param("quality", int, None, "libjpeg quality 1-100 (75 when no bpp target is given)", short="q", minimum=1,
+              maximum=100, in_tag=True),
         Param("subsampling", str, "420", "chroma subsampling", short="s", choices=("444", "422", "420")),
+        bpp_param(),
     )
+    rate_knob = RateKnob("quality", "bpp", 1, 100, default=75)
 
     @classmethod
     def versions(cls) -> dict[str, str]:
@@ -80,9 +84,12 @@ class WebP(_PillowCodec):
     feature = "webp"
     summary = "lossy WebP (libwebp) through Pillow"
     params = (
-        Param("quality", int, 75, "libwebp quality 0-100", short="q", minimum=0, maximum=100, in_tag=True),
+        Param("quality", int, None, "libwebp quality 0-100 (75 when no bpp target is given)", short="q", minimum=0,
+              maximum=100, in_tag=True),
         Param("method", int, 4, "speed/size trade-off 0 (fast) to 6 (small)", short="m", minimum=0, maximum=6),
+        bpp_param(),
     )
+    rate_knob = RateKnob("quality", "bpp", 0, 100, default=75)
 
     def options(self) -> dict[str, Any]:
         return {"quality": self.spec["quality"], "method": self.spec["method"], "lossless": False, "exact": False}
@@ -97,10 +104,13 @@ class AVIF(_PillowCodec):
     feature = "avif"
     summary = "AVIF (libavif with AOM) through Pillow"
     params = (
-        Param("quality", int, 50, "libavif quality 0-100", short="q", minimum=0, maximum=100, in_tag=True),
+        Param("quality", int, None, "libavif quality 0-100 (50 when no bpp target is given)", short="q", minimum=0,
+              maximum=100, in_tag=True),
         Param("speed", int, 6, "encoder speed 0 (slow, small) to 10 (fast)", short="sp", minimum=0, maximum=10),
         Param("subsampling", str, "420", "chroma subsampling", short="s", choices=("444", "422", "420")),
+        bpp_param(),
     )
+    rate_knob = RateKnob("quality", "bpp", 0, 100, default=50)
 
     def options(self) -> dict[str, Any]:
         s = self.spec["subsampling"]

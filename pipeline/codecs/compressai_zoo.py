@@ -24,6 +24,7 @@ import numpy as np
 from .. import bitstream, devices, weights
 from ..errors import ConfigError
 from ..spec import CodecSpec, Param
+from .. import target
 from . import register
 from .base import Encoded, ImageCodec
 
@@ -53,6 +54,9 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec)
         self._set_device_request(device)
+
+    def at_spec(self, spec: CodecSpec) -> "ZooCodec":
+        return type(self)(spec, device=self._requested)
 
     # ------------------------------------------------------------------ registry hooks
 
@@ -91,6 +95,11 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
 
     @classmethod
     def preflight(cls, spec: CodecSpec) -> None:
+        knob = cls.rate_knob
+        if knob is not None and spec.get(knob.target) is not None:  # a target may choose any quality
+            for q in knob.order():
+                cls.checkpoint(target.knob_spec(spec, q))
+            return
         cls.checkpoint(spec)
 
     # ------------------------------------------------------------------ model and device
@@ -163,6 +172,9 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
 
         stream = bitstream.unpack(payload)
         if stream.spec != self.spec.canonical:
+            chosen = target.member_of(self, stream.spec)  # a target set's stream names the quality chosen
+            if chosen is not None:
+                return chosen.decode(payload)
             raise bitstream.BitstreamError(f"stream was encoded with {stream.spec}, not {self.spec.canonical}")
         if len(stream.groups) != self.groups or any(len(g) != 1 for g in stream.groups):
             raise bitstream.BitstreamError(f"{self.name} expects {self.groups} groups of one string each, "
@@ -180,11 +192,16 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
 
 def _params(max_quality: int) -> tuple[Param, ...]:
     return (
-        Param("quality", int, 3, f"zoo quality 1 (smallest) to {max_quality}", short="q", minimum=1,
-              maximum=max_quality, in_tag=True),
+        Param("quality", int, None, f"zoo quality 1 (smallest) to {max_quality} (3 when no bpp target is given)",
+              short="q", minimum=1, maximum=max_quality, in_tag=True),
         Param("metric", str, "mse", "what the model was trained for: mse or ms-ssim", short="m",
               choices=("mse", "ms-ssim")),
+        target.bpp_param(),
     )
+
+
+def _knob(max_quality: int) -> target.RateKnob:
+    return target.RateKnob("quality", "bpp", 1, max_quality, default=3)
 
 
 @register
@@ -193,6 +210,7 @@ class BMSHJ2018Factorized(ZooCodec):
     summary = "Ballé et al. 2018 factorized prior (CompressAI zoo)"
     groups = 1
     params = _params(8)
+    rate_knob = _knob(8)
 
 
 @register
@@ -200,6 +218,7 @@ class BMSHJ2018Hyperprior(ZooCodec):
     name = "bmshj2018-hyperprior"
     summary = "Ballé et al. 2018 scale hyperprior (CompressAI zoo)"
     params = _params(8)
+    rate_knob = _knob(8)
 
 
 @register
@@ -207,6 +226,7 @@ class MBT2018Mean(ZooCodec):
     name = "mbt2018-mean"
     summary = "Minnen et al. 2018 mean-scale hyperprior (CompressAI zoo)"
     params = _params(8)
+    rate_knob = _knob(8)
 
 
 @register
@@ -214,6 +234,7 @@ class MBT2018(ZooCodec):
     name = "mbt2018"
     summary = "Minnen et al. 2018 joint autoregressive and hierarchical priors (CompressAI zoo)"
     params = _params(8)
+    rate_knob = _knob(8)
 
 
 @register
@@ -221,6 +242,7 @@ class Cheng2020Anchor(ZooCodec):
     name = "cheng2020-anchor"
     summary = "Cheng et al. 2020 anchor: residual blocks, autoregressive context (CompressAI zoo)"
     params = _params(6)
+    rate_knob = _knob(6)
 
 
 @register
@@ -228,3 +250,4 @@ class Cheng2020Attention(ZooCodec):
     name = "cheng2020-attn"
     summary = "Cheng et al. 2020 with attention modules (CompressAI zoo)"
     params = _params(6)
+    rate_knob = _knob(6)

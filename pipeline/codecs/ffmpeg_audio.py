@@ -31,6 +31,7 @@ import numpy as np
 from ..audio_io import av_decode, stream_stats
 from ..errors import ConfigError, SampleError
 from ..spec import Param
+from ..target import RateKnob
 from . import register
 from .base import AudioCodec, Encoded
 
@@ -201,12 +202,16 @@ class MP3(_FFmpegAudio):
         _kbps(320, 8),
         Param("vbr", int, None, "LAME VBR quality 0 (best) to 9 instead of a constant bitrate", short="v",
               minimum=0, maximum=9),
+        Param("vbr_kbps", float, None, "target kbit/s for VBR: per clip the best LAME vbr quality at or under it",
+              short="vk", minimum=0.0),
     )
+    rate_knob = RateKnob("vbr", "vbr_kbps", 0, 9, increasing=False, unit="kbps")
 
     @classmethod
     def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
-        if (values["kbps"] is None) == (values["vbr"] is None):
-            raise ConfigError("mp3: give kbps=K (constant bitrate) or vbr=Q (LAME VBR quality 0-9), not both")
+        if sum(values[k] is not None for k in ("kbps", "vbr", "vbr_kbps")) != 1:
+            raise ConfigError("mp3: give one of kbps=K (constant bitrate), vbr=Q (LAME VBR quality 0-9) or "
+                              "vbr_kbps=K (VBR, the best quality at or under K kbit/s per clip), not both")
         return values
 
     def options(self) -> list[tuple[str, str]]:

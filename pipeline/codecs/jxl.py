@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..spec import Param
+from ..target import RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
 
@@ -23,14 +24,17 @@ class JPEGXL(ImageCodec):
         Param("quality", int, None, "libjxl quality 0-100 (mapped to a distance by libjxl)", short="q",
               minimum=0, maximum=100),
         Param("effort", int, 7, "encoder effort 1 (fast) to 9 (slow)", short="e", minimum=1, maximum=9),
+        bpp_param(),
     )
+    rate_knob = RateKnob("quality", "bpp", 0, 100)
 
     @classmethod
     def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
-        if values["distance"] is None and values["quality"] is None:
-            raise ConfigError("jxl: give distance=D (e.g. distance=1) or quality=Q")
-        if values["distance"] is not None and values["quality"] is not None:
-            raise ConfigError("jxl: give distance or quality, not both")
+        given = [k for k in ("distance", "quality", "bpp") if values[k] is not None]
+        if not given:
+            raise ConfigError("jxl: give distance=D (e.g. distance=1), quality=Q or bpp=B (a target rate)")
+        if len(given) > 1:
+            raise ConfigError(f"jxl: give {given[0]} or {given[1]}, not both")
         return values
 
     def encode(self, rgb: np.ndarray) -> Encoded:

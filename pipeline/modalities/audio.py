@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 
+from .. import target
 from ..audio_io import Audio, decode_audio, flac_bytes, quantize, remix, resample
 from ..audio_metrics import distortion, pesq_wb, stoi
 from ..codecs.base import AudioCodec, Codec, Encoded
@@ -41,7 +42,8 @@ COLUMNS = [("sample_rate", pa.int64()), ("channels", pa.int64()), ("num_samples"
            ("kbps", pa.float64()),
            ("bits_per_sample", pa.float64()), ("container_bytes", pa.int64()), ("setup_bytes", pa.int64()),
            ("packets", pa.int64()), ("end_padding", pa.int64()), ("snr", pa.float64()), ("si_sdr", pa.float64()),
-           ("mse", pa.float64()), ("pesq", pa.float64()), ("stoi", pa.float64()), ("tracks_bits", pa.int64())]
+           ("mse", pa.float64()), ("pesq", pa.float64()), ("stoi", pa.float64()), ("tracks_bits", pa.int64()),
+           ("target_kbps", pa.float64()), ("chosen_quality", pa.int64())]
 
 #: columns that are +inf (stored as null in JSON) when the decoded samples equal the source (mse == 0)
 INF_WHEN_EXACT = ("snr", "si_sdr")
@@ -95,7 +97,14 @@ def _code(codec: Codec, audio: Audio) -> tuple[Encoded, np.ndarray, dict[str, An
         if c_rate != rate:
             x = resample(x, rate, c_rate)
         coded = x.shape[0]
-        enc = codec.encode(x, c_rate)
+        if target.target_of(codec) is not None:  # mp3:vbr_kbps=: the best VBR quality at or under it
+            def kbps(e: Encoded) -> float:  # as recorded below
+                return e.payload_bits / audio.duration / 1000.0
+
+            codec, enc, searched = target.search(codec, lambda c: c.encode(x, c_rate), kbps)
+            enc = Encoded(enc.payload, enc.extension, enc.bits, {**enc.info, **searched}, enc.extra)
+        else:
+            enc = codec.encode(x, c_rate)
         t1 = time.perf_counter()
         shape = {"sample_rate": rate, "channels": channels, "num_samples": n, "codec_rate": c_rate,
                  "codec_channels": c_channels, "codec_samples": coded}

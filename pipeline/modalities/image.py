@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .. import target
 from ..codecs.base import ImageCodec
 from ..errors import SampleError
 from ..imaging import decode_to_rgb
@@ -14,7 +15,8 @@ from ..metrics import ms_ssim, mse, psnr_from_mse
 from ..sources.base import RawSample
 
 COLUMNS = [("width", pa.int64()), ("height", pa.int64()), ("bits", pa.int64()), ("bpp", pa.float64()),
-           ("psnr", pa.float64()), ("mse", pa.float64()), ("ms_ssim", pa.float64())]
+           ("psnr", pa.float64()), ("mse", pa.float64()), ("ms_ssim", pa.float64()),
+           ("target_bpp", pa.float64()), ("chosen_quality", pa.int64())]
 
 
 def prepare(raw: RawSample) -> np.ndarray:
@@ -28,18 +30,23 @@ def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple
     Facts a codec reports in ``Encoded.info`` (a learned codec's device and library versions) are
     recorded too. A codec with ``reconstruction`` (its payload is no image format) also gets the
     decoded pixels stored as lossless ``.png``; options ``bitstream``/``reconstruction`` = False drop
-    the payload or that ``.png`` for such codecs.
+    the payload or that ``.png`` for such codecs. A setting with a rate target (``bpp=``) searches
+    the codec's quality per image (:mod:`pipeline.target`) and records ``target_bpp`` and ``chosen_quality``.
     """
+    h, w = rgb.shape[:2]
     t0 = time.perf_counter()
-    enc = codec.encode(rgb)
+    searched: dict[str, Any] = {}
+    if target.target_of(codec) is not None:  # bpp=: the best quality at or under the target, per image
+        codec, enc, searched = target.search(codec, lambda c: c.encode(rgb), lambda e: e.payload_bits / (w * h))
+    else:
+        enc = codec.encode(rgb)
     t1 = time.perf_counter()
     dec = codec.decode(enc.payload)
     t2 = time.perf_counter()
     if dec.shape != rgb.shape or dec.dtype != np.uint8:
         raise SampleError(f"decoded {dec.shape} {dec.dtype} differs from the encoded image {rgb.shape} uint8")
-    h, w = rgb.shape[:2]
     err = mse(rgb, dec)
-    m: dict[str, Any] = {**enc.info, "width": w, "height": h, "bits": enc.payload_bits,
+    m: dict[str, Any] = {**enc.info, **searched, "width": w, "height": h, "bits": enc.payload_bits,
                          "bpp": enc.payload_bits / (w * h), "mse": err, "psnr": psnr_from_mse(err),
                          "encode_s": t1 - t0, "decode_s": t2 - t1}
     if options.get("ms_ssim"):
