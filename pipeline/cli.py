@@ -103,6 +103,9 @@ def cli() -> None:
 @click.option("--store-decoded", is_flag=True, help="audio: also store the decoded signal as KEY.decoded.flac")
 @click.option("--audio-column", default=None, help="hf: audio column (makes the dataset an audio dataset)")
 @click.option("--encode-stems", is_flag=True, help="musdb: send the four stems through the codec too")
+@click.option("--shard-compression", type=click.Choice(["none", "gzip"]), default="none", show_default=True,
+              help="gzip: write deterministic .tar.gz shards (smaller at low rates: tar headers and padding "
+                   "compress, the payload mostly does not; costs CPU and random access)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str], out: str, workers: int | None,
               scheduler: str | None, cluster_file: str | None, isolate: bool, samples_per_shard: int,
@@ -110,7 +113,7 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
               image_column: str | None, label_column: str | None, hf_config: str | None, key_column: str | None,
               weights_dir: str | None, offline: bool, no_store_bin: bool, no_store_png: bool, pesq: bool,
               stoi: bool, store_decoded: bool, audio_column: str | None, encode_stems: bool,
-              no_progress: bool) -> None:
+              shard_compression: str, no_progress: bool) -> None:
     """Transcode DATASET stored at ROOT with one or more codec settings."""
     import os
 
@@ -127,7 +130,8 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
                                         samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim,
                                         source_options=options, store_bitstream=not no_store_bin,
                                         store_reconstruction=not no_store_png, pesq=pesq, stoi=stoi,
-                                        store_decoded=store_decoded)
+                                        store_decoded=store_decoded,
+                                        shard_compression=None if shard_compression == "none" else shard_compression)
         source, _ = plan(config)  # every configuration error surfaces here, before any cluster starts
         cluster = None
         if cluster_file:

@@ -29,6 +29,7 @@ class TranscodeConfig:
     pesq: bool = False  # audio: wideband PESQ at 16 kHz per sample
     stoi: bool = False  # audio: STOI per sample
     store_decoded: bool = False  # audio: also store the decoded signal as KEY.decoded.flac
+    shard_compression: str | None = None  # None: plain .tar shards; "gzip": deterministic .tar.gz shards
 
     @classmethod
     def create(cls, dataset: str, root: str | Path, codecs: Sequence[str | CodecSpec] | str, *,
@@ -36,7 +37,8 @@ class TranscodeConfig:
                samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD, limit: int | None = None,
                ms_ssim: bool = False, source_options: Mapping[str, Any] | None = None,
                store_bitstream: bool = True, store_reconstruction: bool = True, pesq: bool = False,
-               stoi: bool = False, store_decoded: bool = False) -> "TranscodeConfig":
+               stoi: bool = False, store_decoded: bool = False,
+               shard_compression: str | None = None) -> "TranscodeConfig":
         """Validate and build a config (raises ConfigError with a one-line message)."""
         if isinstance(codecs, (str, CodecSpec)):
             codecs = [codecs]
@@ -47,11 +49,15 @@ class TranscodeConfig:
             raise ConfigError("--limit must be at least 1")
         if not store_bitstream and not store_reconstruction:
             raise ConfigError("learned codecs need the .bin or the .png member: do not turn both off")
+        if shard_compression in ("", "none"):
+            shard_compression = None
+        if shard_compression not in (None, "gzip"):
+            raise ConfigError(f"--shard-compression must be gzip or none, not {shard_compression!r}")
         opts = tuple(sorted((k, v) for k, v in (source_options or {}).items() if v is not None))
         return cls(dataset=dataset, root=str(root), codecs=specs, out=str(out), split=split,
                    samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim, source_options=opts,
                    store_bitstream=store_bitstream, store_reconstruction=store_reconstruction, pesq=pesq,
-                   stoi=stoi, store_decoded=store_decoded)
+                   stoi=stoi, store_decoded=store_decoded, shard_compression=shard_compression)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

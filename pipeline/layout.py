@@ -16,8 +16,36 @@ def shard_name(dataset: str, split: str, spec: CodecSpec, index: int) -> str:
     return f"{dataset}-{split}-{spec.tag}-{index:06d}"
 
 
-def tar_path(folder: Path, name: str) -> Path:
-    return folder / f"{name}.tar"
+#: opt-in shard compressions and their file extensions (None: plain ``.tar``, the default)
+SHARD_COMPRESSIONS = {None: ".tar", "gzip": ".tar.gz"}
+#: every extension a shard file can have, longest first (for stripping a suffix)
+SHARD_EXTS = (".tar.gz", ".tar")
+#: deterministic gzip: fixed level, no time and no file name in the header
+GZIP_LEVEL = 6
+
+
+def shard_ext(compression: str | None = None) -> str:
+    """``.tar`` or ``.tar.gz``; raises ValueError for an unknown compression."""
+    try:
+        return SHARD_COMPRESSIONS[compression]
+    except KeyError:
+        raise ValueError(f"unknown shard compression {compression!r} (choose from: gzip)") from None
+
+
+def strip_shard_ext(name: str) -> str:
+    """A shard file name without its extension (``.tar.gz`` or ``.tar``); other names unchanged."""
+    for ext in SHARD_EXTS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def is_compressed(name: str) -> bool:
+    return name.endswith(".tar.gz")
+
+
+def tar_path(folder: Path, name: str, compression: str | None = None) -> Path:
+    return folder / f"{name}{shard_ext(compression)}"
 
 
 def stats_path(folder: Path, name: str) -> Path:

@@ -105,7 +105,7 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
     groups = [g for g in ([s for s in config.codecs if not get_codec(s.name).needs_gpu],
                           [s for s in config.codecs if get_codec(s.name).needs_gpu]) if g]
     tasks = [ShardTask(source, config.dataset, tuple(refs[i: i + n]), i // n, tuple(group), config.out,
-                       options, modules=modules)
+                       options, modules=modules, compression=config.shard_compression)
              for group in groups for i in range(0, len(refs), n)]
     return source, tasks
 
@@ -205,11 +205,17 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
         writer = pq.ParquetWriter(buf, manifest_table([], source.modality, extra).schema)
     writer.close()
     store.publish_bytes(store.child(folder, layout.MANIFEST), buf.getvalue().to_pybytes())
-    # shards beyond this plan (a rerun with a smaller --limit) are stale: remove them
+    # shards beyond this plan (a rerun with a smaller --limit) are stale: remove them, and so are
+    # shard files of the other compression (a rerun that switched --shard-compression)
     keep = {layout.shard_name(config.dataset, source.split, spec, t.index) for t in tasks}
+    ext = layout.shard_ext(config.shard_compression)
     for name in store.names(folder, f"{config.dataset}-{source.split}-{spec.tag}-"):
-        stem = name.removesuffix(".tar").removesuffix("_stats.json")
-        if stem not in keep:
+        if name.endswith("_stats.json"):
+            stem, other_ext = name.removesuffix("_stats.json"), False
+        else:
+            stem = layout.strip_shard_ext(name)
+            other_ext = stem != name and name[len(stem):] != ext
+        if stem not in keep or other_ext:
             store.remove(store.child(folder, name))
     shards = [{"name": stats[t.index]["shard"], "samples": stats[t.index]["samples"],
                "errors": stats[t.index]["errors"], "bytes": stats[t.index]["bytes"],
@@ -224,6 +230,8 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
         "versions": versions, "counts": {"listed": listed, "ok": ok, "error": errors},
         "shards": shards, "manifest": layout.MANIFEST,
     }
+    if config.shard_compression is not None:  # only when set, so plain-tar indexes stay as they were
+        index["shard_compression"] = config.shard_compression
     store.write_json(store.child(folder, layout.INDEX), index)  # last: its presence means the set is complete
     return SetSummary(spec.canonical, spec.tag, folder, len(shards), listed, ok, errors,
                       sum(s["bytes"] for s in shards))

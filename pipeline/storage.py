@@ -172,11 +172,11 @@ class OutputStore:
     def write_json(self, loc: str, obj: Any) -> None:
         self.publish_bytes(loc, dumps(obj) + b"\n")
 
-    def shard_writer(self, loc: str) -> ShardWriter:
+    def shard_writer(self, loc: str, compression: str | None = None) -> ShardWriter:
         """A writer whose ``close()`` publishes the tar under ``loc`` (a rename, or one upload)."""
         if not self.remote:
-            return ShardWriter(Path(loc))
-        return _UploadingShardWriter(self, loc)
+            return ShardWriter(Path(loc), compression)
+        return _UploadingShardWriter(self, loc, compression)
 
     def upload(self, local: Path, loc: str) -> None:
         """Upload a finished local file under ``loc`` in one piece."""
@@ -241,7 +241,7 @@ def _tmp_sibling(loc: str) -> str:
 class _UploadingShardWriter(ShardWriter):
     """A shard written to a local staging folder and uploaded whole on close."""
 
-    def __init__(self, store: OutputStore, loc: str):
+    def __init__(self, store: OutputStore, loc: str, compression: str | None = None):
         self.store, self.loc = store, loc
         base = os.environ.get(STAGING_ENV) or None
         with output_errors(base or tempfile.gettempdir()):
@@ -249,7 +249,7 @@ class _UploadingShardWriter(ShardWriter):
                 os.makedirs(base, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix="mpq-staging-", dir=base))
         try:
-            super().__init__(self.staging / loc.rsplit("/", 1)[-1])
+            super().__init__(self.staging / loc.rsplit("/", 1)[-1], compression)
         except BaseException:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise

@@ -43,17 +43,24 @@ class ShardTask:
     options: dict[str, Any] = field(default_factory=dict)  # modality options, e.g. {"ms_ssim": True}
     modules: tuple[str, ...] = ()  # modules registering codecs from outside the package: imported first
     isolate: bool = False  # encode in a child process from the start (a crashing codec costs one sample)
+    compression: str | None = None  # shard compression: None (plain .tar) or "gzip" (.tar.gz)
 
     def plan_hash(self, spec: CodecSpec) -> str:
         """Identity of what this shard must contain for one setting; a change redoes the shard."""
         plan = {"format": layout.FORMAT, "spec": spec.canonical, "options": self.options,
                 "refs": [[r.key, r.source, r.label] for r in self.refs]}
+        if self.compression is not None:  # only when set, so plain-tar plans (and their hashes) stay the same
+            plan["compression"] = self.compression
         return hashlib.sha256(dumps(plan)).hexdigest()
 
     def paths(self, spec: CodecSpec) -> tuple[str, str]:
         """(folder, shard name without extension); the folder is a path or a URL (see :mod:`pipeline.storage`)."""
         folder = open_store(self.out).set_folder(self.dataset, self.source.split, spec.tag)
         return folder, layout.shard_name(self.dataset, self.source.split, spec, self.index)
+
+    def shard_file(self, name: str) -> str:
+        """The shard's file name: ``NAME.tar``, or ``NAME.tar.gz`` with gzip compression."""
+        return f"{name}{layout.shard_ext(self.compression)}"
 
     @property
     def resources(self) -> dict[str, float] | None:
@@ -83,7 +90,7 @@ def load_valid_stats(task: ShardTask, spec: CodecSpec) -> dict[str, Any] | None:
     """The stats of a published shard if it matches the plan and its tar's size and hash, else None."""
     store = open_store(task.out)
     folder, name = task.paths(spec)
-    stats_file, tar = store.child(folder, f"{name}_stats.json"), store.child(folder, f"{name}.tar")
+    stats_file, tar = store.child(folder, f"{name}_stats.json"), store.child(folder, task.shard_file(name))
     if not store.is_file(stats_file) or not store.is_file(tar):
         return None
     try:
@@ -145,7 +152,8 @@ class _Assembler:
         for j, spec in enumerate(pending):
             folder, name = task.paths(spec)
             self.store.remove_temps(folder, name)
-            self.writers[j] = self.store.shard_writer(self.store.child(folder, f"{name}.tar"))
+            self.writers[j] = self.store.shard_writer(self.store.child(folder, task.shard_file(name)),
+                                                      task.compression)
 
     def base(self, i: int) -> dict[str, Any]:
         ref = self.task.refs[i]
@@ -189,9 +197,9 @@ class _Assembler:
             del self.writers[j]
             folder, name = self.task.paths(spec)
             for r in self.rows[j]:
-                r["shard"] = f"{name}.tar"
+                r["shard"] = self.task.shard_file(name)
                 r["codec"] = spec.canonical
-            stats = {"format": layout.FORMAT, "shard": f"{name}.tar", "index": self.task.index,
+            stats = {"format": layout.FORMAT, "shard": self.task.shard_file(name), "index": self.task.index,
                      "spec": spec.canonical, "plan": self.task.plan_hash(spec), "bytes": size, "sha256": digest,
                      "samples": sum(r["status"] == "ok" for r in self.rows[j]),
                      "errors": sum(r["status"] == "error" for r in self.rows[j]),

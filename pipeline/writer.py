@@ -11,6 +11,7 @@ Any failure to write (a read-only or full file system, no permission) is raised 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -79,15 +80,28 @@ def write_json(final: Path, obj: Any) -> None:
 
 
 class ShardWriter:
-    """Collects samples (``{key}.{ext}`` members) and publishes one tar atomically on close."""
+    """Collects samples (``{key}.{ext}`` members) and publishes one tar atomically on close.
 
-    def __init__(self, final: Path):
+    ``compression="gzip"`` writes the tar through a deterministic gzip stream (fixed level, header
+    with no time and no file name), so the same samples still give byte-identical ``.tar.gz`` files.
+    """
+
+    def __init__(self, final: Path, compression: str | None = None):
+        if compression not in (None, "gzip"):
+            raise ValueError(f"unknown shard compression {compression!r}")
         self.final = final
         self.tmp = tmp_path(final)
         with output_errors(final.parent):
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.tmp, "wb")
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.PAX_FORMAT)
+        self._gz = None
+        target = self._fh
+        if compression == "gzip":
+            from .layout import GZIP_LEVEL
+
+            self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._fh, mtime=0, compresslevel=GZIP_LEVEL)
+            target = self._gz
+        self._tar = tarfile.open(fileobj=target, mode="w", format=tarfile.PAX_FORMAT)
         self.count = 0
         self._keys: set[str] = set()
 
@@ -111,6 +125,8 @@ class ShardWriter:
         """Finish the tar, rename it into place, and return (bytes, sha256) of the published file."""
         with output_errors(self.final.parent):
             self._tar.close()
+            if self._gz is not None:
+                self._gz.close()  # writes the gzip trailer; leaves self._fh open
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
@@ -121,7 +137,7 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the temporary file; never raises (it runs while another error is on its way out)."""
-        for close in (self._tar.close, self._fh.close):
+        for close in (self._tar.close, *((self._gz.close,) if self._gz is not None else ()), self._fh.close):
             with contextlib.suppress(Exception):
                 close()
         with contextlib.suppress(OSError):
@@ -142,7 +158,7 @@ def file_digest(path: Path) -> tuple[int, str]:
 def remove_stale_temps(folder: Path, name: str) -> None:
     """Delete temporary files a killed run left for ``name`` (they never stand under a final name)."""
     if folder.is_dir():
-        for suffix in (".tar", "_stats.json"):
+        for suffix in (".tar", ".tar.gz", "_stats.json"):
             for p in folder.glob(f".{name}{suffix}{TMP_MARK}*"):
                 p.unlink(missing_ok=True)
 

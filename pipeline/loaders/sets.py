@@ -75,7 +75,7 @@ def open_set(storage: Storage, dataset: str, split: str, codec: str | CodecSpec 
     shards = tuple(ShardEntry(s["name"], int(s["samples"]), int(s.get("errors", 0)), int(s["bytes"]),
                               s["sha256"]) for s in index["shards"])
     for s in shards:
-        if "/" in s.name or s.name.startswith(".") or not s.name.endswith(".tar"):
+        if "/" in s.name or s.name.startswith(".") or not s.name.endswith((".tar", ".tar.gz")):
             raise ConfigError(f"{storage.display(*parts)}: bad shard name {s.name!r} in index.json")
     return CodecSet(spec, parts, index, shards)
 

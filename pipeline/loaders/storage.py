@@ -91,7 +91,25 @@ class Storage:
             return []
 
     def open_shard(self, parts: tuple[str, ...], size: int, sha256: str, *, verify: bool = False) -> BinaryIO:
-        """An open binary file of one shard: in place when local, else from the cache (fetched once)."""
+        """An open binary file of one shard: in place when local, else from the cache (fetched once).
+
+        A ``.tar.gz`` shard (``--shard-compression gzip``) is read and decompressed whole into memory
+        and served as a seekable in-memory tar: gzip has no random access, and the readers seek.
+        """
+        fh = self._open_stored(parts, size, sha256, verify=verify)
+        if not parts[-1].endswith(".tar.gz"):
+            return fh
+        import gzip
+        import io
+        import zlib
+
+        try:
+            with fh:
+                return io.BytesIO(gzip.decompress(fh.read()))
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            raise SampleError(f"{self.display(*parts)}: cannot decompress: {exc}") from None
+
+    def _open_stored(self, parts: tuple[str, ...], size: int, sha256: str, *, verify: bool = False) -> BinaryIO:
         if self.local:
             path = self.url(*parts)
             if verify:
@@ -106,8 +124,9 @@ class Storage:
 
     def cache_path(self, parts: tuple[str, ...], sha256: str) -> str:
         *folders, name = parts
-        stem = name[:-4] if name.endswith(".tar") else name
-        return os.path.join(self.cache_dir or "", *folders, f"{stem}.{sha256[:16]}.tar")
+        ext = next((e for e in (".tar.gz", ".tar") if name.endswith(e)), ".tar")
+        stem = name[: -len(ext)] if name.endswith(ext) else name
+        return os.path.join(self.cache_dir or "", *folders, f"{stem}.{sha256[:16]}{ext}")
 
     def fetch(self, parts: tuple[str, ...], size: int, sha256: str) -> str:
         """Download a shard into the cache once (under a lock), verify it, and return its local path."""

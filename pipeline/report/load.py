@@ -64,7 +64,7 @@ def find_sets(out_root: str | Path, dataset: str | None = None,
             continue
         index_path = folder / layout.INDEX
         if not index_path.is_file():
-            if (folder / layout.MANIFEST).is_file() or any(folder.glob("*.tar")):
+            if (folder / layout.MANIFEST).is_file() or any(folder.glob("*.tar")) or any(folder.glob("*.tar.gz")):
                 incomplete.append(folder)
             continue
         try:

@@ -219,15 +219,26 @@ def tar_breakdown(path: str | Path, payload_ext: str | None = None) -> dict[str,
     """Where a shard's bytes go, from its tar headers: payload, other members, headers, padding, end.
 
     The first member of each key is the payload (the writer's order) unless ``payload_ext`` is given.
-    All values are bytes; they sum to the file size.
+    All values are bytes; they sum to the file size. A ``.tar.gz`` shard is measured on its
+    decompressed tar, and ``compression`` (on disk minus the tar, so negative when gzip saved
+    bytes) closes the sum; it is 0 for a plain tar.
     """
     path = Path(path)
     size = path.stat().st_size
     out = {"samples": 0, "members": 0, "header": 0, "payload": 0, "payload_pad": 0, "json": 0, "json_pad": 0,
-           "other": 0, "other_pad": 0, "end": 0, "file": size}
+           "other": 0, "other_pad": 0, "end": 0, "compression": 0, "file": size}
     end = 0
     seen: set[str] = set()
-    with tarfile.open(path, mode="r:") as tar:
+    fileobj = None
+    if path.name.endswith(".tar.gz"):
+        import gzip
+        import io
+
+        data = gzip.decompress(path.read_bytes())
+        out["compression"] = size - len(data)
+        size = len(data)
+        fileobj = io.BytesIO(data)
+    with tarfile.open(path if fileobj is None else None, mode="r:", fileobj=fileobj) as tar:
         for m in tar:
             key, _, ext = m.name.partition(".")
             out["members"] += 1
@@ -247,7 +258,8 @@ def tar_breakdown(path: str | Path, payload_ext: str | None = None) -> dict[str,
 
 STORAGE_COLUMNS = ["dataset", "split", "codec", "tag", "shards_read", "samples", "members_per_sample", "file_bytes",
                    *(f"{k}_per_sample" for k in ("payload", "payload_pad", "header", "json", "json_pad", "other",
-                                                 "other_pad", "end", "container")), "overhead_pct"]
+                                                 "other_pad", "end", "compression", "container")),
+                   "overhead_pct"]
 
 
 def storage_breakdown(sets: Iterable[CodecSet], max_shards: int | None = 1):
@@ -270,7 +282,7 @@ def storage_breakdown(sets: Iterable[CodecSet], max_shards: int | None = 1):
         row = {"dataset": s.dataset, "split": s.split, "codec": s.codec, "tag": s.tag,
                "shards_read": len(shards), "samples": n, "members_per_sample": total["members"] / n,
                "file_bytes": total["file"]}
-        for k in ("payload", "payload_pad", "header", "json", "json_pad", "other", "other_pad", "end"):
+        for k in ("payload", "payload_pad", "header", "json", "json_pad", "other", "other_pad", "end", "compression"):
             row[f"{k}_per_sample"] = total[k] / n
         row["container_per_sample"] = (total["file"] - total["payload"]) / n
         row["overhead_pct"] = 100.0 * (total["file"] - total["payload"]) / total["payload"]
