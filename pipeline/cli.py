@@ -35,7 +35,7 @@ def _summary(result, seconds: float) -> None:
 
 
 def run_config(config: TranscodeConfig, workers: int | None, scheduler: str | None, progress: bool = True, *,
-               cluster=None, isolate: bool = False):
+               cluster=None, isolate: bool = False, planned=None):
     """Run a config on Dask (or in-process with workers=0) and print a summary; used by transcode and demo.
 
     ``cluster``: a :class:`pipeline.cluster.ClusterConfig` (``--cluster FILE``). An output location that
@@ -46,12 +46,12 @@ def run_config(config: TranscodeConfig, workers: int | None, scheduler: str | No
     start = time.perf_counter()
     try:
         if workers == 0 and not scheduler and cluster is None:
-            result = transcode(config, progress=progress, isolate=isolate)
+            result = transcode(config, progress=progress, isolate=isolate, planned=planned)
         else:
             from .cluster import dask_executor
 
             with dask_executor(workers, scheduler, cluster=cluster, log=click.echo) as executor:
-                result = transcode(config, executor, progress=progress, isolate=isolate)
+                result = transcode(config, executor, progress=progress, isolate=isolate, planned=planned)
     except OutputError as exc:
         _output_failed(exc)
     except ConfigError as exc:  # a cluster that cannot start
@@ -132,7 +132,8 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
                                         store_reconstruction=not no_store_png, pesq=pesq, stoi=stoi,
                                         store_decoded=store_decoded,
                                         shard_compression=None if shard_compression == "none" else shard_compression)
-        source, _ = plan(config)  # every configuration error surfaces here, before any cluster starts
+        planned = plan(config)  # every configuration error surfaces here, before any cluster starts
+        source = planned[0]
         cluster = None
         if cluster_file:
             from .cluster import load_cluster_config
@@ -148,7 +149,8 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
         check_output(config, source)  # a read-only, full or unreachable output fails here, before any cluster
     except OutputError as exc:
         _output_failed(exc)
-    run_config(config, workers, scheduler, progress=not no_progress, cluster=cluster, isolate=isolate)
+    run_config(config, workers, scheduler, progress=not no_progress, cluster=cluster, isolate=isolate,
+               planned=planned)
 
 
 def codec_table(modality: str | None = None) -> str:

@@ -26,17 +26,22 @@ MAX_PIXELS = 178_956_970
 
 def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open and fully load an image from bytes; truncated, unknown or oversized data raise SampleError."""
-    Image.MAX_IMAGE_PIXELS = None  # our own limit below, checked before decoding pixels
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # our own limit below, checked from the header before decoding pixels; Pillow's global
+            # MAX_IMAGE_PIXELS is left as the user set it (its hard error is twice its warning level)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
         w, h = img.size
         if w * h > max_pixels:
-            raise SampleError(f"image of {w}x{h} pixels exceeds the pixel limit {max_pixels}")
+            raise SampleError(f"image of {w}x{h} = {w * h} pixels exceeds the pixel limit {max_pixels}")
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # Pillow warns on some corrupt data: make it an error
             img.load()
     except SampleError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise SampleError(f"image exceeds the pixel limit: {exc}") from None
     except Exception as exc:  # Pillow raises many types for bad data
         raise SampleError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
     return img

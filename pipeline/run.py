@@ -238,7 +238,8 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
 
 
 def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
-              progress: bool | Callable[[int, int], None] = False, isolate: bool = False) -> RunResult:
+              progress: bool | Callable[[int, int], None] = False, isolate: bool = False,
+              planned: tuple[Source, list[ShardTask]] | None = None) -> RunResult:
     """Run a transcode; returns what was written. Shards already complete are verified and skipped.
 
     ``executor`` defaults to running in this process; pass ``Client.get_executor()`` or
@@ -248,7 +249,9 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     crashes its process costs one sample even on the first attempt (retries always do this).
     Raises OutputError when the output location cannot be written (nothing partial is left).
     """
-    source, tasks = plan(config)
+    # ``planned``: the result of ``plan(config)`` when the caller already listed the source (the CLI
+    # validates before it starts a cluster), so a big dataset is not listed twice
+    source, tasks = planned if planned is not None else plan(config)
     if isolate:
         tasks = [dataclasses.replace(t, isolate=True) for t in tasks]
     _check_conflicts(config, source)

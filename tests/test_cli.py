@@ -97,3 +97,21 @@ def test_audio_options_reach_the_shards(tmp_path):
     assert rate == afx.SPEECH_RATE and len(decoded) == row["num_samples"] == 2 * afx.SPEECH_RATE
     record = json.loads(members["utt.json"])
     assert record["pesq"] == pytest.approx(row["pesq"]) and record["stoi"] == pytest.approx(row["stoi"])
+
+
+def test_transcode_lists_the_source_once(folder, tmp_path, monkeypatch):
+    """Validation before the cluster starts and the run share one listing (ImageNet-train is 1.28 M files)."""
+    from pipeline.sources.folder import FolderSource
+
+    calls = []
+    original = FolderSource.list
+
+    def counting(self):
+        calls.append(self.root)
+        return original(self)
+
+    monkeypatch.setattr(FolderSource, "list", counting)
+    argv = ["transcode", "imagefolder", str(folder), "--codec", "jpeg:quality=10", "--out", str(tmp_path / "o"),
+            "--workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    assert calls == [str(folder)]

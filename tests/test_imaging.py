@@ -1,6 +1,8 @@
 """The documented conversion of stored images to the RGB pixels codecs see (pipeline/imaging.py)."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -131,3 +133,14 @@ def test_16bit_grayscale_png_is_scaled_to_8_bits():
 def test_payload_decoder_reads_what_our_codecs_write():
     pixels = fx.photo("flower", 48, 64)
     assert np.array_equal(rgb_from_pil_bytes(fx.png_bytes(pixels)), pixels)
+
+
+def test_pillow_global_pixel_limit_is_left_alone():
+    """The pipeline as a library must not switch off Pillow's bomb check for the user's own code."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    decode_to_rgb(buf.getvalue())
+    assert Image.MAX_IMAGE_PIXELS == before
