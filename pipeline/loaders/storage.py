@@ -8,12 +8,12 @@ served a stale copy. Local folders are read in place.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 from ..errors import SampleError
+from ..writer import file_digest
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mpq-pipeline", "shards")
 
@@ -140,7 +140,7 @@ class Storage:
             tmp = f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
                 self.fs.get_file(self.url(*parts), tmp)  # each backend's own whole-file download
-                got = _digest(tmp)
+                got = file_digest(tmp)
                 if got != (size, sha256):
                     raise SampleError(f"{self.display(*parts)}: got {got[0]} bytes with sha256 {got[1][:16]}..., "
                                       f"index.json records {size} bytes and {sha256[:16]}...")
@@ -151,18 +151,8 @@ class Storage:
         return final
 
 
-def _digest(path: str) -> tuple[int, str]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-            n += len(block)
-    return n, h.hexdigest()
-
-
 def _verify_file(path: str, size: int, sha256: str) -> None:
-    if _digest(path) != (size, sha256):
+    if file_digest(path) != (size, sha256):
         raise SampleError(f"{path}: size or sha256 differs from index.json (the shard changed or is damaged)")
 
 
