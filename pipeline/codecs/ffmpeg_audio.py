@@ -246,8 +246,19 @@ class Opus(_FFmpegAudio):
                 ("vbr", self.spec["vbr"])]
 
 
+class _BitrateCodec(_FFmpegAudio):
+    """A codec driven by one target bitrate (``kbps``, required), passed to FFmpeg as ``b:a``."""
+
+    @classmethod
+    def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _require_kbps(cls.name, values)
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("b:a", str(1000 * self.spec["kbps"]))]
+
+
 @register
-class AAC(_FFmpegAudio):
+class AAC(_BitrateCodec):
     name = "aac"
     extension = "m4a"
     encoder = "aac"
@@ -258,16 +269,9 @@ class AAC(_FFmpegAudio):
     summary = "AAC-LC (FFmpeg's encoder) in MP4/M4A; priming and padding in the edit list"
     params = (_kbps(512, 8),)
 
-    @classmethod
-    def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return _require_kbps(cls.name, values)
-
-    def options(self) -> list[tuple[str, str]]:
-        return [("b:a", str(1000 * self.spec["kbps"]))]
-
 
 @register
-class Vorbis(_FFmpegAudio):
+class Vorbis(_BitrateCodec):
     name = "vorbis"
     extension = "ogg"
     encoder = "libvorbis"
@@ -276,13 +280,6 @@ class Vorbis(_FFmpegAudio):
     library = "libvorbis in imageio-ffmpeg's ffmpeg"
     summary = "Vorbis (libvorbis, average bitrate) in Ogg"
     params = (_kbps(500, 8),)
-
-    @classmethod
-    def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return _require_kbps(cls.name, values)
-
-    def options(self) -> list[tuple[str, str]]:
-        return [("b:a", str(1000 * self.spec["kbps"]))]
 
     def decode(self, payload: bytes) -> tuple[np.ndarray, int]:
         """libvorbis (through libsndfile), which ends where the last granule position says.

@@ -76,15 +76,23 @@ def _integrals(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, m
     raise ValueError(f"unknown BD method {method!r} (choose from {', '.join(METHODS)})")
 
 
-def bd_rate(anchor_rate: Sequence[float], anchor_quality: Sequence[float], test_rate: Sequence[float],
-            test_quality: Sequence[float], method: str = "cubic") -> BDResult:
-    """Percent rate change of the test curve against the anchor at equal quality (PSNR, SNR in dB)."""
+def _two_curves(anchor_rate, anchor_quality, test_rate, test_quality):
+    """Both curves' checked points, or the reason (a string) why one of them cannot be used."""
     a = _points(anchor_rate, anchor_quality, "anchor")
     t = _points(test_rate, test_quality, "test")
     for p in (a, t):
         if isinstance(p, str):
-            return BDResult(math.nan, method, reason=p)
-    (ra, qa), (rt, qt) = a, t  # type: ignore[misc]
+            return p
+    return a, t
+
+
+def bd_rate(anchor_rate: Sequence[float], anchor_quality: Sequence[float], test_rate: Sequence[float],
+            test_quality: Sequence[float], method: str = "cubic") -> BDResult:
+    """Percent rate change of the test curve against the anchor at equal quality (PSNR, SNR in dB)."""
+    curves = _two_curves(anchor_rate, anchor_quality, test_rate, test_quality)
+    if isinstance(curves, str):
+        return BDResult(math.nan, method, reason=curves)
+    (ra, qa), (rt, qt) = curves
     got = _integrals(qa, np.log(ra), qt, np.log(rt), method, "quality")
     if isinstance(got, str):
         return BDResult(math.nan, method, reason=got)
@@ -95,12 +103,10 @@ def bd_rate(anchor_rate: Sequence[float], anchor_quality: Sequence[float], test_
 def bd_psnr(anchor_rate: Sequence[float], anchor_quality: Sequence[float], test_rate: Sequence[float],
             test_quality: Sequence[float], method: str = "cubic") -> BDResult:
     """Mean quality difference (dB) of the test curve over the anchor at equal rate (log-rate interval)."""
-    a = _points(anchor_rate, anchor_quality, "anchor")
-    t = _points(test_rate, test_quality, "test")
-    for p in (a, t):
-        if isinstance(p, str):
-            return BDResult(math.nan, method, reason=p)
-    (ra, qa), (rt, qt) = a, t  # type: ignore[misc]
+    curves = _two_curves(anchor_rate, anchor_quality, test_rate, test_quality)
+    if isinstance(curves, str):
+        return BDResult(math.nan, method, reason=curves)
+    (ra, qa), (rt, qt) = curves
     la, lt = np.log(ra), np.log(rt)
     oa, ot = np.argsort(la, kind="stable"), np.argsort(lt, kind="stable")
     got = _integrals(la[oa], qa[oa], lt[ot], qt[ot], method, "rate")
