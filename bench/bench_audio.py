@@ -8,10 +8,15 @@ files at a time:
   resample where the codec needs it, encode, decode the payload, measure SNR/SI-SDR, write shards
   and the manifest;
 * bare loop: per file ``ffmpeg -i SRC.flac <codec options> OUT.ext`` then ``ffmpeg -i OUT.ext -f null -``
-  (the same bundled binary), ``workers`` files in parallel.
+  (the same bundled binary), ``workers`` files in parallel; for Opus both commands resample with
+  soxr at the pipeline's precision (to 48 kHz, and back to the source rate on decode).
 
-CPU seconds (this process and its children) are reported too; numpy's BLAS runs on one thread
-(``OMP_NUM_THREADS=1`` unless set), the ffmpeg binary with its defaults on both sides. ``--backends`` instead times the two
+"Per core" is literal: the benchmark pins itself, and so every process it starts (the ffmpeg
+binaries of both sides, the pool's workers), to ``workers`` CPUs, so both sides have exactly
+``workers`` cores (``--no-pin`` lets them spread; the ffmpeg binary then runs its decode, encode
+and mux threads on about 1.2 cores for one file). CPU seconds (this process and its children) are
+reported too; numpy's BLAS runs on one thread (``OMP_NUM_THREADS=1`` unless set), the ffmpeg
+binary with its defaults on both sides. ``--backends`` instead times the two
 ways into FFmpeg per codec (the ``ffmpeg`` binary vs PyAV in-process), encode and decode of the
 same clips, which is how each codec's backend was chosen.
 
@@ -38,10 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one core per worker, as deployed
     os.environ.setdefault(_var, "1")
 
-#: pipeline spec -> ffmpeg output options doing the same (opus: the pipeline resamples to 48 kHz, so does ffmpeg)
+#: the pipeline's resampler (soxr "VHQ", 28-bit precision) as an ffmpeg filter
+SOXR_VHQ = ["-af", "aresample=resampler=soxr:precision=28"]
+#: pipeline spec -> ffmpeg output options doing the same. Opus codes at 48 kHz: like the pipeline, the
+#: loop resamples to 48 kHz with soxr for the encode and back to the source rate on decode.
 SETTINGS = {
     "mp3:kbps=64": (["-c:a", "libmp3lame", "-b:a", "64k"], "mp3"),
-    "opus:kbps=32": (["-c:a", "libopus", "-b:a", "32k", "-ar", "48000"], "opus"),
+    "opus:kbps=32": ([*SOXR_VHQ, "-ar", "48000", "-c:a", "libopus", "-b:a", "32k"], "opus"),
     "aac:kbps=64": (["-c:a", "aac", "-b:a", "64k"], "m4a"),
     "vorbis:kbps=64": (["-c:a", "libvorbis", "-b:a", "64k"], "ogg"),
 }
@@ -89,7 +97,12 @@ def ffmpeg_commands(src: Path, out_dir: Path, spec: str) -> list[list[str]]:
     options, ext = SETTINGS[spec]
     coded = out_dir / f"{src.stem}.{ext}"
     base = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
-    return [[*base, "-i", str(src), *options, str(coded)], [*base, "-i", str(coded), "-f", "null", "-"]]
+    back = []  # decode at the source's rate, as the pipeline does
+    if "-ar" in options:
+        import soundfile as sf
+
+        back = [*SOXR_VHQ, "-ar", str(sf.info(str(src)).samplerate)]
+    return [[*base, "-i", str(src), *options, str(coded)], [*base, "-i", str(coded), *back, "-f", "null", "-"]]
 
 
 def _run_file(commands: list[list[str]]) -> None:
@@ -178,15 +191,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--codecs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--backends", action="store_true", help="time the ffmpeg binary against PyAV per codec")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin both sides to `workers` CPUs (the ffmpeg binary then uses more than one)")
     args = ap.parse_args(argv)
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and not args.backends:
+        if args.workers > len(cpus):
+            raise SystemExit(f"--workers {args.workers} needs that many CPUs to pin to; this process has {len(cpus)}")
+        os.sched_setaffinity(0, cpus[:args.workers])  # inherited by every process started from here on
     env = {"python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count(),
-           "argv": sys.argv}
+           "pinned_to": sorted(os.sched_getaffinity(0)) if args.pin else None, "argv": sys.argv}
     result = bench_backends(args) if args.backends else bench_throughput(args)
     result["environment"] = env
     if not args.backends:
         ratios = [r["ratio_wall"] for r in result["rows"]]
         print(f"\nclosing note: pipeline / bare ffmpeg loop throughput = {min(ratios):.2f}x to {max(ratios):.2f}x "
-              f"({args.workers} worker(s), {args.kind}, {args.files} files); ffmpeg loop per file: "
+              f"({args.workers} worker(s){', pinned to as many cores' if args.pin else ', not pinned'}, "
+              f"{args.kind}, {args.files} files); ffmpeg loop per file: "
               f"{result['ffmpeg_command_example']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -123,8 +123,10 @@ def _decode_pcm_soundfile(data: bytes) -> Audio | None:
         raise SampleError(f"cannot decode {info.format} audio: {exc}") from None
     if ints.shape[0] == 0:
         raise SampleError("the audio file holds no samples")
-    # int32 from libsndfile is left-justified: 8/16/24-bit values times 2**(32-depth); /2**31 is exact in float32
-    samples = np.ascontiguousarray((ints.astype(np.float64) / 2147483648.0).astype(np.float32))
+    # int32 from libsndfile is left-justified: 8/16/24-bit values times 2**(32-depth), exact in float32, and
+    # scaling by 2**-31 is exact (32-bit values round once, as they would through float64)
+    samples = ints.astype(np.float32)
+    samples *= np.float32(2.0 ** -31)
     return Audio(samples, int(rate), depth, {"format": info.format, "subtype": info.subtype})
 
 

@@ -83,13 +83,44 @@ def encode_cli(samples: np.ndarray, rate: int, encoder: str, muxer: str, options
         cmd += [f"-{key}", value]
     with tempfile.TemporaryDirectory(prefix="mpq-ffmpeg-") as tmp:
         out = os.path.join(tmp, f"out.{muxer}")
-        proc = subprocess.run([*cmd, "-y", out], input=np.ascontiguousarray(samples, "<f4").tobytes(),
-                              capture_output=True)
-        if proc.returncode != 0:
-            lines = [ln.split("] ", 1)[-1] for ln in proc.stderr.decode(errors="replace").strip().splitlines()]
-            raise SampleError(f"ffmpeg {encoder} failed: {' | '.join(lines[:2]) or f'exit {proc.returncode}'}")
+        with open(os.path.join(tmp, "stderr"), "w+b") as err:
+            proc = subprocess.Popen([*cmd, "-y", out], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+            _write_all(proc, np.ascontiguousarray(samples, "<f4").tobytes())
+            returncode = proc.wait()
+            err.seek(0)
+            stderr = err.read()
+        if returncode != 0:
+            lines = [ln.split("] ", 1)[-1] for ln in stderr.decode(errors="replace").strip().splitlines()]
+            raise SampleError(f"ffmpeg {encoder} failed: {' | '.join(lines[:2]) or f'exit {returncode}'}")
         with open(out, "rb") as fh:
             return fh.read()
+
+
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not exported by Python 3.11's fcntl
+
+
+def _write_all(proc: subprocess.Popen, data: bytes) -> None:
+    """The whole input in one blocking write through a 1 MiB pipe.
+
+    ``communicate`` feeds a pipe 4 KiB per poll, a context switch each, which cost 7% of an MP3
+    encode of 44.1 kHz stereo on one core. stderr goes to a file, so ffmpeg can never block on it
+    while we write.
+    """
+    import fcntl
+
+    try:
+        fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
+    except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe works, in more steps
+        pass
+    try:
+        proc.stdin.write(data)
+    except BrokenPipeError:  # ffmpeg stopped reading (it failed): its exit status and message say why
+        pass
+    finally:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
 
 
 def encode_pyav(samples: np.ndarray, rate: int, encoder: str, muxer: str, options: list[tuple[str, str]],
