@@ -378,3 +378,26 @@ def flac_ints(data: bytes) -> tuple[np.ndarray, int]:
 
     ints, rate = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
     return ints, rate
+
+
+# --------------------------------------------------------------------------- EnCodec with random weights
+
+
+def seed_encodec_codebooks(net: Any, wav: Any) -> None:
+    """Give an untrained EnCodec model codewords, so its codes vary and comparisons of codes can fail.
+
+    encodec's factories leave every codebook at zero (their k-means initialisation runs on the
+    first training batch), so an untrained model codes everything as 0. Here each level's codebook
+    is drawn from the embeddings of ``wav`` (``[1, channels, samples]`` at the model's rate; at
+    each level the residuals left by the previous ones) plus noise, as k-means starts. Call it
+    after ``torch.manual_seed`` for reproducible weights.
+    """
+    import torch
+
+    with torch.no_grad():
+        residual = net.encoder(wav)[0].T  # [frames, dimension]
+        for layer in net.quantizer.vq.layers:
+            book = layer._codebook
+            picks = residual[torch.randint(len(residual), (book.codebook_size,))]
+            book.embed.copy_(picks + residual.std(0) * torch.randn_like(picks))
+            residual = residual - book.embed[book.quantize(residual)]

@@ -248,9 +248,19 @@ def _write_checkpoint(module, folder: Path, stem: str) -> str:
     return name
 
 
+def signal(rate: int, channels: int) -> np.ndarray:
+    """1 s of speech-like audio at ``rate`` as float32 ``(channels, samples)``."""
+    x = af.as_float(af.speech(1.0, 5, rate=rate))[:, 0]
+    return np.ascontiguousarray(np.stack([x] * channels))
+
+
 @pytest.fixture(scope="module")
 def encodec_files(tmp_path_factory) -> tuple[Path, dict[str, tuple[str, str]]]:
-    """Random-weight EnCodec checkpoints (models and language models), written once per module."""
+    """Random-weight EnCodec checkpoints (models and language models), written once per module.
+
+    Untrained, EnCodec's codebooks are all zero and every code would be 0: they get codewords drawn
+    from the model's own embeddings (:func:`audio_fixtures.seed_encodec_codebooks`).
+    """
     pytest.importorskip("encodec")
     import warnings
 
@@ -264,6 +274,8 @@ def encodec_files(tmp_path_factory) -> tuple[Path, dict[str, tuple[str, str]]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             net = factory(pretrained=False)
+        net.eval()
+        af.seed_encodec_codebooks(net, torch.from_numpy(signal(net.sample_rate, net.channels))[None])
         lm = LMModel(net.quantizer.n_q, net.quantizer.bins, num_layers=5, dim=200,
                      past_context=int(3.5 * net.frame_rate))
         names[key] = (_write_checkpoint(net, folder, f"encodec_{key}"),
@@ -321,6 +333,8 @@ def test_encodec_stream_plumbing(spec, signal, seconds, encodec_weights, signals
     assert facts["setup_bytes"] == fo.tell()
     assert len(enc.payload) - fo.tell() == _ecdc_code_bytes(header, model)
     assert enc.extension == "ecdc" and facts["device"] == "cpu"
+    codes = enc.payload[fo.tell():]
+    assert len(set(codes)) > 16, "the seeded codebooks give varied codes, not all zeros"
 
 
 def test_encodec_reference_decoder_reads_our_stream(encodec_weights, signals, tmp_path, monkeypatch):
