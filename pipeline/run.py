@@ -237,6 +237,18 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
                       sum(s["bytes"] for s in shards))
 
 
+def progress_units(tasks: list[ShardTask], settings: int) -> tuple[str, Callable[[ShardTask], int]]:
+    """What progress counts, and how much of it a task is: each sample once, whatever the grouping.
+
+    Tasks normally carry every setting, and progress counts samples. When learned and other codecs
+    run as separate tasks over the same samples (GPU and CPU groups), a sample would count once per
+    group; then progress counts encodes, one per sample and setting.
+    """
+    if all(len(t.specs) == settings for t in tasks):
+        return "sample", lambda t: len(t.refs)
+    return "encode", lambda t: len(t.refs) * len(t.specs)
+
+
 def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
               progress: bool | Callable[[int, int], None] = False, isolate: bool = False,
               planned: tuple[Source, list[ShardTask]] | None = None) -> RunResult:
@@ -244,8 +256,8 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
 
     ``executor`` defaults to running in this process; pass ``Client.get_executor()`` or
     :func:`pipeline.cluster.dask_executor` for Dask. ``progress`` shows a tqdm bar (True) or calls
-    ``progress(done, total)`` (samples; a run mixing learned and other codecs counts each sample per
-    group). ``isolate`` encodes every shard in a child process from the start, so a codec that
+    ``progress(done, total)``, counting samples, or encodes (sample x setting) when learned and other
+    codecs run as separate tasks over the same samples (see :func:`progress_units`). ``isolate`` encodes every shard in a child process from the start, so a codec that
     crashes its process costs one sample even on the first attempt (retries always do this).
     Raises OutputError when the output location cannot be written (nothing partial is left).
     """
@@ -257,7 +269,8 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     _check_conflicts(config, source)
     check_output(config, source)
     listed = len({r.key for t in tasks for r in t.refs})
-    total = sum(len(t.refs) for t in tasks)
+    unit, weight = progress_units(tasks, len(config.codecs))
+    total = sum(weight(t) for t in tasks)
     result = RunResult(config, listed, getattr(source, "skipped", 0))
     store = open_store(config.out)
     for spec in config.codecs:
@@ -270,7 +283,7 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     if progress is True:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="sample", desc=f"{config.dataset}/{source.split}", smoothing=0.1,
+        bar = tqdm(total=total, unit=unit, desc=f"{config.dataset}/{source.split}", smoothing=0.1,
                    dynamic_ncols=True)
     done = 0
     stats: dict[str, dict[int, dict[str, Any]]] = {s.tag: {} for s in config.codecs}
@@ -296,9 +309,9 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
             for tag, st in res.stats.items():  # keep the figures, not the rows (they stay in _stats.json)
                 row_keys[tag].update(k for r in st["rows"] for k in r)
                 stats[tag][task.index] = {k: v for k, v in st.items() if k != "rows"}
-            done += len(task.refs)
+            done += weight(task)
             if bar is not None:
-                bar.update(len(task.refs))
+                bar.update(weight(task))
             elif callable(progress):
                 progress(done, total)
     except BaseException:

@@ -388,3 +388,20 @@ def test_attempt_marker_next_to_a_complete_shard_is_cleared(tmp_path):
     again = run(src, out, ["jpeg:quality=30", "webp:quality=30"])
     assert (again.shards_written, again.shards_cached) == (0, first.shards_written)
     assert not hidden(out)
+
+
+@pytest.mark.parametrize("codecs, unit, per_sample", [(["test-where-png", "jpeg:quality=30"], "sample", 1),
+                                                      (["test-gpu-png", "jpeg:quality=30,50"], "encode", 3)])
+def test_progress_counts_each_sample_once(tmp_path, fault_codecs, monkeypatch, codecs, unit, per_sample):
+    """Learned (GPU) and other codecs run as separate tasks over the same samples: progress counts encodes."""
+    from pipeline.run import plan, progress_units
+
+    monkeypatch.setenv(fault_codecs.SLOW_ENV, "0")
+    src = make_source(tmp_path / "src", 5)
+    config = TranscodeConfig.create("imagefolder", src, codecs, out=tmp_path / "out", samples_per_shard=2)
+    _, tasks = plan(config)
+    assert progress_units(tasks, len(config.codecs))[0] == unit
+    calls: list[tuple[int, int]] = []
+    transcode(config, progress=lambda done, total: calls.append((done, total)))
+    assert {total for _, total in calls} == {5 * per_sample}
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls) and calls[-1][0] == 5 * per_sample
