@@ -176,6 +176,23 @@ def test_musdb_stems_through_the_codec(hq, tmp_path):
             record["tracks"][st]["bits"] for st in af.STEM_NAMES)
 
 
+def test_musdb_stems_in_target_mode_record_their_own_quality(hq, tmp_path):
+    """``mp3:vbr_kbps=``: every stem gets its own search, and its record says which LAME quality it got."""
+    config = TranscodeConfig.create("musdb", hq.root, ["mp3:vbr_kbps=96"], out=tmp_path, split="test",
+                                    source_options={"encode_stems": True})
+    (s,) = transcode(config).sets
+    assert not s.errors
+    for key, m in read_shards(Path(s.folder)).items():
+        record = json.loads(m["json"])
+        assert record["target_kbps"] == 96.0 and record["kbps"] <= 96.0
+        for stem in af.STEM_NAMES:
+            t = record["tracks"][stem]
+            assert t["target_kbps"] == 96.0 and t["kbps"] <= 96.0 and 0 <= t["chosen_quality"] <= 9
+            # the stored stem is what LAME writes at the recorded quality (encoding is deterministic)
+            again = make_codec(parse_spec(f"mp3:vbr={t['chosen_quality']}"))
+            assert again.encode(af.as_float(hq.stems[key][stem]), hq.rates[key]).payload == m[f"{stem}.mp3"]
+
+
 def test_options_decoded_flac_pesq_stoi(libri):
     src = make_source("librispeech", str(libri.root), "dev-clean")
     refs = tuple(r for r in src.list() if r.key not in libri.failing)[:2]

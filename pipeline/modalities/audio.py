@@ -18,7 +18,8 @@ Options (``ShardTask.options``): ``pesq`` and ``stoi`` (speech measures at 16 kH
 ``decoded_flac`` (also store the decoded signal, rounded to the source's bit depth, as
 ``{key}.decoded.flac``). The ``none`` codec stores the source samples as lossless FLAC.
 A source may hand over further ``tracks`` (MUSDB stems with ``encode_stems``): each is coded with
-the same setting and stored as ``{key}.{track}.{ext}``, its measures under ``tracks`` in the JSON.
+the same setting and stored as ``{key}.{track}.{ext}``, its measures under ``tracks`` in the JSON
+(in target mode with its own search and ``chosen_quality``).
 """
 from __future__ import annotations
 
@@ -180,8 +181,10 @@ def encode(codec: Codec, prepared: PreparedAudio, options: dict[str, Any]) -> tu
         for name, track in prepared.tracks:
             t_enc, t_dec, t_facts = _code(codec, track)
             members.append((f"{name}.{t_enc.extension}", t_enc.payload))
+            # in target mode each track gets its own search: its chosen quality is recorded with it
             tracks[name] = {k: t_facts[k] for k in ("bits", "kbps", "container_bytes", "snr", "si_sdr",
-                                                    "end_padding")}
+                                                    "end_padding", "target_kbps", "chosen_quality")
+                            if k in t_facts}
             m["encode_s"] += t_facts["encode_s"]
             m["decode_s"] += t_facts["decode_s"]
             if options.get("decoded_flac"):
