@@ -6,7 +6,8 @@ files at a time:
 
 * pipeline: ``transcode`` on a process pool (``InlineExecutor`` for one worker): read, decode,
   resample where the codec needs it, encode, decode the payload, measure SNR/SI-SDR, write shards
-  and the manifest;
+  (one per worker, the fewest that keep every worker busy; real runs default to 1000 samples a
+  shard) and the manifest;
 * bare loop: per file ``ffmpeg -i SRC.flac <codec options> OUT.ext`` then ``ffmpeg -i OUT.ext -f null -``
   (the same bundled binary), ``workers`` files in parallel; for Opus both commands resample with
   soxr at the pipeline's precision (to 48 kHz, and back to the source rate on decode).
@@ -78,7 +79,8 @@ def make_dataset(root: Path, kind: str, files: int, seconds: float) -> float:
 def run_pipeline(root: Path, out: Path, spec: str, workers: int) -> tuple[float, float]:
     from pipeline import TranscodeConfig, transcode
 
-    config = TranscodeConfig.create("audiofolder", root, [spec], out=out, samples_per_shard=4)
+    files = len(list(root.glob("*.flac")))  # one shard per worker: the fewest that keep every worker busy
+    config = TranscodeConfig.create("audiofolder", root, [spec], out=out, samples_per_shard=-(-files // workers))
     c0, t0 = cpu_seconds(), time.perf_counter()
     if workers == 1:
         result = transcode(config)
