@@ -106,6 +106,9 @@ def cli() -> None:
 @click.option("--shard-compression", type=click.Choice(["none", "gzip"]), default="none", show_default=True,
               help="gzip: write deterministic .tar.gz shards (smaller at low rates: tar headers and padding "
                    "compress, the payload mostly does not; costs CPU and random access)")
+@click.option("--max-pixels", type=int, default=None,
+              help="images: refuse sources above this many pixels as error rows [default: 178956970]; "
+                   "loaders then need MPQ_MAX_PIXELS at least as high")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str], out: str, workers: int | None,
               scheduler: str | None, cluster_file: str | None, isolate: bool, samples_per_shard: int,
@@ -113,7 +116,7 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
               image_column: str | None, label_column: str | None, hf_config: str | None, key_column: str | None,
               weights_dir: str | None, offline: bool, no_store_bin: bool, no_store_png: bool, pesq: bool,
               stoi: bool, store_decoded: bool, audio_column: str | None, encode_stems: bool,
-              shard_compression: str, no_progress: bool) -> None:
+              shard_compression: str, max_pixels: int | None, no_progress: bool) -> None:
     """Transcode DATASET stored at ROOT with one or more codec settings."""
     import os
 
@@ -131,7 +134,8 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
                                         source_options=options, store_bitstream=not no_store_bin,
                                         store_reconstruction=not no_store_png, pesq=pesq, stoi=stoi,
                                         store_decoded=store_decoded,
-                                        shard_compression=None if shard_compression == "none" else shard_compression)
+                                        shard_compression=None if shard_compression == "none" else shard_compression,
+                                        max_pixels=max_pixels)
         planned = plan(config)  # every configuration error surfaces here, before any cluster starts
         source = planned[0]
         cluster = None

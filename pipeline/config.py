@@ -30,6 +30,7 @@ class TranscodeConfig:
     stoi: bool = False  # audio: STOI per sample
     store_decoded: bool = False  # audio: also store the decoded signal as KEY.decoded.flac
     shard_compression: str | None = None  # None: plain .tar shards; "gzip": deterministic .tar.gz shards
+    max_pixels: int | None = None  # images: refuse sources above this many pixels (None: imaging.MAX_PIXELS)
 
     @classmethod
     def create(cls, dataset: str, root: str | Path, codecs: Sequence[str | CodecSpec] | str, *,
@@ -38,7 +39,7 @@ class TranscodeConfig:
                ms_ssim: bool = False, source_options: Mapping[str, Any] | None = None,
                store_bitstream: bool = True, store_reconstruction: bool = True, pesq: bool = False,
                stoi: bool = False, store_decoded: bool = False,
-               shard_compression: str | None = None) -> "TranscodeConfig":
+               shard_compression: str | None = None, max_pixels: int | None = None) -> "TranscodeConfig":
         """Validate and build a config (raises ConfigError with a one-line message)."""
         if isinstance(codecs, (str, CodecSpec)):
             codecs = [codecs]
@@ -53,11 +54,14 @@ class TranscodeConfig:
             shard_compression = None
         if shard_compression not in (None, "gzip"):
             raise ConfigError(f"--shard-compression must be gzip or none, not {shard_compression!r}")
+        if max_pixels is not None and max_pixels < 1:
+            raise ConfigError("--max-pixels must be at least 1")
         opts = tuple(sorted((k, v) for k, v in (source_options or {}).items() if v is not None))
         return cls(dataset=dataset, root=str(root), codecs=specs, out=str(out), split=split,
                    samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim, source_options=opts,
                    store_bitstream=store_bitstream, store_reconstruction=store_reconstruction, pesq=pesq,
-                   stoi=stoi, store_decoded=store_decoded, shard_compression=shard_compression)
+                   stoi=stoi, store_decoded=store_decoded, shard_compression=shard_compression,
+                   max_pixels=max_pixels)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

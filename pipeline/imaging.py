@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 
 from .errors import SampleError
 
-#: Images above this many pixels are refused as decompression bombs (Pillow's own default is 89 M).
+#: Images above this many pixels are refused as decompression bombs (Pillow's own default is 89 M);
+#: ``--max-pixels`` (``TranscodeConfig.max_pixels``) sets another limit for a run.
 MAX_PIXELS = 178_956_970
 
 

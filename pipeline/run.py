@@ -98,6 +98,8 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
     for flag, name in ((config.pesq, "pesq"), (config.stoi, "stoi"), (config.store_decoded, "decoded_flac")):
         if flag:  # audio options, likewise only when on
             options[name] = True
+    if config.max_pixels is not None:  # images: the source pixel limit, only when set
+        options["max_pixels"] = config.max_pixels
     # codecs registered from outside the package: workers and child processes import these first
     builtin = set(_codec_families())
     modules = tuple(sorted({get_codec(s.name).__module__ for s in config.codecs} - builtin - {"__main__"}))
@@ -232,6 +234,8 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     }
     if config.shard_compression is not None:  # only when set, so plain-tar indexes stay as they were
         index["shard_compression"] = config.shard_compression
+    if config.max_pixels is not None:  # likewise: the loaders need $MPQ_MAX_PIXELS at least this high
+        index["max_pixels"] = config.max_pixels
     store.write_json(store.child(folder, layout.INDEX), index)  # last: its presence means the set is complete
     return SetSummary(spec.canonical, spec.tag, folder, len(shards), listed, ok, errors,
                       sum(s["bytes"] for s in shards))

@@ -126,7 +126,7 @@ def sample_events(task: ShardTask, pending: list[CodecSpec], codecs: list[Codec]
         try:
             raw = task.source.read(task.refs[i])
             sha = hashlib.sha256(raw.data).hexdigest()
-            prepared = modality.prepare(raw)
+            prepared = modality.prepare(raw, task.options)
         except Exception as exc:  # per-sample: recorded, the run goes on
             yield ("sample_error", i, _reason(exc))
             continue

@@ -30,7 +30,7 @@ from PIL import Image
 import fixtures as fx
 from pipeline import TranscodeConfig
 from pipeline.cli import main
-from pipeline.errors import OutputError
+from pipeline.errors import ConfigError, OutputError
 from pipeline.run import transcode
 
 REPO = Path(__file__).parents[1]
@@ -405,3 +405,23 @@ def test_progress_counts_each_sample_once(tmp_path, fault_codecs, monkeypatch, c
     transcode(config, progress=lambda done, total: calls.append((done, total)))
     assert {total for _, total in calls} == {5 * per_sample}
     assert [done for done, _ in calls] == sorted(done for done, _ in calls) and calls[-1][0] == 5 * per_sample
+
+
+def test_max_pixels_sets_the_source_limit(tmp_path):
+    """``--max-pixels``: larger sources become error rows, the limit is recorded, smaller ones are coded."""
+    import json
+
+    src = make_source(tmp_path / "src", 3)  # 48x64, 56x64 and 64x64 pixels
+    out = tmp_path / "out"
+    args = ["transcode", "imagefolder", str(src), "--codec", "jpeg:quality=30", "--out", str(out),
+            "--workers", "0", "--no-progress", "--max-pixels"]
+    assert main([*args, str(56 * 64)]) == 0  # error rows are results, not a failed run
+    rows = {r["key"]: r for r in pq.read_table(out / "imagefolder" / "all" / "jpeg-q30" / "manifest.parquet")
+            .to_pylist()}
+    assert rows["p0"]["status"] == rows["p1"]["status"] == "ok"
+    assert rows["p2"]["status"] == "error" and "64x64 = 4096 pixels exceeds the pixel limit 3584" in rows["p2"]["error"]
+    index = json.loads((out / "imagefolder" / "all" / "jpeg-q30" / "index.json").read_text())
+    assert index["max_pixels"] == 56 * 64
+    with pytest.raises(ConfigError, match="--max-pixels"):
+        TranscodeConfig.create("imagefolder", src, ["jpeg:quality=30"], max_pixels=0)
+    assert main([*args, "0"]) == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -22,13 +23,30 @@ from ..errors import SampleError
 
 Decoder = Callable[[bytes], Any]
 
-#: Images above this many pixels are refused before their pixels are decoded (decompression bombs).
+#: Images above this many pixels are refused before their pixels are decoded (decompression bombs);
+#: ``$MPQ_MAX_PIXELS`` raises or lowers it, e.g. for sets written with a higher ``--max-pixels``.
 MAX_PIXELS = 178_956_970
+PIXELS_ENV = "MPQ_MAX_PIXELS"
+
+
+def pixel_limit() -> int:
+    """The loaders' pixel limit: ``$MPQ_MAX_PIXELS`` when set, else :data:`MAX_PIXELS`."""
+    value = os.environ.get(PIXELS_ENV, "").strip()
+    if not value:
+        return MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"${PIXELS_ENV} must be a whole number of pixels, not {value!r}") from None
+    if limit < 1:
+        raise ValueError(f"${PIXELS_ENV} must be at least 1, not {limit}")
+    return limit
 
 
 def _check_size(width: int, height: int) -> None:
-    if width * height > MAX_PIXELS:
-        raise SampleError(f"image of {width}x{height} pixels exceeds the pixel limit {MAX_PIXELS}")
+    limit = pixel_limit()
+    if width * height > limit:
+        raise SampleError(f"image of {width}x{height} pixels exceeds the pixel limit {limit} (${PIXELS_ENV})")
 
 
 def pil_rgb(data: bytes) -> np.ndarray:

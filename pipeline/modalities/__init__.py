@@ -16,8 +16,11 @@ class Modality(Protocol):
     #: manifest columns this modality adds to the common ones, in order
     COLUMNS: list[tuple[str, pa.DataType]]
 
-    def prepare(self, raw: RawSample) -> Any:
-        """Decode the source bytes once into what every codec of this modality encodes."""
+    def prepare(self, raw: RawSample, options: dict[str, Any]) -> Any:
+        """Decode the source bytes once into what every codec of this modality encodes.
+
+        ``options`` are the task's (the same as :meth:`encode` gets), e.g. images' ``max_pixels``.
+        """
 
     def encode(self, codec: Codec, prepared: Any, options: dict[str, Any]) -> tuple[list[tuple[str, bytes]],
                                                                                      dict[str, Any]]:

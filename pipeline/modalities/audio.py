@@ -60,7 +60,7 @@ class PreparedAudio:
     tracks: tuple[tuple[str, Audio], ...] = ()
 
 
-def prepare(raw: RawSample) -> PreparedAudio:
+def prepare(raw: RawSample, options: dict[str, Any] | None = None) -> PreparedAudio:
     main = decode_audio(raw.data)
     tracks = []
     for name, data in sorted(getattr(raw, "tracks", {}).items()):

@@ -10,7 +10,7 @@ import pyarrow as pa
 from .. import target
 from ..codecs.base import ImageCodec
 from ..errors import SampleError
-from ..imaging import decode_to_rgb
+from ..imaging import MAX_PIXELS, decode_to_rgb
 from ..metrics import ms_ssim, mse, psnr_from_mse
 from ..sources.base import RawSample
 
@@ -19,8 +19,8 @@ COLUMNS = [("width", pa.int64()), ("height", pa.int64()), ("bits", pa.int64()), 
            ("target_bpp", pa.float64()), ("chosen_quality", pa.int64())]
 
 
-def prepare(raw: RawSample) -> np.ndarray:
-    return decode_to_rgb(raw.data)
+def prepare(raw: RawSample, options: dict[str, Any] | None = None) -> np.ndarray:
+    return decode_to_rgb(raw.data, max_pixels=(options or {}).get("max_pixels", MAX_PIXELS))
 
 
 def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple[list[tuple[str, bytes]],

@@ -77,3 +77,19 @@ def test_labels_and_unsafe_extensions():
             decoder_table(None, {ext: bytes})
     with pytest.raises(SampleError, match="NaN"):
         DECODERS["json"](b'{"psnr": NaN}')
+
+
+def test_pixel_limit_from_the_environment(monkeypatch):
+    import pipeline.loaders.decoders as dec
+
+    payload = make_codec(parse_spec("jpeg:quality=50")).encode(fx.photo("astronaut", 48, 64)).payload
+    monkeypatch.setenv(dec.PIXELS_ENV, str(48 * 64 - 1))  # a set written with a lower --max-pixels
+    with pytest.raises(SampleError, match=r"pixel limit 3071 \(\$MPQ_MAX_PIXELS\)"):
+        jpeg_rgb(payload)
+    monkeypatch.setattr(dec, "MAX_PIXELS", 10)  # the variable wins over the default, both ways
+    monkeypatch.setenv(dec.PIXELS_ENV, str(48 * 64))
+    assert jpeg_rgb(payload).shape == (48, 64, 3) and pil_rgb(payload).shape == (48, 64, 3)
+    for bad in ("lots", "0"):
+        monkeypatch.setenv(dec.PIXELS_ENV, bad)
+        with pytest.raises(ValueError, match="MPQ_MAX_PIXELS"):
+            jpeg_rgb(payload)
