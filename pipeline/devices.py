@@ -14,7 +14,7 @@ import os
 import platform
 import threading
 
-from .errors import ConfigError
+from .errors import ConfigError, env_count
 
 DEVICE_ENV = "MPQ_DEVICE"
 THREADS_ENV = "MPQ_INFERENCE_THREADS"
@@ -59,16 +59,7 @@ def choose_device(requested: str | None = None, *, framework: str = "torch") -> 
 def inference_threads() -> int | None:
     """Intra-op threads from ``$MPQ_INFERENCE_THREADS``, or None to keep the process's setting (torch's
     default, or what a Dask worker's set-up chose: one thread per single-threaded worker process)."""
-    raw = os.environ.get(THREADS_ENV)
-    if not raw:
-        return None
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ConfigError(f"{THREADS_ENV}={raw!r} is not a number of threads") from None
-    if n < 1:
-        raise ConfigError(f"{THREADS_ENV} must be at least 1")
-    return n
+    return env_count(THREADS_ENV, "threads")
 
 
 def configure_torch(device: str) -> None:

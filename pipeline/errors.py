@@ -1,4 +1,7 @@
 """Error types. Configuration errors stop a run before any work; sample errors become manifest rows."""
+from __future__ import annotations
+
+import os
 
 
 class ConfigError(ValueError):
@@ -16,3 +19,21 @@ class MissingWeightsError(ConfigError):
 class OutputError(Exception):
     """The output location cannot be written (read-only, full, no permission, no such bucket): the run
     stops with this one-line message, and nothing partial is left under a final name."""
+
+
+def env_count(name: str, what: str) -> int | None:
+    """A positive whole number from the environment variable ``name`` (None when unset or empty).
+
+    Settings that reach worker processes through their environment are checked where they are
+    read, so a typo stops with one clear line instead of a default silently taking over.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"${name}={raw!r} is not a number of {what}") from None
+    if value < 1:
+        raise ConfigError(f"${name} must be at least 1, not {value}")
+    return value

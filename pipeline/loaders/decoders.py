@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..errors import SampleError
+from ..errors import SampleError, env_count
 
 Decoder = Callable[[bytes], Any]
 
@@ -31,16 +30,8 @@ PIXELS_ENV = "MPQ_MAX_PIXELS"
 
 def pixel_limit() -> int:
     """The loaders' pixel limit: ``$MPQ_MAX_PIXELS`` when set, else :data:`MAX_PIXELS`."""
-    value = os.environ.get(PIXELS_ENV, "").strip()
-    if not value:
-        return MAX_PIXELS
-    try:
-        limit = int(value)
-    except ValueError:
-        raise ValueError(f"${PIXELS_ENV} must be a whole number of pixels, not {value!r}") from None
-    if limit < 1:
-        raise ValueError(f"${PIXELS_ENV} must be at least 1, not {limit}")
-    return limit
+    limit = env_count(PIXELS_ENV, "pixels")
+    return MAX_PIXELS if limit is None else limit
 
 
 def _check_size(width: int, height: int) -> None:
