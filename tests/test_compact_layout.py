@@ -127,6 +127,51 @@ def test_loader_samples_match_pixelwise(both):
                 assert x[k] == y[k]
 
 
+def test_large_gz_shards_spill_to_disk(both, monkeypatch, tmp_path):
+    """A decompressed shard over the spool size goes to a temporary file: same samples, bounded memory."""
+    import tempfile
+
+    import pipeline.loaders.storage as st
+
+    spilled: list[bool] = []
+    real = tempfile.SpooledTemporaryFile
+
+    class Watched(real):  # records whether each decompressed shard left memory
+        def close(self):
+            spilled.append(bool(getattr(self, "_rolled", False)))
+            super().close()
+
+    monkeypatch.setattr(st, "SPOOL_BYTES", 4096)  # every shard here is larger
+    monkeypatch.setattr(tempfile, "SpooledTemporaryFile", Watched)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        a = list(load(both[None], "imagefolder", "all", SETTING, image_format="numpy", meta=True))
+        b = list(load(both["gzip"], "imagefolder", "all", SETTING, image_format="numpy", meta=True))
+    finally:
+        tempfile.tempdir = None
+    assert spilled and all(spilled), "each .tar.gz was decompressed to a file, not into memory"
+    assert [s["__key__"] for s in a] == [s["__key__"] for s in b]
+    for x, y in zip(a, b):
+        assert all(np.array_equal(x[k], y[k]) if isinstance(x[k], np.ndarray) else x[k] == y[k] for k in x)
+    assert not list(tmp_path.iterdir()), "the temporary files are gone"
+
+
+def test_corrupt_gz_shard_is_a_sample_error(both, tmp_path):
+    import shutil
+
+    from pipeline.errors import SampleError
+
+    out = tmp_path / "copy"
+    shutil.copytree(both["gzip"], out)
+    victim = sorted((out / "imagefolder" / "all").glob("*/*.tar.gz"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the size stays, the deflate stream or its CRC breaks
+    victim.write_bytes(bytes(data))
+    with pytest.raises(SampleError, match="cannot decompress"):
+        list(load(out, "imagefolder", "all", SETTING, image_format="numpy"))
+
+
 def test_resume_after_deleting_one_gz_shard(photos, both, tmp_path):
     run(photos, tmp_path, "gzip")
     f = folder(tmp_path)

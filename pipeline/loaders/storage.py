@@ -15,6 +15,9 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 from ..errors import SampleError
 from ..writer import file_digest
 
+#: decompressed ``.tar.gz`` shards up to this size are kept in memory, larger ones in a temporary file
+SPOOL_BYTES = 64 << 20
+
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mpq-pipeline", "shards")
 
 
@@ -93,21 +96,31 @@ class Storage:
     def open_shard(self, parts: tuple[str, ...], size: int, sha256: str, *, verify: bool = False) -> BinaryIO:
         """An open binary file of one shard: in place when local, else from the cache (fetched once).
 
-        A ``.tar.gz`` shard (``--shard-compression gzip``) is read and decompressed whole into memory
-        and served as a seekable in-memory tar: gzip has no random access, and the readers seek.
+        A ``.tar.gz`` shard (``--shard-compression gzip``) is decompressed, streaming, into a
+        seekable temporary file: gzip has no random access, and the readers seek. Up to
+        :data:`SPOOL_BYTES` of tar stay in memory, larger shards spill to the temporary folder
+        (``$TMPDIR``), so a shard of long tracks with lossless stems does not fill the memory.
         """
         fh = self._open_stored(parts, size, sha256, verify=verify)
         if not parts[-1].endswith(".tar.gz"):
             return fh
         import gzip
-        import io
+        import shutil
+        import tempfile
         import zlib
 
+        out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, prefix="mpq-shard-")
         try:
-            with fh:
-                return io.BytesIO(gzip.decompress(fh.read()))
+            with fh, gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+                shutil.copyfileobj(gz, out, 1 << 20)
         except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            out.close()
             raise SampleError(f"{self.display(*parts)}: cannot decompress: {exc}") from None
+        except BaseException:
+            out.close()
+            raise
+        out.seek(0)
+        return out  # type: ignore[return-value]
 
     def _open_stored(self, parts: tuple[str, ...], size: int, sha256: str, *, verify: bool = False) -> BinaryIO:
         if self.local:
