@@ -82,6 +82,13 @@ def test_gzip_layout_files_and_index(both):
         # the decompressed tar is exactly the plain layout's tar
         plain = folder(both[None]) / entry["name"].removesuffix(".gz")
         assert gzip.decompress(data) == plain.read_bytes()
+        # the report measures the .tar.gz as that tar (read as a stream), plus what gzip saved
+        from pipeline.report.tables import tar_breakdown
+
+        gz_parts, tar_parts = tar_breakdown(path), tar_breakdown(plain)
+        assert gz_parts["compression"] == len(data) - plain.stat().st_size and tar_parts["compression"] == 0
+        assert {k: v for k, v in gz_parts.items() if k not in ("compression", "file")} == \
+            {k: v for k, v in tar_parts.items() if k not in ("compression", "file")}
 
 
 def test_gzip_reruns_are_byte_identical(photos, both, tmp_path):

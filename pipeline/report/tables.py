@@ -16,6 +16,8 @@ Conventions (also stated in the report):
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import tarfile
 from pathlib import Path
@@ -229,16 +231,16 @@ def tar_breakdown(path: str | Path, payload_ext: str | None = None) -> dict[str,
            "other": 0, "other_pad": 0, "end": 0, "compression": 0, "file": size}
     end = 0
     seen: set[str] = set()
-    fileobj = None
-    if path.name.endswith(".tar.gz"):
+    gz = None
+    if path.name.endswith(".tar.gz"):  # read as a stream: headers only, nothing held in memory
         import gzip
-        import io
 
-        data = gzip.decompress(path.read_bytes())
-        out["compression"] = size - len(data)
-        size = len(data)
-        fileobj = io.BytesIO(data)
-    with tarfile.open(path if fileobj is None else None, mode="r:", fileobj=fileobj) as tar:
+        gz = gzip.open(path, "rb")
+    with contextlib.ExitStack() as stack:
+        if gz is not None:
+            stack.enter_context(gz)
+        tar = stack.enter_context(tarfile.open(path, mode="r:") if gz is None else
+                                  tarfile.open(fileobj=gz, mode="r|"))
         for m in tar:
             key, _, ext = m.name.partition(".")
             out["members"] += 1
@@ -251,6 +253,11 @@ def tar_breakdown(path: str | Path, payload_ext: str | None = None) -> dict[str,
             out[kind] += m.size
             out[f"{kind}_pad"] += padded - m.size
             end = m.offset_data + padded
+        if gz is not None:  # the decompressed tar's size: what tarfile read plus the rest of the stream
+            while gz.read(1 << 20):
+                pass
+            out["compression"] = size - gz.tell()
+            size = gz.tell()
     out["samples"] = len(seen)
     out["end"] = size - end  # end-of-archive zero blocks and padding to the 10 KiB record
     return out
