@@ -10,6 +10,7 @@ import io
 import numpy as np
 
 from ..spec import Param
+from ..target import RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
 
@@ -21,10 +22,12 @@ class HEVC(ImageCodec):
     library = "pillow-heif (libheif, x265, libde265)"
     summary = "HEVC intra (x265) in HEIF, comparable to BPG, through pillow-heif"
     params = (
-        Param("quality", int, 50, "x265 quality 0-100 through libheif", short="q", minimum=0, maximum=100,
-              in_tag=True),
+        Param("quality", int, None, "x265 quality 0-100 through libheif (50 when no bpp target is given)",
+              short="q", minimum=0, maximum=100, in_tag=True),
         Param("subsampling", str, "420", "chroma subsampling", short="s", choices=("444", "422", "420")),
+        bpp_param(),
     )
+    rate_knob = RateKnob("quality", "bpp", 0, 100, default=50)
 
     def encode(self, rgb: np.ndarray) -> Encoded:
         import pillow_heif
