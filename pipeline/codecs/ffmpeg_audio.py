@@ -85,8 +85,13 @@ def encode_cli(samples: np.ndarray, rate: int, encoder: str, muxer: str, options
         out = os.path.join(tmp, f"out.{muxer}")
         with open(os.path.join(tmp, "stderr"), "w+b") as err:
             proc = subprocess.Popen([*cmd, "-y", out], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
-            _write_all(proc, np.ascontiguousarray(samples, "<f4").tobytes())
-            returncode = proc.wait()
+            try:
+                _write_all(proc, np.ascontiguousarray(samples, "<f4").tobytes())
+                returncode = proc.wait()
+            except BaseException:  # interrupted (a worker shutting down): leave no ffmpeg behind
+                proc.kill()
+                proc.wait()
+                raise
             err.seek(0)
             stderr = err.read()
         if returncode != 0:
