@@ -50,6 +50,12 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
     needs_gpu: ClassVar[bool] = True
     reconstruction: ClassVar[bool] = True
     groups: ClassVar[int] = 2  # entropy-coded string groups per image (y and z)
+    qualities: ClassVar[int] = 8  # the zoo's qualities 1..N; parameters and rate knob follow from it
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.params = _params(cls.qualities)
+        cls.rate_knob = target.RateKnob("quality", "bpp", 1, cls.qualities, default=3)
 
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec)
@@ -200,54 +206,40 @@ def _params(max_quality: int) -> tuple[Param, ...]:
     )
 
 
-def _knob(max_quality: int) -> target.RateKnob:
-    return target.RateKnob("quality", "bpp", 1, max_quality, default=3)
-
-
 @register
 class BMSHJ2018Factorized(ZooCodec):
     name = "bmshj2018-factorized"
     summary = "Ballé et al. 2018 factorized prior (CompressAI zoo)"
     groups = 1
-    params = _params(8)
-    rate_knob = _knob(8)
 
 
 @register
 class BMSHJ2018Hyperprior(ZooCodec):
     name = "bmshj2018-hyperprior"
     summary = "Ballé et al. 2018 scale hyperprior (CompressAI zoo)"
-    params = _params(8)
-    rate_knob = _knob(8)
 
 
 @register
 class MBT2018Mean(ZooCodec):
     name = "mbt2018-mean"
     summary = "Minnen et al. 2018 mean-scale hyperprior (CompressAI zoo)"
-    params = _params(8)
-    rate_knob = _knob(8)
 
 
 @register
 class MBT2018(ZooCodec):
     name = "mbt2018"
     summary = "Minnen et al. 2018 joint autoregressive and hierarchical priors (CompressAI zoo)"
-    params = _params(8)
-    rate_knob = _knob(8)
 
 
 @register
 class Cheng2020Anchor(ZooCodec):
     name = "cheng2020-anchor"
     summary = "Cheng et al. 2020 anchor: residual blocks, autoregressive context (CompressAI zoo)"
-    params = _params(6)
-    rate_knob = _knob(6)
+    qualities = 6
 
 
 @register
 class Cheng2020Attention(ZooCodec):
     name = "cheng2020-attn"
     summary = "Cheng et al. 2020 with attention modules (CompressAI zoo)"
-    params = _params(6)
-    rate_knob = _knob(6)
+    qualities = 6

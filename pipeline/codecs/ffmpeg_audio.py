@@ -256,8 +256,19 @@ class MP3(_FFmpegAudio):
         return [("b:a", str(1000 * self.spec["kbps"]))]
 
 
+class _BitrateCodec(_FFmpegAudio):
+    """A codec driven by one target bitrate (``kbps``, required), passed to FFmpeg as ``b:a``."""
+
+    @classmethod
+    def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _require_kbps(cls.name, values)
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("b:a", str(1000 * self.spec["kbps"]))]
+
+
 @register
-class Opus(_FFmpegAudio):
+class Opus(_BitrateCodec):
     name = "opus"
     extension = "opus"
     encoder = "libopus"
@@ -273,24 +284,8 @@ class Opus(_FFmpegAudio):
               choices=("on", "off", "constrained")),
     )
 
-    @classmethod
-    def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return _require_kbps(cls.name, values)
-
     def options(self) -> list[tuple[str, str]]:
-        return [("b:a", str(1000 * self.spec["kbps"])), ("application", self.spec["application"]),
-                ("vbr", self.spec["vbr"])]
-
-
-class _BitrateCodec(_FFmpegAudio):
-    """A codec driven by one target bitrate (``kbps``, required), passed to FFmpeg as ``b:a``."""
-
-    @classmethod
-    def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return _require_kbps(cls.name, values)
-
-    def options(self) -> list[tuple[str, str]]:
-        return [("b:a", str(1000 * self.spec["kbps"]))]
+        return [*super().options(), ("application", self.spec["application"]), ("vbr", self.spec["vbr"])]
 
 
 @register
