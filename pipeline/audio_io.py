@@ -218,11 +218,6 @@ def flac_bytes(audio: Audio) -> bytes:
     return buf.getvalue()
 
 
-def pcm_to_flac(data: bytes) -> bytes:
-    """Any audio file's first stream as FLAC (exact for integer PCM; float or lossy audio quantized to 24 bits)."""
-    return flac_bytes(decode_audio(data))
-
-
 # ----------------------------------------------------------------------------------------- resampling
 
 def resample(x: np.ndarray, src: int, dst: int, length: int | None = None) -> np.ndarray:

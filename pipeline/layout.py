@@ -40,16 +40,12 @@ def strip_shard_ext(name: str) -> str:
     return name
 
 
-def is_compressed(name: str) -> bool:
-    return name.endswith(".tar.gz")
+#: a shard's stats file is ``<shard name>_stats.json``, written after its shard (resume reads it)
+STATS_SUFFIX = "_stats.json"
 
 
-def tar_path(folder: Path, name: str, compression: str | None = None) -> Path:
-    return folder / f"{name}{shard_ext(compression)}"
-
-
-def stats_path(folder: Path, name: str) -> Path:
-    return folder / f"{name}_stats.json"
+def stats_name(name: str) -> str:
+    return f"{name}{STATS_SUFFIX}"
 
 
 MANIFEST = "manifest.parquet"

@@ -197,7 +197,7 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     writer = None
     for t in tasks:
         name = layout.shard_name(config.dataset, source.split, spec, t.index)
-        rows = json.loads(store.read_bytes(store.child(folder, f"{name}_stats.json")))["rows"]
+        rows = json.loads(store.read_bytes(store.child(folder, layout.stats_name(name))))["rows"]
         table = manifest_table(rows, source.modality, extra)
         if writer is None:
             writer = pq.ParquetWriter(buf, table.schema)
@@ -212,8 +212,8 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     keep = {layout.shard_name(config.dataset, source.split, spec, t.index) for t in tasks}
     ext = layout.shard_ext(config.shard_compression)
     for name in store.names(folder, f"{config.dataset}-{source.split}-{spec.tag}-"):
-        if name.endswith("_stats.json"):
-            stem, other_ext = name.removesuffix("_stats.json"), False
+        if name.endswith(layout.STATS_SUFFIX):
+            stem, other_ext = name.removesuffix(layout.STATS_SUFFIX), False
         else:
             stem = layout.strip_shard_ext(name)
             other_ext = stem != name and name[len(stem):] != ext

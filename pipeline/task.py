@@ -90,7 +90,7 @@ def load_valid_stats(task: ShardTask, spec: CodecSpec) -> dict[str, Any] | None:
     """The stats of a published shard if it matches the plan and its tar's size and hash, else None."""
     store = open_store(task.out)
     folder, name = task.paths(spec)
-    stats_file, tar = store.child(folder, f"{name}_stats.json"), store.child(folder, task.shard_file(name))
+    stats_file, tar = store.child(folder, layout.stats_name(name)), store.child(folder, task.shard_file(name))
     if not store.is_file(stats_file) or not store.is_file(tar):
         return None
     try:
@@ -205,7 +205,7 @@ class _Assembler:
                      "errors": sum(r["status"] == "error" for r in self.rows[j]),
                      "rows": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()}
                               for r in self.rows[j]]}
-            self.store.write_json(self.store.child(folder, f"{name}_stats.json"), stats)
+            self.store.write_json(self.store.child(folder, layout.stats_name(name)), stats)
             result.written.append(spec.tag)
             result.stats[spec.tag] = stats
 

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from . import layout
 from .errors import OutputError
 
 TMP_MARK = ".tmp-"
@@ -158,7 +159,7 @@ def file_digest(path: Path) -> tuple[int, str]:
 def remove_stale_temps(folder: Path, name: str) -> None:
     """Delete temporary files a killed run left for ``name`` (they never stand under a final name)."""
     if folder.is_dir():
-        for suffix in (".tar", ".tar.gz", "_stats.json"):
+        for suffix in (*layout.SHARD_EXTS, layout.STATS_SUFFIX):
             for p in folder.glob(f".{name}{suffix}{TMP_MARK}*"):
                 p.unlink(missing_ok=True)
 

@@ -180,10 +180,6 @@ def text(data: bytes) -> str:
     return data.decode("utf-8")
 
 
-def json_record(data: bytes) -> Any:
-    return json.loads(data)
-
-
 def _reject_constant(name: str) -> Any:
     raise SampleError(f"non-standard JSON constant {name}")
 

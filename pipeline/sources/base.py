@@ -122,7 +122,3 @@ def read_file(path: Path) -> bytes:
         raise SampleError(f"cannot read {path.name}: {exc.strerror or exc}") from None
 
 
-def require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise ConfigError(f"{what}: {path} is not a folder")
-    return path
