@@ -154,7 +154,7 @@ def bench_backends(args: argparse.Namespace) -> dict:
     """Encode+decode the same clips through the ffmpeg binary and through PyAV, per codec."""
     import audio_fixtures as af
 
-    from pipeline.audio_io import av_decode, resample
+    from pipeline.media.audio import av_decode, resample
     from pipeline.codecs.ffmpeg_audio import encode_cli, encode_pyav
 
     clips = {"speech 16k mono 12s": (af.as_float(af.speech(12.0, 7)), af.SPEECH_RATE),

@@ -43,7 +43,7 @@ def make_images(folder: Path, count: int, size=(512, 384)) -> Path:
 def bare_loop(files: list[Path], specs) -> float:
     """Seconds for read, decode, encode, decode, PSNR of every file and setting, in this process."""
     from pipeline.codecs import make_codec
-    from pipeline.metrics import psnr
+    from pipeline.metrics.image import psnr
 
     codecs = [make_codec(s) for s in specs]
     t0 = time.perf_counter()
@@ -57,7 +57,7 @@ def bare_loop(files: list[Path], specs) -> float:
 
 def pipeline_run(root: Path, out: Path, specs, executor, per_shard: int) -> float:
     from pipeline import TranscodeConfig
-    from pipeline.run import transcode
+    from pipeline.run.driver import transcode
 
     cfg = TranscodeConfig.create("imagefolder", root, list(specs), out=out, samples_per_shard=per_shard)
     t0 = time.perf_counter()
@@ -74,8 +74,8 @@ def main() -> None:
     ap.add_argument("--codec", action="append", default=None)
     ap.add_argument("--samples-per-shard", type=int, default=20)
     args = ap.parse_args()
-    from pipeline.cluster import dask_executor
-    from pipeline.spec import unique_specs
+    from pipeline.run.cluster import dask_executor
+    from pipeline.codecs.spec import unique_specs
 
     specs = unique_specs(args.codec or ["jpeg:quality=5", "webp:quality=10"])
     tmp = Path(tempfile.mkdtemp(prefix="mpq-bench-"))

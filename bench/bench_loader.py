@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     w, h = (int(v) for v in args.size.lower().split("x"))
 
     from pipeline import TranscodeConfig
-    from pipeline.run import transcode
+    from pipeline.run.driver import transcode
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mpq-bench-loader-"))
     src, out, folder = work / "imagenet", work / "shards", work / "folder"

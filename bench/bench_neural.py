@@ -93,8 +93,8 @@ def main() -> None:
     import torch
 
     from pipeline.codecs import get_codec
-    from pipeline.metrics import psnr
-    from pipeline.spec import parse_spec
+    from pipeline.metrics.image import psnr
+    from pipeline.codecs.spec import parse_spec
 
     archs = args.arch or ARCHS
     random_checkpoints(weights_dir, args.quality, args.metric, archs)

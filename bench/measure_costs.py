@@ -101,7 +101,7 @@ def random_weights(folder: Path, specs: list[str]) -> None:
     import torch
     from compressai.zoo.image import cfgs, model_architectures, model_urls
 
-    from pipeline.spec import parse_spec
+    from pipeline.codecs.spec import parse_spec
 
     folder.mkdir(parents=True, exist_ok=True)
     for text in specs:
@@ -124,7 +124,7 @@ def child(workload: str, codec: str, root: str, n: int) -> dict:
     import pyarrow.parquet as pq
 
     from pipeline import TranscodeConfig
-    from pipeline.run import transcode
+    from pipeline.run.driver import transcode
 
     learned = codec in LEARNED_CODECS
     if learned:

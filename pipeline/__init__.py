@@ -3,14 +3,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .config import TranscodeConfig  # noqa: E402
+from .run.config import TranscodeConfig  # noqa: E402
 from .errors import ConfigError, SampleError  # noqa: E402
-from .spec import CodecSpec, parse_spec, parse_specs  # noqa: E402
+from .codecs.spec import CodecSpec, parse_spec, parse_specs  # noqa: E402
 
 
 def transcode(config: TranscodeConfig, executor=None, *, progress=False):
-    """Run a transcode (see :func:`pipeline.run.transcode`)."""
-    from .run import transcode as _transcode
+    """Run a transcode (see :func:`pipeline.run.driver.transcode`)."""
+    from .run.driver import transcode as _transcode
 
     return _transcode(config, executor, progress=progress)
 

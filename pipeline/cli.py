@@ -7,7 +7,7 @@ from typing import Sequence
 
 import click
 
-from .config import DEFAULT_SAMPLES_PER_SHARD, TranscodeConfig
+from .run.config import DEFAULT_SAMPLES_PER_SHARD, TranscodeConfig
 from .errors import ConfigError, OutputError
 
 
@@ -38,17 +38,17 @@ def run_config(config: TranscodeConfig, workers: int | None, scheduler: str | No
                cluster=None, isolate: bool = False, planned=None):
     """Run a config on Dask (or in-process with workers=0) and print a summary; used by transcode and demo.
 
-    ``cluster``: a :class:`pipeline.cluster.ClusterConfig` (``--cluster FILE``). An output location that
+    ``cluster``: a :class:`pipeline.run.cluster.ClusterConfig` (``--cluster FILE``). An output location that
     cannot be written ends the run with one line and exit code 1.
     """
-    from .run import transcode
+    from .run.driver import transcode
 
     start = time.perf_counter()
     try:
         if workers == 0 and not scheduler and cluster is None:
             result = transcode(config, progress=progress, isolate=isolate, planned=planned)
         else:
-            from .cluster import dask_executor
+            from .run.cluster import dask_executor
 
             with dask_executor(workers, scheduler, cluster=cluster, log=click.echo) as executor:
                 result = transcode(config, executor, progress=progress, isolate=isolate, planned=planned)
@@ -120,7 +120,7 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
     """Transcode DATASET stored at ROOT with one or more codec settings."""
     import os
 
-    from .run import check_output, plan
+    from .run.driver import check_output, plan
 
     if weights_dir:  # set before any worker starts, so local workers inherit it
         os.environ["MPQ_WEIGHTS_DIR"] = os.path.abspath(weights_dir)
@@ -140,7 +140,7 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
         source = planned[0]
         cluster = None
         if cluster_file:
-            from .cluster import load_cluster_config
+            from .run.cluster import load_cluster_config
 
             if scheduler:
                 raise ConfigError("give --cluster or --scheduler, not both")
@@ -160,7 +160,7 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
 def codec_table(modality: str | None = None) -> str:
     """The Markdown codec table of the README, generated from the registry (a test keeps them equal)."""
     from .codecs import codec_names, get_codec
-    from .spec import format_value
+    from .codecs.spec import format_value
 
     lines = ["| codec | kind | payload | parameters (default) | library |", "|---|---|---|---|---|"]
     for name in codec_names(modality):
@@ -229,7 +229,7 @@ def decode(file: str, output: str, device: str | None) -> None:
     A FILE.json beside it (the sample's record) is read to warn when the device or library versions
     differ from the encoder's: learned codecs may decode differently across devices.
     """
-    from .bitstream import decode_to_png
+    from .codecs.bitstream import decode_to_png
 
     try:
         rgb = decode_to_png(file, output, device=device)
@@ -242,7 +242,7 @@ def decode(file: str, output: str, device: str | None) -> None:
 @click.argument("spec")
 def spec(spec: str) -> None:
     """Show the canonical form and folder tag of a codec setting (sweeps expand)."""
-    from .spec import parse_specs
+    from .codecs.spec import parse_specs
 
     try:
         for s in parse_specs(spec):

@@ -350,10 +350,10 @@ def verify_run(result, built: Built) -> dict[str, dict[str, Any]]:
     import pytest
 
     from pipeline.codecs import make_codec
-    from pipeline.imaging import decode_to_rgb
-    from pipeline.metrics import mse as mse_of
-    from pipeline.metrics import psnr_from_mse
-    from pipeline.spec import parse_spec
+    from pipeline.media.image import decode_to_rgb
+    from pipeline.metrics.image import mse as mse_of
+    from pipeline.metrics.image import psnr_from_mse
+    from pipeline.codecs.spec import parse_spec
 
     assert not result.failed, result.failed
     assert result.listed == len(built.samples)
@@ -457,7 +457,7 @@ def transcode(dataset: str, built: Built, out: Path, *, split: str | None = None
               progress=False, **kwargs):
     """Run the pipeline on a fixture dataset (InlineExecutor unless ``executor`` is given)."""
     from pipeline import TranscodeConfig
-    from pipeline.run import transcode as run
+    from pipeline.run.driver import transcode as run
 
     config = TranscodeConfig.create(dataset, built.root, list(codecs), out=out, split=split,
                                     samples_per_shard=samples_per_shard,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import audio_fixtures as af
-from pipeline.audio_metrics import audio_mse, pesq_wb, si_sdr, snr, stoi
+from pipeline.metrics.audio import audio_mse, pesq_wb, si_sdr, snr, stoi
 
 
 def _noise_at(x: np.ndarray, db: float, seed: int = 0) -> np.ndarray:

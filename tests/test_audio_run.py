@@ -18,13 +18,13 @@ import pytest
 
 import audio_fixtures as af
 from pipeline import TranscodeConfig, parse_spec, transcode
-from pipeline.audio_io import decode_audio, remix, resample
-from pipeline.audio_metrics import si_sdr, snr
+from pipeline.media.audio import decode_audio, remix, resample
+from pipeline.metrics.audio import si_sdr, snr
 from pipeline.codecs import make_codec
 from pipeline.errors import ConfigError
 from pipeline.modalities.audio import decode_payload
 from pipeline.sources import make_source
-from pipeline.task import ShardTask, run_shard
+from pipeline.run.task import ShardTask, run_shard
 
 REQUIRED_COLUMNS = {"key", "shard", "codec", "status", "error", "sample_rate", "channels", "num_samples", "bits",
                     "kbps", "snr", "source"}

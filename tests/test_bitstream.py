@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import bitstream
-from pipeline.bitstream import BitstreamError, pack, unpack
+from pipeline.codecs import bitstream
+from pipeline.codecs.bitstream import BitstreamError, pack, unpack
 from pipeline.errors import ConfigError
 
 SPEC = "mbt2018:quality=3,metric=mse"

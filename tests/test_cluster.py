@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline import TranscodeConfig
 from pipeline.cli import main
-from pipeline.cluster import (
+from pipeline.run.cluster import (
     ClusterConfig,
     dask_executor,
     kubernetes_specs,
@@ -23,7 +23,7 @@ from pipeline.cluster import (
     slurm_kwargs,
 )
 from pipeline.errors import ConfigError
-from pipeline.run import transcode
+from pipeline.run.driver import transcode
 
 
 def _tree(root: Path) -> dict[str, bytes]:

@@ -12,7 +12,7 @@ from PIL import Image
 
 import fixtures as fx
 from pipeline.loaders import load
-from pipeline.spec import parse_spec
+from pipeline.codecs.spec import parse_spec
 
 NAMES = ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "moon", "immunohistochemistry"]
 SETTING = "jpeg:quality=5"

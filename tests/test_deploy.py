@@ -26,8 +26,8 @@ from PIL import Image
 
 import fixtures as fx
 from pipeline import TranscodeConfig
-from pipeline.cluster import dask_executor
-from pipeline.run import transcode
+from pipeline.run.cluster import dask_executor
+from pipeline.run.driver import transcode
 
 REPO = Path(__file__).parents[1]
 DASK = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask")

@@ -31,7 +31,7 @@ import fixtures as fx
 from pipeline import TranscodeConfig
 from pipeline.cli import main
 from pipeline.errors import ConfigError, OutputError
-from pipeline.run import transcode
+from pipeline.run.driver import transcode
 
 REPO = Path(__file__).parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "china", "cat", "flower", "coins")
@@ -120,7 +120,7 @@ def bomb_png(width: int, height: int) -> bytes:
 
 
 def test_decompression_bomb_is_refused_and_recorded(tmp_path):
-    from pipeline.imaging import MAX_PIXELS
+    from pipeline.media.image import MAX_PIXELS
 
     src = make_source(tmp_path / "src", 2)
     data = bomb_png(20_000, 20_000)
@@ -177,7 +177,7 @@ _CRASH_SCRIPT = textwrap.dedent("""
     import sys
     import fault_codecs
     from pipeline import TranscodeConfig
-    from pipeline.run import transcode
+    from pipeline.run.driver import transcode
     config = TranscodeConfig.create("imagefolder", sys.argv[1], ["test-crash-png", "jpeg:quality=30"],
                                     out=sys.argv[2], samples_per_shard=2)
     res = transcode(config)
@@ -212,7 +212,7 @@ def test_codec_crash_in_process_then_rerun_isolates_it(tmp_path):
 def test_codec_crash_on_a_dask_worker(tmp_path, fault_codecs):
     """The segfault kills the worker; Dask retries the task, which encodes isolated and records
     the poison sample as an error row; no shard fails and nothing is lost or duplicated."""
-    from pipeline.cluster import dask_executor
+    from pipeline.run.cluster import dask_executor
 
     src = make_source(tmp_path / "src", 5, poison=2)
     reference = tmp_path / "ref"
@@ -394,7 +394,7 @@ def test_attempt_marker_next_to_a_complete_shard_is_cleared(tmp_path):
                                                       (["test-gpu-png", "jpeg:quality=30,50"], "encode", 3)])
 def test_progress_counts_each_sample_once(tmp_path, fault_codecs, monkeypatch, codecs, unit, per_sample):
     """Learned (GPU) and other codecs run as separate tasks over the same samples: progress counts encodes."""
-    from pipeline.run import plan, progress_units
+    from pipeline.run.driver import plan, progress_units
 
     monkeypatch.setenv(fault_codecs.SLOW_ENV, "0")
     src = make_source(tmp_path / "src", 5)

@@ -1,4 +1,4 @@
-"""The documented conversion of stored images to the RGB pixels codecs see (pipeline/imaging.py)."""
+"""The documented conversion of stored images to the RGB pixels codecs see (pipeline/media/image.py)."""
 from __future__ import annotations
 
 import io
@@ -9,8 +9,8 @@ from PIL import Image
 
 import fixtures as fx
 from pipeline.errors import SampleError
-from pipeline.imaging import decode_to_rgb, rgb_from_pil_bytes
-from pipeline.metrics import psnr
+from pipeline.media.image import decode_to_rgb, rgb_from_pil_bytes
+from pipeline.metrics.image import psnr
 
 
 def test_jpeg_is_decoded_as_stored():

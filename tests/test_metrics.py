@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fixtures as fx
-from pipeline.metrics import ms_ssim, mse, psnr, psnr_from_mse
+from pipeline.metrics.image import ms_ssim, mse, psnr, psnr_from_mse
 
 
 def _noisy(img: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:

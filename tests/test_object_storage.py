@@ -26,7 +26,7 @@ import fixtures as fx
 from pipeline import TranscodeConfig
 from pipeline.cli import main
 from pipeline.errors import OutputError
-from pipeline.run import transcode
+from pipeline.run.driver import transcode
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -156,7 +156,7 @@ def test_s3_output_same_as_local_and_rerun_skips(s3, imagefolder_flat, tmp_path)
 
 def test_s3_from_dask_workers(s3, imagefolder_classes, tmp_path):
     """Workers in other processes write to the bucket with the credentials of their environment."""
-    from pipeline.cluster import dask_executor
+    from pipeline.run.cluster import dask_executor
 
     built = imagefolder_classes
     local = fx.transcode("imagefolder", built, tmp_path / "local", codecs=CODECS)
@@ -207,7 +207,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     import sys
     import fault_codecs
     from pipeline import TranscodeConfig
-    from pipeline.run import transcode
+    from pipeline.run.driver import transcode
     transcode(TranscodeConfig.create("imagefolder", sys.argv[1], ["test-slow-png"], out=sys.argv[2],
                                      samples_per_shard=1))
 """)

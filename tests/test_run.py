@@ -1,4 +1,4 @@
-"""End to end through pipeline.run.transcode: executors, determinism, resume after damage and after a
+"""End to end through pipeline.run.driver.transcode: executors, determinism, resume after damage and after a
 real kill, reruns that do no work, and configuration errors caught before any work."""
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import fixtures as fx
 from pipeline import TranscodeConfig
 from pipeline.codecs import make_codec
 from pipeline.errors import ConfigError
-from pipeline.metrics import ms_ssim, psnr
-from pipeline.run import InlineExecutor, transcode
-from pipeline.spec import parse_spec
+from pipeline.metrics.image import ms_ssim, psnr
+from pipeline.run.driver import InlineExecutor, transcode
+from pipeline.codecs.spec import parse_spec
 
 TIMINGS = ("encode_s", "decode_s")
 CODECS = ("none", "jpeg:quality=50", "webp:quality=40")
@@ -223,7 +223,7 @@ KILL_CODEC = "avif:quality=60,speed=0"  # slow enough (about half a second a sam
 _KILL_SCRIPT = textwrap.dedent("""
     import sys
     from pipeline import TranscodeConfig
-    from pipeline.run import transcode
+    from pipeline.run.driver import transcode
     config = TranscodeConfig.create("imagefolder", sys.argv[1], [sys.argv[3]], out=sys.argv[2], samples_per_shard=1)
     transcode(config)
 """)

@@ -10,9 +10,9 @@ import pytest
 import pipeline.codecs as registry
 from pipeline.codecs import codec_names, get_codec
 from pipeline.codecs.base import Encoded, ImageCodec
-from pipeline.config import TranscodeConfig
+from pipeline.run.config import TranscodeConfig
 from pipeline.errors import ConfigError
-from pipeline.spec import CodecSpec, Param, format_value, parse_spec, parse_specs, unique_specs
+from pipeline.codecs.spec import CodecSpec, Param, format_value, parse_spec, parse_specs, unique_specs
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from PIL import Image
 from pipeline.codecs import codec_names, get_codec, make_codec
 from pipeline.errors import ConfigError, SampleError
 from pipeline.modalities import image as image_modality
-from pipeline.spec import parse_spec, parse_specs
-from pipeline.target import knob_spec
+from pipeline.codecs.spec import parse_spec, parse_specs
+from pipeline.codecs.target import knob_spec
 
 TARGET_CODECS = [n for n in codec_names("image")
                  if "bpp" in {p.name for p in get_codec(n).params} and get_codec(n).unavailable() is None
@@ -153,7 +153,7 @@ def test_sweep_equals_separate_runs(sizes, tmp_path, sweep):
 def test_mp3_vbr_target_never_over(tmp_path):
     import audio_fixtures as af
 
-    from pipeline.audio_io import Audio
+    from pipeline.media.audio import Audio
     from pipeline.modalities import audio as audio_modality
 
     if get_codec("mp3").unavailable():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import weights
+from pipeline.codecs import weights
 from pipeline.errors import ConfigError, MissingWeightsError
-from pipeline.weights import WeightsHashError
+from pipeline.codecs.weights import WeightsHashError
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 import fixtures as fx
-from pipeline.writer import ShardWriter, dumps, file_digest, publish_bytes, remove_stale_temps, tmp_path, write_json
+from pipeline.store.writer import ShardWriter, dumps, file_digest, publish_bytes, remove_stale_temps, tmp_path, write_json
 
 SAMPLES = [("a-1", [("jpg", b"\xff\xd8payload"), ("cls", b"3"), ("json", b'{"k":1}')]),
            ("b_2", [("png", b"\x89PNG" * 300), ("json", b"{}")])]

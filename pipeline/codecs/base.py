@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..spec import CodecSpec, Param
-from ..target import RateKnob, check_values
+from .spec import CodecSpec, Param
+from .target import RateKnob, check_values
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Codec(ABC):
     library: ClassVar[str] = ""  # the maintained library doing the work
     lossless: ClassVar[bool] = False
     needs_gpu: ClassVar[bool] = False  # route to GPU workers when there are some
-    #: the quality knob a rate target (``bpp=``, ``vbr_kbps=``) searches per sample; see :mod:`pipeline.target`
+    #: the quality knob a rate target (``bpp=``, ``vbr_kbps=``) searches per sample; see :mod:`pipeline.codecs.target`
     rate_knob: ClassVar[RateKnob | None] = None
 
     def __init__(self, spec: CodecSpec):

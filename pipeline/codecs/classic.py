@@ -7,9 +7,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError
-from ..imaging import pil_to_bytes, rgb_from_pil_bytes
-from ..spec import Param
-from ..target import RateKnob, bpp_param
+from ..media.image import pil_to_bytes, rgb_from_pil_bytes
+from .spec import Param
+from .target import RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
 

@@ -3,12 +3,12 @@
 
 The zoo's own tables give the architecture, its configuration per quality and the checkpoint URL;
 weights are fetched into torch hub's cache (or ``$MPQ_WEIGHTS_DIR``), hash-checked as the zoo names
-them, and loaded as tensors only (see :mod:`pipeline.weights`). CompressAI's ``zoo.<model>(pretrained=True)``
+them, and loaded as tensors only (see :mod:`pipeline.codecs.weights`). CompressAI's ``zoo.<model>(pretrained=True)``
 is not called because it unpickles checkpoints without ``weights_only``.
 
 Images are padded on the right and bottom (edge pixels repeated) to the model's stride, encoded
 with ``model.compress`` and cropped back after ``model.decompress``. The payload is a ``.bin``
-(:mod:`pipeline.bitstream`): every entropy-coded string plus the spec and image size, all of it
+(:mod:`pipeline.codecs.bitstream`): every entropy-coded string plus the spec and image size, all of it
 counted in ``bits``.
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import bitstream, devices, weights
+from . import bitstream, devices, weights
 from ..errors import ConfigError
-from ..spec import CodecSpec, Param
-from .. import target
+from .spec import CodecSpec, Param
+from . import target
 from . import register
 from .base import Encoded, ImageCodec
 

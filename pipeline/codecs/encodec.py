@@ -11,11 +11,11 @@
   ``$MPQ_WEIGHTS_DIR`` or else torch hub's cache (``$TORCH_HOME/hub/checkpoints``, where
   ``encodec`` itself downloads them), fetched from EnCodec's URL when missing unless
   ``MPQ_OFFLINE=1``, refused when their SHA-256 does not start with the hash in their name, and
-  loaded as tensors only (:mod:`pipeline.weights`). The architecture comes from encodec's own
+  loaded as tensors only (:mod:`pipeline.codecs.weights`). The architecture comes from encodec's own
   factories (``EncodecModel.encodec_model_24khz(pretrained=False)``, the language model as
   ``EncodecModel.get_lm_model`` builds it); ``pretrained=True`` is not used because its loaders
   unpickle without ``weights_only`` and the language model's loader has no folder option.
-* Device: a GPU when torch sees one (``$MPQ_DEVICE`` overrides, see :mod:`pipeline.devices`);
+* Device: a GPU when torch sees one (``$MPQ_DEVICE`` overrides, see :mod:`pipeline.codecs.devices`);
   on a GPU that runs out of memory the sample is coded on the CPU instead (recorded in ``device``).
 * Memory: the 48 kHz model encodes and decodes one 1 s segment at a time. The 24 kHz format holds
   ONE frame of codes for the whole signal, which the model would compute in one pass over the
@@ -40,9 +40,9 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from .. import devices, weights
+from . import devices, weights
 from ..errors import ConfigError, SampleError
-from ..spec import CodecSpec, Param
+from .spec import CodecSpec, Param
 from . import register
 from .base import AudioCodec, Encoded
 

@@ -14,7 +14,7 @@ the Opus pre-skip, and MP4 edit lists (AAC priming). ``bitexact`` keeps library 
 Ogg serial numbers out of the files, so the same input gives the same bytes.
 
 ``bits`` counts the coded packets as libavformat's demuxer returns them plus the decoder
-set-up the stream needs (see :func:`pipeline.audio_io.setup_bytes`); the file size is
+set-up the stream needs (see :func:`pipeline.media.audio.setup_bytes`); the file size is
 ``container_bytes``.
 """
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..audio_io import av_decode, stream_stats
+from ..media.audio import av_decode, stream_stats
 from ..errors import ConfigError, SampleError
-from ..spec import Param
-from ..target import RateKnob
+from .spec import Param
+from .target import RateKnob
 from . import register
 from .base import AudioCodec, Encoded
 

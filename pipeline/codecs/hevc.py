@@ -9,8 +9,8 @@ import io
 
 import numpy as np
 
-from ..spec import Param
-from ..target import RateKnob, bpp_param
+from .spec import Param
+from .target import RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
 

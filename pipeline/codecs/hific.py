@@ -13,7 +13,7 @@ tensorflow-compression's model storage unless ``MPQ_OFFLINE=1``. These files car
 hash, so none is checked. A metagraph is a protobuf, not a pickle, but it is a program: only use
 files from that storage.
 
-The payload is a ``.bin`` (:mod:`pipeline.bitstream`) holding one string, the packed tensors.
+The payload is a ``.bin`` (:mod:`pipeline.codecs.bitstream`) holding one string, the packed tensors.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import bitstream, devices, weights
+from . import bitstream, devices, weights
 from ..errors import ConfigError
-from ..spec import CodecSpec, Param
+from .spec import CodecSpec, Param
 from . import register
 from .base import Encoded, ImageCodec
 

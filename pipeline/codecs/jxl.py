@@ -6,8 +6,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..spec import Param
-from ..target import RateKnob, bpp_param
+from .spec import Param
+from .target import RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
 

@@ -17,7 +17,7 @@ from ..errors import SampleError
 
 def flac_audio(data: bytes):
     """A lossless reference member (``.flac``): the exact stored samples, with their rate."""
-    from ..audio_io import decode_audio
+    from ..media.audio import decode_audio
 
     return decode_audio(data)
 

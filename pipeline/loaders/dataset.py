@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import ConfigError, SampleError
-from ..spec import CodecSpec
+from ..codecs.spec import CodecSpec
 from . import sampling as smp
 from . import tasks
 from .decoders import Decoder, decoder_table, png_rgb

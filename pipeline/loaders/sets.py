@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import layout
+from ..store import layout
 from ..errors import ConfigError
-from ..spec import CodecSpec, parse_spec
+from ..codecs.spec import CodecSpec, parse_spec
 from .storage import Storage
 
 

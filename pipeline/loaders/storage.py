@@ -13,7 +13,7 @@ import uuid
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 from ..errors import SampleError
-from ..writer import file_digest
+from ..store.writer import file_digest
 
 #: decompressed ``.tar.gz`` shards up to this size are kept in memory, larger ones in a temporary file
 SPOOL_BYTES = 64 << 20

@@ -5,7 +5,7 @@ import io
 import json
 from typing import Any, Iterable, Mapping
 
-from .. import layout
+from ..store import layout
 from ..errors import ConfigError
 from .sets import open_set
 from .storage import Storage

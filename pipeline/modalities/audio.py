@@ -1,4 +1,4 @@
-"""Audio: source bytes -> exact samples (:mod:`pipeline.audio_io`) -> codec -> bits, kbps, SNR, SI-SDR.
+"""Audio: source bytes -> exact samples (:mod:`pipeline.media.audio`) -> codec -> bits, kbps, SNR, SI-SDR.
 
 Per codec setting the samples are converted to what the encoder takes (soxr VHQ to its rate,
 channels averaged or copied), encoded, decoded from the payload bytes, converted back to the
@@ -30,9 +30,9 @@ from typing import Any, Mapping
 import numpy as np
 import pyarrow as pa
 
-from .. import target
-from ..audio_io import Audio, decode_audio, flac_bytes, quantize, remix, resample
-from ..audio_metrics import distortion, pesq_wb, stoi
+from ..codecs import target
+from ..media.audio import Audio, decode_audio, flac_bytes, quantize, remix, resample
+from ..metrics.audio import distortion, pesq_wb, stoi
 from ..codecs.base import AudioCodec, Codec, Encoded
 from ..errors import SampleError
 from ..sources.base import RawSample

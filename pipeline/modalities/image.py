@@ -1,4 +1,4 @@
-"""Images: source bytes -> RGB uint8 (see :mod:`pipeline.imaging`) -> codec -> bits, bpp, PSNR, MS-SSIM."""
+"""Images: source bytes -> RGB uint8 (see :mod:`pipeline.media.image`) -> codec -> bits, bpp, PSNR, MS-SSIM."""
 from __future__ import annotations
 
 import time
@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .. import target
+from ..codecs import target
 from ..codecs.base import ImageCodec
 from ..errors import SampleError
-from ..imaging import MAX_PIXELS, decode_to_rgb
-from ..metrics import ms_ssim, mse, psnr_from_mse
+from ..media.image import MAX_PIXELS, decode_to_rgb
+from ..metrics.image import ms_ssim, mse, psnr_from_mse
 from ..sources.base import RawSample
 
 COLUMNS = [("width", pa.int64()), ("height", pa.int64()), ("bits", pa.int64()), ("bpp", pa.float64()),
@@ -31,7 +31,7 @@ def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple
     recorded too. A codec with ``reconstruction`` (its payload is no image format) also gets the
     decoded pixels stored as lossless ``.png``; options ``bitstream``/``reconstruction`` = False drop
     the payload or that ``.png`` for such codecs. A setting with a rate target (``bpp=``) searches
-    the codec's quality per image (:mod:`pipeline.target`) and records ``target_bpp`` and ``chosen_quality``.
+    the codec's quality per image (:mod:`pipeline.codecs.target`) and records ``target_bpp`` and ``chosen_quality``.
     """
     h, w = rgb.shape[:2]
     t0 = time.perf_counter()
@@ -54,7 +54,7 @@ def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple
     members = [(enc.extension, enc.payload), *enc.extra]
     if codec.reconstruction:
         if options.get("reconstruction", True):
-            from ..bitstream import png_bytes
+            from ..codecs.bitstream import png_bytes
 
             members.append(("png", png_bytes(dec)))
         if not options.get("bitstream", True):

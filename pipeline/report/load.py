@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import layout
+from ..store import layout
 from ..errors import ConfigError
 
 

@@ -3,7 +3,7 @@
 
 The mixture is the sample's signal and goes through the codec. The four stems are stored
 losslessly as ``{key}.{stem}.flac`` references: exactly the WAV samples for MUSDB18-HQ, and for
-MUSDB18 the decoded AAC quantized to 24 bits like the mixture (see :mod:`pipeline.audio_io`).
+MUSDB18 the decoded AAC quantized to 24 bits like the mixture (see :mod:`pipeline.media.audio`).
 With the option ``encode_stems`` the stems also go through the codec (``{key}.{stem}.{ext}``).
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ class MUSDB(Source):
         return finalize(refs)
 
     def read(self, ref: SampleRef) -> RawSample:
-        from ..audio_io import decode_audio, flac_bytes
+        from ..media.audio import decode_audio, flac_bytes
 
         path = Path(ref.get("path"))
         if ref.get("layout") == "hq":

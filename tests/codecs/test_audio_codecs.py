@@ -15,8 +15,8 @@ import pytest
 
 import audio_fixtures as af
 from pipeline import parse_spec
-from pipeline.audio_io import Audio, resample, remix
-from pipeline.audio_metrics import snr
+from pipeline.media.audio import Audio, resample, remix
+from pipeline.metrics.audio import snr
 from pipeline.codecs import codec_names, get_codec, make_codec
 from pipeline.codecs.base import AudioCodec
 from pipeline.errors import ConfigError
@@ -425,7 +425,7 @@ def test_encodec_without_weights_names_the_file(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr("pipeline.weights.urllib.request.urlopen", no_network)
+    monkeypatch.setattr("pipeline.codecs.weights.urllib.request.urlopen", no_network)
     with pytest.raises(MissingWeightsError, match=r"encodec_24khz-d7cc33bc\.th.*could not be downloaded"):
         get_codec("encodec").preflight(parse_spec("encodec:kbps=6"))
     root = tmp_path / "audio"
@@ -438,7 +438,7 @@ def test_encodec_refuses_a_checkpoint_with_the_wrong_hash(encodec_weights, tmp_p
     import shutil
 
     import pipeline.codecs.encodec as enc_mod
-    from pipeline.weights import WeightsHashError
+    from pipeline.codecs.weights import WeightsHashError
 
     shutil.copy(encodec_weights / enc_mod.CHECKPOINTS["24khz"], tmp_path / "encodec_24khz-d7cc33bc.th")
     monkeypatch.setenv("MPQ_WEIGHTS_DIR", str(tmp_path))

@@ -14,9 +14,9 @@ import pytest
 import fixtures as fx
 from pipeline.codecs import codec_names, get_codec, make_codec
 from pipeline.errors import ConfigError, MissingWeightsError
-from pipeline.metrics import psnr
+from pipeline.metrics.image import psnr
 from pipeline.modalities import image as image_modality
-from pipeline.spec import CodecSpec, parse_spec
+from pipeline.codecs.spec import CodecSpec, parse_spec
 
 SETTINGS = {  # (low, high) where the generic rule below does not apply or is not telling
     "jpeg2000": ("jpeg2000:ratio=30", "jpeg2000:psnr=42"),  # both rate-control modes

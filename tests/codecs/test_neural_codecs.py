@@ -25,14 +25,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import TranscodeConfig, bitstream, transcode
+from pipeline import TranscodeConfig, transcode
+from pipeline.codecs import bitstream
 from pipeline.codecs import codec_names, get_codec, make_codec
 from pipeline.codecs.compressai_zoo import ZooCodec
 from pipeline.codecs.hific import HiFiC
 from pipeline.errors import ConfigError, MissingWeightsError
-from pipeline.metrics import psnr
-from pipeline.spec import parse_spec
-from pipeline.weights import WeightsHashError
+from pipeline.metrics.image import psnr
+from pipeline.codecs.spec import parse_spec
+from pipeline.codecs.weights import WeightsHashError
 
 ZOO = [n for n in codec_names("image") if issubclass(get_codec(n), ZooCodec)]
 QUALITY = 1
@@ -180,7 +181,7 @@ def test_spec_forms():
 
 
 def fx_specs(text: str):
-    from pipeline.spec import parse_specs
+    from pipeline.codecs.spec import parse_specs
 
     return parse_specs(text)
 
@@ -256,7 +257,7 @@ def test_decoding_in_a_fresh_process_reproduces_the_stored_png(zoo_run, zoo_stor
     script = (
         "import json, sys, warnings\n"
         "from compressai.zoo.image import model_urls\n"
-        "from pipeline import bitstream\n"
+        "from pipeline.codecs import bitstream\n"
         "urls, jobs = json.loads(sys.argv[1])\n"
         "for arch, url in urls.items(): model_urls[arch]['mse'][1] = url\n"
         "warnings.simplefilter('error', bitstream.CrossDeviceWarning)\n"
@@ -432,7 +433,7 @@ def test_a_checkpoint_for_another_architecture_is_refused(hub, zoo_store, monkey
 
 def test_device_choice(monkeypatch):
     torch = pytest.importorskip("torch")
-    from pipeline import devices
+    from pipeline.codecs import devices
 
     monkeypatch.setenv("MPQ_DEVICE", "cpu")
     assert devices.choose_device() == "cpu"

@@ -8,7 +8,7 @@ import pipeline.codecs as registry
 from pipeline.codecs import Codec, codec_names, get_codec, make_codec
 from pipeline.codecs.base import Encoded, ImageCodec
 from pipeline.errors import ConfigError
-from pipeline.spec import parse_spec
+from pipeline.codecs.spec import parse_spec
 
 IMAGE_CODECS = {"jpeg", "webp", "avif", "jpeg2000", "jxl", "hevc", "none"}
 

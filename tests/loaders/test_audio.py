@@ -12,11 +12,11 @@ torch = pytest.importorskip("torch")
 
 import audio_fixtures as af  # noqa: E402
 from pipeline import TranscodeConfig, transcode  # noqa: E402
-from pipeline.audio_metrics import audio_mse  # noqa: E402
+from pipeline.metrics.audio import audio_mse  # noqa: E402
 from pipeline.codecs import codec_names, get_codec  # noqa: E402
 from pipeline.loaders import load  # noqa: E402
 from pipeline.loaders.tables import HF_WEBDATASET  # noqa: E402
-from pipeline.spec import parse_spec  # noqa: E402
+from pipeline.codecs.spec import parse_spec  # noqa: E402
 
 #: one setting per registered ffmpeg audio codec (EnCodec, which needs weights, is tested below)
 SETTINGS = {"mp3": "mp3:kbps=32", "opus": "opus:kbps=24,vbr=off", "aac": "aac:kbps=32", "vorbis": "vorbis:kbps=48"}

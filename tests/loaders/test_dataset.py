@@ -21,7 +21,7 @@ from pipeline.codecs import codec_names, get_codec, make_codec  # noqa: E402
 from pipeline.errors import ConfigError, SampleError  # noqa: E402
 from pipeline.loaders import DECODERS, load  # noqa: E402
 from pipeline.loaders.dataset import ShardDataset  # noqa: E402
-from pipeline.spec import parse_spec  # noqa: E402
+from pipeline.codecs.spec import parse_spec  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 

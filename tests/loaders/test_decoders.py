@@ -13,7 +13,7 @@ from pipeline.codecs import make_codec
 from pipeline.errors import SampleError
 from pipeline.loaders import DECODERS
 from pipeline.loaders.decoders import UNSAFE, decoder_table, integer, jpeg_rgb, label_map, pil_rgb, png_rgb
-from pipeline.spec import parse_spec
+from pipeline.codecs.spec import parse_spec
 
 SIZES = [(48, 64), (33, 47), (17, 9), (1, 1)]
 

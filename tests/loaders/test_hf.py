@@ -14,7 +14,7 @@ import fixtures as fx  # noqa: E402
 from pipeline.codecs import get_codec, make_codec  # noqa: E402
 from pipeline.loaders import DECODERS, hf_data_files, load  # noqa: E402
 from pipeline.loaders.tables import HF_WEBDATASET  # noqa: E402
-from pipeline.spec import parse_spec  # noqa: E402
+from pipeline.codecs.spec import parse_spec  # noqa: E402
 
 SETTINGS = ["jpeg:quality=5", "none", "webp:quality=0", "jpeg2000:ratio=60", "avif:quality=20", "jxl:distance=3",
             "hevc:quality=20"]

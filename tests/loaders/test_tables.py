@@ -9,7 +9,7 @@ import pytest
 import fixtures as fx
 from pipeline.errors import ConfigError
 from pipeline.loaders import manifests
-from pipeline.spec import parse_spec
+from pipeline.codecs.spec import parse_spec
 
 SETS = ("none", "jpeg:quality=5", "webp:quality=10")
 

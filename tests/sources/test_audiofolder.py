@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import audio_fixtures as af
-from pipeline.audio_io import decode_audio
+from pipeline.media.audio import decode_audio
 from pipeline.errors import ConfigError
 from pipeline.sources import make_source
 

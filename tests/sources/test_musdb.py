@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import audio_fixtures as af
-from pipeline.audio_io import decode_audio
+from pipeline.media.audio import decode_audio
 from pipeline.errors import ConfigError, SampleError
 from pipeline.sources import make_source
 

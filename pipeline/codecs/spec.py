@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -112,7 +112,7 @@ class CodecSpec:
     @property
     def tag(self) -> str:
         """Filesystem-safe folder/shard name: codec name, then tagged or non-default parameters."""
-        from .codecs import get_codec
+        from . import get_codec
 
         declared = {p.name: p for p in get_codec(self.name).params}
         parts = [self.name]
@@ -138,7 +138,7 @@ class CodecSpec:
 
 def build_spec(name: str, raw: Mapping[str, Any]) -> CodecSpec:
     """Validate raw parameters against the registered codec and fill in defaults."""
-    from .codecs import get_codec
+    from . import get_codec
 
     codec = get_codec(name)
     declared = {p.name: p for p in codec.params}

@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ConfigError, SampleError
+from ..errors import ConfigError, SampleError
 from .spec import CodecSpec, Param, build_spec, format_value, parse_spec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .codecs.base import Codec, Encoded
+    from .base import Codec, Encoded
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def check_values(name: str, knob: RateKnob, values: dict[str, Any]) -> dict[str,
 
 def knob_spec(spec: CodecSpec, value: int) -> CodecSpec:
     """The fixed setting ``value`` of the knob with every other parameter of a target spec."""
-    from .codecs import get_codec
+    from . import get_codec
 
     knob = knob_of(get_codec(spec.name))
     if knob is None:

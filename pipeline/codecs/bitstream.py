@@ -153,7 +153,7 @@ def decode_bytes(data: bytes, *, record: Mapping[str, Any] | None = None, device
     ``record`` is the sample's ``.json``: when given, the device and library versions it records
     are compared with this decoder's, and a :class:`CrossDeviceWarning` names any difference.
     """
-    from .codecs import get_codec
+    from . import get_codec
     from .spec import parse_spec
 
     stream = unpack(data)
@@ -161,7 +161,7 @@ def decode_bytes(data: bytes, *, record: Mapping[str, Any] | None = None, device
     cls = get_codec(spec.name)
     reason = cls.unavailable()
     if reason:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
     codec = cls(spec, device=device)  # type: ignore[call-arg]
@@ -194,7 +194,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     """The lossless PNG of a reconstruction, as stored in shards (same settings, so the same bytes)."""
     from PIL import Image
 
-    from .imaging import pil_to_bytes
+    from ..media.image import pil_to_bytes
 
     return pil_to_bytes(Image.fromarray(np.ascontiguousarray(rgb), "RGB"), "PNG", compress_level=6, optimize=False)
 

@@ -66,7 +66,7 @@ def si_sdr(reference: np.ndarray, decoded: np.ndarray) -> float:
 
 def to_speech(x: np.ndarray, rate: int) -> np.ndarray:
     """Channel average at 16 kHz as float64 (what PESQ and STOI are defined on)."""
-    from .audio_io import resample
+    from ..media.audio import resample
 
     mono = x.astype(np.float64).mean(axis=1)
     if rate != SPEECH_RATE:

@@ -14,7 +14,7 @@ import os
 import platform
 import threading
 
-from .errors import ConfigError, env_count
+from ..errors import ConfigError, env_count
 
 DEVICE_ENV = "MPQ_DEVICE"
 THREADS_ENV = "MPQ_INFERENCE_THREADS"

@@ -7,7 +7,7 @@ size and SHA-256) are verified and skipped, so reruns and retries after a killed
 A task that starts leaves a marker (``.NAME.attempt``) next to its first shard and removes it when
 it ends, by success or by a Python exception. A marker found at the start therefore means an earlier
 attempt's process died (a codec crashed it, the OOM killer, a killed worker): this attempt encodes
-in a child process (:mod:`pipeline.isolation`), so the sample that crashes it again becomes one
+in a child process (:mod:`pipeline.run.isolation`), so the sample that crashes it again becomes one
 error row and the rest of the shard is written.
 """
 from __future__ import annotations
@@ -21,15 +21,15 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from . import layout
-from .codecs import get_codec, make_codec
-from .codecs.base import Codec
-from .errors import SampleError
-from .modalities import get_modality
-from .sources.base import SampleRef, Source
-from .spec import CodecSpec
-from .storage import open_store
-from .writer import ShardWriter, dumps
+from ..store import layout
+from ..codecs import get_codec, make_codec
+from ..codecs.base import Codec
+from ..errors import SampleError
+from ..modalities import get_modality
+from ..sources.base import SampleRef, Source
+from ..codecs.spec import CodecSpec
+from ..store.storage import open_store
+from ..store.writer import ShardWriter, dumps
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ShardTask:
         return hashlib.sha256(dumps(plan)).hexdigest()
 
     def paths(self, spec: CodecSpec) -> tuple[str, str]:
-        """(folder, shard name without extension); the folder is a path or a URL (see :mod:`pipeline.storage`)."""
+        """(folder, shard name without extension); the folder is a path or a URL (see :mod:`pipeline.store.storage`)."""
         folder = open_store(self.out).set_folder(self.dataset, self.source.split, spec.tag)
         return folder, layout.shard_name(self.dataset, self.source.split, spec, self.index)
 

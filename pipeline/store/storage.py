@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .errors import OutputError
+from ..errors import OutputError
 from .writer import TMP_MARK, ShardWriter, dumps, file_digest, output_errors, publish_bytes, remove_stale_temps
 
 #: protocols whose PUT publishes a whole object atomically (no temporary name needed)

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import ConfigError
-from .spec import CodecSpec, unique_specs
+from ..errors import ConfigError
+from ..codecs.spec import CodecSpec, unique_specs
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from . import layout
-from .errors import OutputError
+from ..errors import OutputError
 
 TMP_MARK = ".tmp-"
 

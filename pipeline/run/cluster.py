@@ -1,6 +1,6 @@
 """Dask at the edge: the one place that starts or connects to a cluster and hands the core an executor.
 
-The core (:func:`pipeline.run.transcode`) only sees a ``concurrent.futures.Executor``. Here we build
+The core (:func:`pipeline.run.driver.transcode`) only sees a ``concurrent.futures.Executor``. Here we build
 one from a cluster configuration (``cluster/*.yaml``, see ``cluster/README.md``):
 
 - ``local``: a Dask ``LocalCluster`` on this machine (one single-threaded worker process per core by
@@ -12,9 +12,9 @@ one from a cluster configuration (``cluster/*.yaml``, see ``cluster/README.md``)
 
 Each worker runs :class:`WorkerSetup` once, which pins codec and BLAS threads to one so that N
 workers use N cores and nothing oversubscribes. Tasks that encode with a learned codec declare the
-Dask resource ``GPU`` (:attr:`pipeline.task.ShardTask.resources`); when the cluster has workers that
+Dask resource ``GPU`` (:attr:`pipeline.run.task.ShardTask.resources`); when the cluster has workers that
 declare a GPU, those tasks go only there and the other tasks go anywhere. A cluster without GPU
-workers runs learned codecs on CPUs (``pipeline.devices`` chooses the device in each worker).
+workers runs learned codecs on CPUs (``pipeline.codecs.devices`` chooses the device in each worker).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS")
@@ -327,7 +327,7 @@ def _worker_plugin():
         def setup(self, worker) -> None:  # noqa: D401 - Dask hook
             for var in _THREAD_VARS:
                 os.environ[var] = "1"
-            # (torch threads are set where a learned codec loads its model: pipeline/devices.py)
+            # (torch threads are set where a learned codec loads its model: pipeline/codecs/devices.py)
             restore_malloc_thresholds()
 
     return WorkerSetup()

@@ -2,13 +2,13 @@
 
 A codec library can die on one input (a segfault, an abort, ``os._exit``, the OOM killer): in a
 Dask worker that kills the worker, and the task is retried; in-process it kills the run. A retried
-task (see :mod:`pipeline.task`) runs its samples here instead: a child Python process reads,
+task (see :mod:`pipeline.run.task`) runs its samples here instead: a child Python process reads,
 decodes and encodes them in order and streams each result back. When the child dies, the parent
 knows exactly which sample and setting it was on (the first event it did not send), records that
 pair as an error row, and starts a new child from the next one. Results are the same bytes as
 in-process encoding, since the same code runs; only the process differs.
 
-The child is ``python -m pipeline.isolation`` with this process's ``sys.path``; it reads a pickled
+The child is ``python -m pipeline.run.isolation`` with this process's ``sys.path``; it reads a pickled
 job on stdin and writes pickled events on its own copy of stdout (its fd 1 points at stderr, so
 a library printing to stdout cannot corrupt the stream).
 """
@@ -52,7 +52,7 @@ def _spawn() -> subprocess.Popen:
     env.pop("MALLOC_TRIM_THRESHOLD_", None)  # Dask's setting slows image buffers 3x (see cluster.py)
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return subprocess.Popen([sys.executable, "-m", "pipeline.isolation"], stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "pipeline.run.isolation"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env)
 
 
@@ -128,7 +128,7 @@ def main() -> None:
     os.dup2(2, 1)  # anything printed to stdout from here on goes to stderr
     sys.stdout = sys.stderr
     try:
-        from .codecs import make_codec
+        from ..codecs import make_codec
         from .task import import_modules, sample_events
 
         task, pending, start = pickle.load(sys.stdin.buffer)

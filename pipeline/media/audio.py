@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SampleError
+from ..errors import SampleError
 
 #: libsndfile subtypes that hold exact integers, and their depth
 _PCM_DEPTH = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24}

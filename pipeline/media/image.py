@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import SampleError
+from ..errors import SampleError
 
 #: Images above this many pixels are refused as decompression bombs (Pillow's own default is 89 M);
 #: ``--max-pixels`` (``TranscodeConfig.max_pixels``) sets another limit for a run.

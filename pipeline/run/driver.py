@@ -1,11 +1,11 @@
 """Planner and executor: list the source, cut it into shards, run them on an executor, publish.
 
 The core takes any ``concurrent.futures.Executor`` (Dask's ``Client.get_executor()``, a process
-pool, or the in-process one below); Dask set-up lives in :mod:`pipeline.cluster`. Tasks that need a
+pool, or the in-process one below); Dask set-up lives in :mod:`pipeline.run.cluster`. Tasks that need a
 GPU (a learned codec) and tasks that do not are separate, and each task says so in its
-``resources``, which the Dask executor of :mod:`pipeline.cluster` uses to route them.
+``resources``, which the Dask executor of :mod:`pipeline.run.cluster` uses to route them.
 
-Output goes through :mod:`pipeline.storage` (a local folder or an fsspec URL). A location that
+Output goes through :mod:`pipeline.store.storage` (a local folder or an fsspec URL). A location that
 cannot be written stops the run with one :class:`~pipeline.errors.OutputError`, checked with a
 probe before any work and again whenever a task fails to write.
 """
@@ -22,15 +22,15 @@ from typing import Any, Callable, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import layout
-from .codecs import get_codec
+from ..store import layout
+from ..codecs import get_codec
 from .config import TranscodeConfig
-from .errors import ConfigError, OutputError
-from .modalities import get_modality
-from .sources import make_source
-from .sources.base import Source
-from .spec import CodecSpec
-from .storage import open_store
+from ..errors import ConfigError, OutputError
+from ..modalities import get_modality
+from ..sources import make_source
+from ..sources.base import Source
+from ..codecs.spec import CodecSpec
+from ..store.storage import open_store
 from .task import ShardResult, ShardTask, run_shard
 
 
@@ -113,7 +113,7 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
 
 
 def _codec_families() -> tuple[str, ...]:
-    from . import codecs
+    from .. import codecs
 
     return tuple(getattr(codecs, "_FAMILIES", ()))
 
@@ -144,7 +144,7 @@ def _library_versions(specs: Iterable[CodecSpec]) -> dict[str, dict[str, str]]:
     import numpy
     import PIL
 
-    from . import __version__
+    from .. import __version__
 
     base = {"mpq-pipeline": __version__, "python": sys.version.split()[0], "numpy": numpy.__version__,
             "pillow": PIL.__version__}
@@ -259,7 +259,7 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     """Run a transcode; returns what was written. Shards already complete are verified and skipped.
 
     ``executor`` defaults to running in this process; pass ``Client.get_executor()`` or
-    :func:`pipeline.cluster.dask_executor` for Dask. ``progress`` shows a tqdm bar (True) or calls
+    :func:`pipeline.run.cluster.dask_executor` for Dask. ``progress`` shows a tqdm bar (True) or calls
     ``progress(done, total)``, counting samples, or encodes (sample x setting) when learned and other
     codecs run as separate tasks over the same samples (see :func:`progress_units`). ``isolate`` encodes every shard in a child process from the start, so a codec that
     crashes its process costs one sample even on the first attempt (retries always do this).

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import ConfigError, MissingWeightsError
+from ..errors import ConfigError, MissingWeightsError
 
 WEIGHTS_ENV = "MPQ_WEIGHTS_DIR"
 OFFLINE_ENV = "MPQ_OFFLINE"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .spec import CodecSpec
+from ..codecs.spec import CodecSpec
 
 FORMAT = "mpq-shards/1"
 
