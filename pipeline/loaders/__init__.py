@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .decoders import DECODERS, decoder_table
 from .tables import hf_data_files, hf_features, manifests
+from .wds import wds_decoder, wds_sample_decoder
 
 if TYPE_CHECKING:
     from .dataset import Loader, ShardDataset
@@ -59,4 +60,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["DECODERS", "Loader", "ShardDataset", "decoder_table", "hf_data_files", "hf_features", "load", "manifests"]
+__all__ = ["DECODERS", "Loader", "ShardDataset", "decoder_table", "hf_data_files", "hf_features", "load", "manifests",
+           "wds_decoder", "wds_sample_decoder"]
