@@ -170,3 +170,77 @@ def test_handler_pickles_for_dataloader_workers(images):
     pipe = wds.WebDataset(urls(out, "imagefolder", "all", "jpeg:quality=5"), shardshuffle=False)
     pipe = pipe.decode(pickle.loads(pickle.dumps(wds_decoder()))).map(pickle.loads(pickle.dumps(wds_sample_decoder())))
     assert all(isinstance(s["jpg"], np.ndarray) for s in pipe)
+
+
+def test_learned_bin_through_its_png_or_its_codec(tmp_path, monkeypatch):
+    """A bmshj2018-factorized with random weights written here: ``.png`` is the loader's pixels;
+    ``.bin`` stays bytes, or with ``decode_payload=True`` decodes through the codec its header names."""
+    pytest.importorskip("compressai")
+    import hashlib
+
+    from compressai.zoo.image import cfgs, model_architectures, model_urls
+
+    arch, quality = "bmshj2018-factorized", 1
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = model_architectures[arch](*cfgs[arch][quality])
+    model.update(force=True)
+    torch.save(model.state_dict(), hub / "w.tmp")
+    name = f"{arch}-test-{quality}-{hashlib.sha256((hub / 'w.tmp').read_bytes()).hexdigest()[:8]}.pth.tar"
+    (hub / "w.tmp").rename(hub / name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("MPQ_OFFLINE", "1")
+    monkeypatch.delenv("MPQ_WEIGHTS_DIR", raising=False)
+    monkeypatch.setitem(model_urls[arch]["mse"], quality, "https://models.invalid/v1/" + name)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(fx.png_bytes(fx.photo("astronaut", 48, 64)))
+    spec = f"{arch}:quality={quality}"
+    assert not transcode(TranscodeConfig.create("imagefolder", src, [spec], out=tmp_path / "out")).failed
+    shards = urls(tmp_path / "out", "imagefolder", "all", spec)
+    ours = {s["__key__"]: s["image"] for s in load(tmp_path / "out", "imagefolder", "all", spec, image_format="numpy")}
+    plain, decoded = read(shards, wds_decoder()), read(shards, wds_decoder(decode_payload=True))
+    whole, whole_bin = read(shards, wds_sample_decoder()), read(shards, wds_sample_decoder(decode_payload=True))
+    for key, pixels in ours.items():
+        assert np.array_equal(plain[key]["png"], pixels) and isinstance(plain[key]["bin"], bytes)
+        assert np.array_equal(decoded[key]["bin"], pixels)  # the same device decodes to the same pixels
+        assert np.array_equal(whole[key]["png"], pixels) and np.array_equal(whole_bin[key]["bin"], pixels)
+
+
+def test_encodec_ecdc_members(tmp_path, monkeypatch):
+    """EnCodec with random weights written here: the member is the 24 kHz stream its header names,
+    the whole-sample map the loader's samples at the source's 16 kHz."""
+    pytest.importorskip("encodec")
+    import hashlib
+    import warnings
+
+    from encodec.model import EncodecModel
+
+    import pipeline.codecs.encodec as enc_mod
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = EncodecModel.encodec_model_24khz(pretrained=False)
+    tmp = tmp_path / "w.partial"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, tmp)
+    name = f"encodec_24khz-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.th"
+    tmp.rename(tmp_path / name)
+    monkeypatch.setenv("MPQ_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setitem(enc_mod.CHECKPOINTS, "24khz", name)
+    built = af.build_librispeech(tmp_path / "src", seconds=0.5)
+    spec = "encodec:kbps=6"
+    config = TranscodeConfig.create("librispeech", built.root, [spec], out=tmp_path / "out", split=AUDIO_SPLIT,
+                                    samples_per_shard=4, limit=3)
+    assert not transcode(config).failed
+    shards = urls(tmp_path / "out", "librispeech", AUDIO_SPLIT, spec)
+    ours = {s["__key__"]: s for s in load(tmp_path / "out", "librispeech", AUDIO_SPLIT, spec, image_format="numpy",
+                                          meta=True)}
+    members, whole = read(shards, wds_decoder()), read(shards, wds_sample_decoder())
+    assert len(ours) >= 2 and sorted(members) == sorted(ours)
+    for key, s in ours.items():
+        rec = s["json"]
+        assert rec["codec_rate"] == 24000 and rec["sample_rate"] == 16000
+        assert members[key]["ecdc"].shape[0] == 1 and members[key]["ecdc"].shape[1] >= rec["codec_samples"]
+        assert np.array_equal(whole[key]["ecdc"], s["audio"])
