@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import audio_fixtures as af
-import fixtures as fx
 from pipeline.cli import DEMO_CODECS, main
 from pipeline.codecs.spec import parse_specs
 

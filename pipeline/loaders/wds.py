@@ -33,7 +33,7 @@ OPUS_RATE = 48000
 
 def _ext(key: str) -> str:
     """webdataset hands ``.jpg`` or ``.seg.png``; our table keys are ``jpg`` and ``seg.png``."""
-    return key[1:] if key.startswith(".") else key
+    return key.removeprefix(".")
 
 
 def _audio_families() -> dict[str, str]:
