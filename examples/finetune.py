@@ -14,6 +14,7 @@ Runs on CPU (gloo) or GPUs (nccl); see examples/README.md for the whole study.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -143,15 +144,18 @@ def save_checkpoint(path: str, model: torch.nn.Module, optimizer, loader, step: 
         dist.barrier()
 
 
-def resume(path: str, model: torch.nn.Module, optimizer, loader) -> int:
-    """Restore model, optimizer and loader position; returns the global step reached."""
+def resume(path: str, model: torch.nn.Module, optimizer, loader) -> tuple[int, bool]:
+    """Restore model, optimizer and loader position; returns (global step reached, same ranks and workers)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise SystemExit(f"{path} is not a checkpoint of this script")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    loader.load_state_dict(json.loads(state["loader"]))
-    return int(state["step"])
+    position = json.loads(state["loader"])
+    loader.load_state_dict(position)
+    same = (position["world_size"], position["num_workers"]) == (loader.dataset.world_size,
+                                                                 max(1, loader.num_workers))
+    return int(state["step"]), same
 
 
 def common_steps(loader, device: torch.device) -> int:
@@ -176,9 +180,9 @@ def train(args: argparse.Namespace) -> int:
                                                       else None) if world > 1 else net
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    step = 0
+    step, same_layout = 0, True
     if args.resume and Path(args.checkpoint).is_file():
-        step = resume(args.checkpoint, net, optimizer, loader)
+        step, same_layout = resume(args.checkpoint, net, optimizer, loader)
         if rank == 0:
             print(f"resumed at step {step}, epoch {loader.dataset.epoch}", flush=True)
     keys_log = None
@@ -189,6 +193,8 @@ def train(args: argparse.Namespace) -> int:
         ran = 0
         while loader.dataset.epoch < args.epochs:
             epoch, safe = loader.dataset.epoch, common_steps(loader, device)
+            if not same_layout:  # the rest of the epoch is split anew: no mid-epoch checkpoint until it ends
+                safe, same_layout = 0, True
             stopped, step, ran = run_epoch(args, model, net, optimizer, loader, device, rank, step, ran, safe,
                                            keys_log)
             if stopped:
@@ -215,8 +221,8 @@ def run_epoch(args, model, net, optimizer, loader, device, rank: int, step: int,
     model.train()
     loss_fn = torch.nn.CrossEntropyLoss()
     start, in_epoch = time.perf_counter(), 0
-    joinables = [model] if isinstance(model, torch.nn.parallel.DistributedDataParallel) else []
-    with Join(joinables):  # ranks may hold one batch more than others at the end of an epoch
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    with Join([model]) if ddp else contextlib.nullcontext():  # ranks may differ by one batch at the end
         for keys, images, labels in loader:
             loss = loss_fn(model(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)

@@ -4,6 +4,7 @@ ranks, and its output is a plain state dict for the torchvision architecture."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +33,11 @@ def shards(tmp_path_factory, imagenet_folders) -> Path:
     return out
 
 
-def torchrun(shards: Path, work: Path, *extra: str) -> str:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
-           str(SCRIPT), str(shards), "--codec", MIXTURE, "--arch", "resnet18", "--num-classes", "3",
+def torchrun(shards: Path, work: Path, *extra: str, ranks: int = 2) -> str:
+    """The script under torchrun with ``ranks`` processes (1: plain python, no process group)."""
+    launcher = (["-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(ranks)]
+                if ranks > 1 else [])
+    cmd = [sys.executable, *launcher, str(SCRIPT), str(shards), "--codec", MIXTURE, "--arch", "resnet18", "--num-classes", "3",
            "--size", "64", "--batch-size", "1", "--workers", "2", "--buffer", "4", "--seed", "7",
            "--checkpoint", str(work / "ck.pt"), "--log-keys", str(work / "keys"), "--output", str(work / "final.pt"),
            "--device", "cpu", *extra]
@@ -55,6 +58,13 @@ def test_killed_and_resumed_run_sees_each_sample_once(shards, tmp_path):
     assert len(logged(tmp_path)) == 4  # 2 steps x 2 ranks x batch 1
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)  # the checkpoint is plain data too
     assert ck["step"] == 2 and set(ck["optimizer"]["state"]) and '"consumed"' in ck["loader"]
+    # the same checkpoint resumed by one process: the rest of the epoch is split anew
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(tmp_path / "ck.pt", single / "ck.pt")
+    first = logged(tmp_path)
+    assert "resumed at step 2" in torchrun(shards, single, "--resume", ranks=1)
+    assert sorted(first + logged(single)) == sorted(s["__key__"] for s in load(shards, "imagenet", "train", "none"))
 
     out2 = torchrun(shards, tmp_path, "--resume")
     assert "resumed at step 2, epoch 0" in out2 and "epoch 0 done" in out2
