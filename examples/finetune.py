@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--size", type=int, default=224, help="training crop size")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="resize and centre-crop instead of random crops and flips (a run that replays exactly)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers per rank")
     p.add_argument("--seed", type=int, default=0, help="shuffle and mixture draws (and model init)")
     p.add_argument("--buffer", type=int, default=1000, help="shuffle buffer (samples)")
@@ -108,8 +110,9 @@ def make_loader(args: argparse.Namespace):
 
     from pipeline.loaders import Loader, load
 
-    transform = v2.Compose([v2.RandomResizedCrop(args.size, antialias=True), v2.RandomHorizontalFlip(),
-                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    crop = ([v2.RandomResizedCrop(args.size, antialias=True), v2.RandomHorizontalFlip()] if args.augment
+            else [v2.Resize(args.size, antialias=True), v2.CenterCrop(args.size)])
+    transform = v2.Compose([*crop, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     ds = load(args.shards, args.dataset, args.split, codec=mixture(args.codec), shuffle=True, seed=args.seed,
               buffer=args.buffer, transform=transform)
     return Loader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
@@ -132,8 +135,15 @@ def make_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Modul
 
 
 def save_checkpoint(path: str, model: torch.nn.Module, optimizer, loader, step: int, rank: int) -> None:
-    """Every rank calls this (the loader position is gathered); rank 0 writes one file, atomically."""
+    """Every rank calls this (the loader position is gathered); rank 0 writes one file, atomically.
+
+    Under DDP's join context the buffers (BatchNorm statistics) every forward starts from are the
+    highest rank's, not rank 0's: those are the ones saved, so a resumed run goes on exactly.
+    """
     position = loader.state_dict(gather=dist.is_initialized())
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=dist.get_world_size() - 1)
     if rank == 0:
         state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "loader": json.dumps(position), "step": step}

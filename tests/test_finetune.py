@@ -84,3 +84,20 @@ def test_killed_and_resumed_run_sees_each_sample_once(shards, tmp_path):
     torch.manual_seed(7)
     initial = get_model("resnet18", weights=None, num_classes=3).state_dict()
     assert not torch.equal(initial["conv1.weight"], state["conv1.weight"])  # it trained
+
+
+@pytest.mark.slow
+def test_resumed_run_ends_with_the_uninterrupted_weights(shards, tmp_path):
+    """Model, optimizer and loader position together: stopping and resuming changes nothing
+    (deterministic crops, one thread per rank, gloo on CPU: the same sums in the same order)."""
+    fixed = ("--no-augment",)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for d in (whole, parts):
+        d.mkdir()
+    torchrun(shards, whole, *fixed)
+    torchrun(shards, parts, *fixed, "--stop-after-steps", "1")
+    torchrun(shards, parts, *fixed, "--resume")
+    assert logged(whole) != [] and sorted(logged(whole)) == sorted(logged(parts))
+    a = torch.load(whole / "final.pt", weights_only=True)
+    b = torch.load(parts / "final.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
