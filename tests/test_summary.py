@@ -90,3 +90,10 @@ def test_demo_sweeps_two_families_and_reports(tmp_path, capsys, monkeypatch):
     for family in set(families) - {"none", "jpeg"}:  # jpeg is the anchor
         assert int(bd[family]["points"]) >= 4 and math.isfinite(float(bd[family]["bd_rate_cubic"])), bd[family]
     assert (report / "rd-imagenet-val-psnr.png").stat().st_size > 1000
+    # a rerun finds every shard complete and, with --no-report, only names the command
+    (report / "report.html").unlink()
+    assert main(["demo", "--out", str(out), "--workers", "0", "--no-report"]) == 0
+    text = capsys.readouterr().out
+    assert "shards written 0" in text and f"next: mpq report {out} --dataset imagenet --split val" in text
+    assert not (report / "report.html").exists()
+    check(summary_lines(text), out, "imagenet", "val", "bpp", "psnr")
