@@ -101,3 +101,17 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(shards, tmp_path):
     a = torch.load(whole / "final.pt", weights_only=True)
     b = torch.load(parts / "final.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_codec_option_forms():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_example", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.mixture(None) == {"jpeg:quality=5": 0.5, "none": 0.5}
+    assert mod.mixture([MIXTURE]) == {"jpeg:quality=5": 0.5, "none": 0.5}
+    assert mod.mixture(["jpeg:quality=5@0.7", "none@0.3"]) == {"jpeg:quality=5": 0.7, "none": 0.3}
+    assert mod.mixture(["webp:quality=10", "none"]) == {"webp:quality=10": 1.0, "none": 1.0}
+    with pytest.raises(SystemExit):
+        mod.mixture(["{}"])
