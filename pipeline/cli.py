@@ -25,7 +25,9 @@ def _output_failed(exc: Exception) -> None:
 def _summary(result, seconds: float) -> None:
     click.echo(f"listed {result.listed} samples"
                + (f" ({result.skipped_files} non-image files skipped)" if result.skipped_files else "")
-               + f"; shards written {result.shards_written}, already complete {result.shards_cached};"
+               + f"; shards written {result.shards_written}"
+               + (f" ({result.shards_changed} because their sources changed)" if result.shards_changed else "")
+               + f", already complete {result.shards_cached};"
                f" {seconds:.1f} s")
     for s in result.sets:
         click.echo(f"  {s.tag:<24} ok {s.ok:>7}  error {s.errors:>5}  shards {s.shards:>5}  "
