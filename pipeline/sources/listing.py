@@ -20,13 +20,13 @@ _CHUNK = 1 << 16  # rows turned into Arrow arrays at a time while listing
 _FIXED = ("key", "source", "label", "stamp")
 
 
-def _column(values: list[Any]):
-    """An Arrow array; strings that repeat a lot (class names, wnids, fingerprints) are dictionary-encoded."""
+def _compact(arr):
+    """Strings that repeat a lot (class names, wnids, fingerprints) dictionary-encoded, in Arrow (no Python objects)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    arr = pa.array(values)
-    if pa.types.is_string(arr.type) and len(arr) > 64 and len(set(values)) * 4 < len(arr):
-        arr = arr.dictionary_encode()
+    if pa.types.is_string(arr.type) and len(arr) > 64 and pc.count_distinct(arr).as_py() * 4 < len(arr):
+        return arr.dictionary_encode()
     return arr
 
 
@@ -93,8 +93,7 @@ class ListingBuilder:
             if pc.count_distinct(table["key"]).as_py() != table.num_rows:
                 raise ConfigError("could not make unique sample keys")
         table = table.take(pc.sort_indices(table, [("key", "ascending")]))
-        columns = [_column(table[n].to_pylist()) if n not in ("key", "source", "label") else table[n].combine_chunks()
-                   for n in table.column_names]
+        columns = [_compact(table[n].combine_chunks()) for n in table.column_names]
         return Listing(pa.Table.from_arrays(columns, names=table.column_names), self.meta_names, self.path_base)
 
 
