@@ -27,7 +27,9 @@ def _summary(result, seconds: float) -> None:
                + (f" ({result.skipped_files} non-image files skipped)" if result.skipped_files else "")
                + f"; shards written {result.shards_written}"
                + (f" ({result.shards_changed} because their sources changed)" if result.shards_changed else "")
-               + f", already complete {result.shards_cached};"
+               + f", already complete {result.shards_cached}"
+               + (f" ({result.shards_adopted} of an older set, now keyed on their sources)"
+                  if result.shards_adopted else "") + ";"
                f" {seconds:.1f} s")
     for s in result.sets:
         click.echo(f"  {s.tag:<24} ok {s.ok:>7}  error {s.errors:>5}  shards {s.shards:>5}  "

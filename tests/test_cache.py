@@ -227,3 +227,32 @@ def test_mpq_verify_reports_manifest_and_index_disagreeing(folder, tmp_path, cap
     assert main(["verify", str(out)]) == 1
     assert "manifest has" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "nothing")]) == 1
+
+
+def test_verify_output_on_object_storage(folder):
+    """The same checks through fsspec (memory://): clean, then a shard overwritten with other bytes."""
+    import fsspec
+
+    from pipeline.store.verify import verify_output
+
+    out = "memory://mpq-verify-test/out"
+    fx.transcode("imagefolder", folder, out, codecs=("none",))
+    report = verify_output(out, sources=str(folder.root))
+    assert report.clean and (report.sets, report.shards, report.sources_checked) == (1, 4, 6)
+    fs = fsspec.filesystem("memory")
+    (shard,) = [p for p in fs.glob("/mpq-verify-test/out/imagefolder/all/none/*.tar") if p.endswith("000002.tar")]
+    fs.pipe_file(shard, b"not the shard")
+    (problem,) = verify_output(out).problems
+    assert problem.where.endswith("000002.tar") and "damaged" in problem.what
+
+
+def test_cli_summary_counts_shards_redone_for_changed_sources(folder, tmp_path, capsys):
+    args = ["transcode", "imagefolder", str(folder.root), "--codec", "none", "--out", str(tmp_path / "out"),
+            "--workers", "0", "--samples-per-shard", "2", "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    _same_size_edit(folder.root / "cats" / "cat.png")
+    assert main(args) == 0
+    assert "shards written 0, already complete 4;" in capsys.readouterr().out
+    assert main(args + ["--verify-sources"]) == 0
+    assert "shards written 1 (1 because their sources changed), already complete 3;" in capsys.readouterr().out

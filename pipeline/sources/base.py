@@ -78,7 +78,11 @@ class Source(ABC):
 
     @abstractmethod
     def list(self) -> Sequence[SampleRef]:
-        """All samples of the split, sorted by key, keys unique. Raise ConfigError on a wrong root."""
+        """All samples of the split, sorted by key, keys unique. Raise ConfigError on a wrong root.
+
+        Large layouts return a :class:`~pipeline.sources.listing.Listing` (columns, not one object per
+        sample); each sample's ``stamp`` comes from the stat of the scan that found its files.
+        """
 
     @abstractmethod
     def read(self, ref: SampleRef) -> RawSample:
