@@ -20,14 +20,14 @@ _CHUNK = 1 << 16  # rows turned into Arrow arrays at a time while listing
 _FIXED = ("key", "source", "label", "stamp")
 
 
-def _compact(arr):
+def _compact(column):
     """Strings that repeat a lot (class names, wnids, fingerprints) dictionary-encoded, in Arrow (no Python objects)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if pa.types.is_string(arr.type) and len(arr) > 64 and pc.count_distinct(arr).as_py() * 4 < len(arr):
-        return arr.dictionary_encode()
-    return arr
+    if pa.types.is_string(column.type) and len(column) > 64 and pc.count_distinct(column).as_py() * 4 < len(column):
+        return pc.dictionary_encode(column)
+    return column
 
 
 class ListingBuilder:
@@ -73,14 +73,18 @@ class ListingBuilder:
             self._reset()
 
     def build(self) -> "Listing":
-        """Sort by key; colliding keys get a short hash of their source name (as ``finalize`` does)."""
+        """Sort by key; colliding keys get a short hash of their source name (as ``finalize`` does).
+
+        Columns stay in the chunks they were built in and are reordered one at a time (not at all when
+        the scan already went in key order), so the client never holds two copies of the listing.
+        """
         import pyarrow as pa
         import pyarrow.compute as pc
 
         self._flush()
         if not self._chunks:
             return Listing(None, self.meta_names, self.path_base)
-        table = pa.concat_tables(self._chunks, promote_options="permissive").combine_chunks()
+        table = pa.concat_tables(self._chunks, promote_options="permissive")  # no copy: chunks are kept
         self._chunks = []
         counts = pc.value_counts(table["key"]).flatten()
         dups = pc.filter(counts[0], pc.greater(counts[1], 1))
@@ -92,9 +96,13 @@ class ListingBuilder:
             table = table.set_column(0, "key", pa.array(keys, pa.string()))
             if pc.count_distinct(table["key"]).as_py() != table.num_rows:
                 raise ConfigError("could not make unique sample keys")
-        table = table.take(pc.sort_indices(table, [("key", "ascending")]))
-        columns = [_compact(table[n].combine_chunks()) for n in table.column_names]
-        return Listing(pa.Table.from_arrays(columns, names=table.column_names), self.meta_names, self.path_base)
+        key = table["key"]
+        in_order = table.num_rows < 2 or not pc.any(pc.less(key[1:], key[:-1])).as_py()
+        order = None if in_order else pc.sort_indices(key)
+        for i, name in enumerate(table.column_names):
+            column = table[name] if order is None else table[name].take(order)
+            table = table.set_column(i, name, _compact(column))
+        return Listing(table, self.meta_names, self.path_base)
 
 
 class Listing(Sequence[SampleRef]):
