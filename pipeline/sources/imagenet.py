@@ -92,12 +92,13 @@ class ImageNet(Source):
         """Add the images of one folder, with the stat its scan returns (nothing is read)."""
         prefix = os.path.relpath(folder, split_dir.parent)
         with os.scandir(folder) as it:
-            for entry in it:
-                stem, ext = os.path.splitext(entry.name)
-                if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
-                    wnid = wnid_of(stem)
-                    builder.add(sanitize_key(stem), os.path.join(prefix, entry.name),
-                                index.get(wnid) if wnid else None, file_stamp(entry.stat()), wnid=wnid)
+            entries = sorted(it, key=lambda e: e.name)  # key order already, so the listing needs no reordering
+        for entry in entries:
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                wnid = wnid_of(stem)
+                builder.add(sanitize_key(stem), os.path.join(prefix, entry.name),
+                            index.get(wnid) if wnid else None, file_stamp(entry.stat()), wnid=wnid)
 
     def read(self, ref: SampleRef) -> RawSample:
         wnid = ref.get("wnid")
