@@ -22,8 +22,10 @@ import argparse
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,7 +74,8 @@ else:
                                     samples_per_shard=int(per_shard))
     source, tasks = plan(config)
     n = sum(len(t.refs) for t in tasks)
-print(json.dumps({"what": what, "samples": n, "seconds": time.perf_counter() - start,
+import pipeline
+print(json.dumps({"what": what, "samples": n, "pipeline": pipeline.__file__, "seconds": time.perf_counter() - start,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "imports_mb": base / 1024}))
 """
@@ -82,8 +85,9 @@ def listing(dataset: str, root: str, split: str | None, per_shard: int) -> list[
     """List and plan in fresh processes (so each peak is its own); the imports' memory is reported too."""
     out = []
     for what in ("list", "plan"):
-        proc = subprocess.run([sys.executable, "-c", _CHILD, what, dataset, root, split or "", str(per_shard)],
-                              capture_output=True, text=True, check=True)
+        # run from a neutral folder: ``python -c`` puts the working directory first on sys.path
+        proc = subprocess.run([sys.executable, "-c", _CHILD, what, dataset, os.path.abspath(root), split or "",
+                               str(per_shard)], capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
         out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return out
 
@@ -103,6 +107,7 @@ def rerun(dataset: str, root: str, split: str | None, out: str, codec: str, per_
                         "written": result.shards_written, "cached": result.shards_cached,
                         "samples": result.listed}
     figures["rerun_fraction_of_first"] = round(figures["rerun"]["total_s"] / figures["first"]["total_s"], 4)
+    figures["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # both runs, in-process
     return figures
 
 
