@@ -25,7 +25,11 @@ def _output_failed(exc: Exception) -> None:
 def _summary(result, seconds: float) -> None:
     click.echo(f"listed {result.listed} samples"
                + (f" ({result.skipped_files} non-image files skipped)" if result.skipped_files else "")
-               + f"; shards written {result.shards_written}, already complete {result.shards_cached};"
+               + f"; shards written {result.shards_written}"
+               + (f" ({result.shards_changed} because their sources changed)" if result.shards_changed else "")
+               + f", already complete {result.shards_cached}"
+               + (f" ({result.shards_adopted} of an older set, now keyed on their sources)"
+                  if result.shards_adopted else "") + ";"
                f" {seconds:.1f} s")
     for s in result.sets:
         click.echo(f"  {s.tag:<24} ok {s.ok:>7}  error {s.errors:>5}  shards {s.shards:>5}  "
@@ -119,13 +123,16 @@ def cli() -> None:
               help="images: refuse sources above this many pixels as error rows [default: 178956970]; "
                    "loaders then need MPQ_MAX_PIXELS at least as high")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--verify-sources", is_flag=True,
+              help="rehash the sources of complete shards and redo those whose content changed, even when "
+                   "size and modification time did not (reads every source file)")
 def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str], out: str, workers: int | None,
               scheduler: str | None, cluster_file: str | None, isolate: bool, samples_per_shard: int,
               limit: int | None, ms_ssim: bool,
               image_column: str | None, label_column: str | None, hf_config: str | None, key_column: str | None,
               weights_dir: str | None, offline: bool, no_store_bin: bool, no_store_png: bool, pesq: bool,
               stoi: bool, store_decoded: bool, audio_column: str | None, encode_stems: bool,
-              shard_compression: str, max_pixels: int | None, no_progress: bool) -> None:
+              shard_compression: str, max_pixels: int | None, no_progress: bool, verify_sources: bool) -> None:
     """Transcode DATASET stored at ROOT with one or more codec settings."""
     import os
 
@@ -144,7 +151,7 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
                                         store_reconstruction=not no_store_png, pesq=pesq, stoi=stoi,
                                         store_decoded=store_decoded,
                                         shard_compression=None if shard_compression == "none" else shard_compression,
-                                        max_pixels=max_pixels)
+                                        max_pixels=max_pixels, verify_sources=verify_sources)
         planned = plan(config)  # every configuration error surfaces here, before any cluster starts
         source = planned[0]
         cluster = None
@@ -284,6 +291,30 @@ def report(out: str, dataset: str | None, split: str | None, report_dir: str | N
 
 #: the demo's sweep: two families of four settings each (curves and BD-rates in the report), and the reference
 DEMO_CODECS = ("jpeg:quality=5,10,25,50", "webp:quality=5,10,25,50", "none")
+
+
+@cli.command()
+@click.argument("out")
+@click.option("--dataset", default=None, help="only this dataset [default: every dataset under OUT]")
+@click.option("--split", default=None, help="only this split [default: every split]")
+@click.option("--sources", default=None,
+              help="source root: also rehash every sample's source and compare it with its recorded source_sha256")
+def verify(out: str, dataset: str | None, split: str | None, sources: str | None) -> None:
+    """Check the finished sets under OUT without writing: shards, manifests, and (--sources) the sources.
+
+    Lists what is stale or damaged and exits with 1 when anything is.
+    """
+    from .store.verify import verify_output
+
+    report = verify_output(out, dataset=dataset, split=split, sources=sources)
+    for problem in report.problems:
+        click.echo(f"  {problem}")
+    checked = f"{report.sets} sets, {report.shards} shards" + (
+        f", {report.sources_checked} sources rehashed" if sources else "")
+    if not report.clean:
+        click.echo(f"{len(report.problems)} problems in {checked}", err=True)
+        sys.exit(1)
+    click.echo(f"clean: {checked}")
 
 
 @cli.command()

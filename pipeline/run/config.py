@@ -31,6 +31,7 @@ class TranscodeConfig:
     store_decoded: bool = False  # audio: also store the decoded signal as KEY.decoded.flac
     shard_compression: str | None = None  # None: plain .tar shards; "gzip": deterministic .tar.gz shards
     max_pixels: int | None = None  # images: refuse sources above this many pixels (None: imaging.MAX_PIXELS)
+    verify_sources: bool = False  # rehash complete shards' sources; redo those whose content changed
 
     @classmethod
     def create(cls, dataset: str, root: str | Path, codecs: Sequence[str | CodecSpec] | str, *,
@@ -39,7 +40,8 @@ class TranscodeConfig:
                ms_ssim: bool = False, source_options: Mapping[str, Any] | None = None,
                store_bitstream: bool = True, store_reconstruction: bool = True, pesq: bool = False,
                stoi: bool = False, store_decoded: bool = False,
-               shard_compression: str | None = None, max_pixels: int | None = None) -> "TranscodeConfig":
+               shard_compression: str | None = None, max_pixels: int | None = None,
+               verify_sources: bool = False) -> "TranscodeConfig":
         """Validate and build a config (raises ConfigError with a one-line message)."""
         if isinstance(codecs, (str, CodecSpec)):
             codecs = [codecs]
@@ -61,7 +63,7 @@ class TranscodeConfig:
                    samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim, source_options=opts,
                    store_bitstream=store_bitstream, store_reconstruction=store_reconstruction, pesq=pesq,
                    stoi=stoi, store_decoded=store_decoded, shard_compression=shard_compression,
-                   max_pixels=max_pixels)
+                   max_pixels=max_pixels, verify_sources=verify_sources)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

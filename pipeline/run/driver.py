@@ -30,6 +30,7 @@ from ..errors import ConfigError, OutputError
 from ..modalities import get_modality
 from ..sources import make_source
 from ..sources.base import Source
+from ..sources.listing import Listing
 from ..codecs.spec import CodecSpec
 from ..store.storage import open_store
 from .task import ShardResult, ShardTask, run_shard
@@ -99,6 +100,8 @@ class RunResult:
     skipped_files: int
     shards_written: int = 0  # (shard, setting) pairs encoded by this run
     shards_cached: int = 0  # (shard, setting) pairs found complete
+    shards_changed: int = 0  # of those written: pairs redone because their sources changed
+    shards_adopted: int = 0  # of those cached: pairs of an older set whose stats got the sources' key
     sets: list[SetSummary] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
@@ -136,9 +139,11 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
     # learned codecs (GPU) and the others go in separate tasks, so each can be routed to its workers
     groups = [g for g in ([s for s in config.codecs if not get_codec(s.name).needs_gpu],
                           [s for s in config.codecs if get_codec(s.name).needs_gpu]) if g]
-    tasks = [ShardTask(source, config.dataset, tuple(refs[i: i + n]), i // n, tuple(group), config.out,
-                       options, modules=modules, compression=config.shard_compression)
-             for group in groups for i in range(0, len(refs), n)]
+    # a Listing slices into views (the client never holds a SampleRef per sample); a plain list into tuples
+    parts = [refs[i: i + n] if isinstance(refs, Listing) else tuple(refs[i: i + n]) for i in range(0, len(refs), n)]
+    tasks = [ShardTask(source, config.dataset, part, i, tuple(group), config.out, options, modules=modules,
+                       compression=config.shard_compression, verify_sources=config.verify_sources)
+             for group in groups for i, part in enumerate(parts)]
     return source, tasks
 
 
@@ -305,7 +310,7 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
         tasks = [dataclasses.replace(t, isolate=True) for t in tasks]
     _check_conflicts(config, source)
     check_output(config, source)
-    listed = len({r.key for t in tasks for r in t.refs})
+    listed = sum(len(t.refs) for t in {t.index: t for t in tasks}.values())  # keys are unique in a listing
     unit, weight = progress_units(tasks, len(config.codecs))
     total = sum(weight(t) for t in tasks)
     result = RunResult(config, listed, getattr(source, "skipped", 0))
@@ -343,6 +348,8 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
                 continue
             result.shards_written += len(res.written)
             result.shards_cached += len(res.cached)
+            result.shards_changed += len(res.changed)
+            result.shards_adopted += len(res.adopted)
             for tag, st in res.stats.items():  # keep the figures, not the rows (they stay in _stats.json)
                 row_keys[tag].update(k for r in st["rows"] for k in r)
                 stats[tag][task.index] = {k: v for k, v in st.items() if k != "rows"}

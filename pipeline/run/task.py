@@ -12,6 +12,7 @@ error row and the rest of the shard is written.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -19,7 +20,7 @@ import math
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..store import layout
 from ..codecs import get_codec, make_codec
@@ -36,7 +37,7 @@ from ..store.writer import ShardWriter, dumps
 class ShardTask:
     source: Source
     dataset: str
-    refs: tuple[SampleRef, ...]
+    refs: Sequence[SampleRef]  # a tuple, or a slice of the split's Listing (materialized when the task runs)
     index: int
     specs: tuple[CodecSpec, ...]
     out: str
@@ -44,6 +45,7 @@ class ShardTask:
     modules: tuple[str, ...] = ()  # modules registering codecs from outside the package: imported first
     isolate: bool = False  # encode in a child process from the start (a crashing codec costs one sample)
     compression: str | None = None  # shard compression: None (plain .tar) or "gzip" (.tar.gz)
+    verify_sources: bool = False  # rehash the sources of complete shards; redo those whose content changed
 
     def plan_hash(self, spec: CodecSpec) -> str:
         """Identity of what this shard must contain for one setting; a change redoes the shard."""
@@ -52,6 +54,14 @@ class ShardTask:
         if self.compression is not None:  # only when set, so plain-tar plans (and their hashes) stay the same
             plan["compression"] = self.compression
         return hashlib.sha256(dumps(plan)).hexdigest()
+
+    def sources_hash(self) -> str:
+        """Identity of the state of every file the shard reads (each sample's listing stamp).
+
+        Kept beside ``plan`` in the stats rather than inside it, so sets written before stamps existed
+        still match their plan and a run can tell "the sources changed" from "the plan changed".
+        """
+        return hashlib.sha256(dumps([[r.key, r.stamp] for r in self.refs])).hexdigest()
 
     def paths(self, spec: CodecSpec) -> tuple[str, str]:
         """(folder, shard name without extension); the folder is a path or a URL (see :mod:`pipeline.store.storage`)."""
@@ -78,6 +88,8 @@ class ShardResult:
     samples: int = 0
     isolated: bool = False  # encoded in a child process (after a crashed attempt, or asked for)
     crashes: int = 0  # child processes that died on a sample (each such sample is an error row)
+    changed: list[str] = field(default_factory=list)  # tags redone because the shard's sources changed
+    adopted: list[str] = field(default_factory=list)  # tags of an older set kept, their stats given the new key
 
 
 def import_modules(modules: tuple[str, ...]) -> None:
@@ -86,21 +98,68 @@ def import_modules(modules: tuple[str, ...]) -> None:
         importlib.import_module(module)
 
 
-def load_valid_stats(task: ShardTask, spec: CodecSpec) -> dict[str, Any] | None:
-    """The stats of a published shard if it matches the plan and its tar's size and hash, else None."""
+def shard_state(task: ShardTask, spec: CodecSpec) -> tuple[str, dict[str, Any] | None]:
+    """Whether a published shard can be kept: ``("ok" | "adopt", stats)``, else ``("changed" | "redo", None)``.
+
+    Kept: its stats match the plan, its sources' stamps, and its tar's size and SHA-256. ``adopt``: a
+    shard written before stamps existed, kept when no source file is newer than its stats and the
+    label fields it recorded still hold. ``changed``: the plan holds but the sources differ (stamps, or
+    their content with ``verify_sources``). ``redo``: missing, damaged, or planned otherwise.
+    """
     store = open_store(task.out)
     folder, name = task.paths(spec)
     stats_file, tar = store.child(folder, layout.stats_name(name)), store.child(folder, task.shard_file(name))
     if not store.is_file(stats_file) or not store.is_file(tar):
-        return None
+        return "redo", None
     try:
         stats = json.loads(store.read_bytes(stats_file))
         if stats.get("plan") != task.plan_hash(spec) or stats.get("bytes") != store.size(tar):
-            return None
+            return "redo", None
+        state = "ok"
+        if stats.get("sources") != task.sources_hash():
+            if stats.get("sources") is not None or not _unchanged_since(task, stats, store.mtime_ns(stats_file)):
+                return "changed", None
+            state = "adopt"
         if store.digest(tar) != (stats["bytes"], stats.get("sha256")):
-            return None
+            return "redo", None
     except (OSError, ValueError, KeyError):
-        return None
+        return "redo", None
+    if task.verify_sources:
+        from ..store.verify import stale_keys
+
+        if stale_keys(task.source, task.refs, stats["rows"], store.read_bytes(tar)):
+            return "changed", None
+    return state, stats
+
+
+def load_valid_stats(task: ShardTask, spec: CodecSpec) -> dict[str, Any] | None:
+    """The stats of a published shard that can be kept as it is, else None."""
+    return shard_state(task, spec)[1]
+
+
+def _unchanged_since(task: ShardTask, stats: dict[str, Any], written_ns: int | None) -> bool:
+    """An older shard's sources are unchanged: no file newer than its stats, its label fields still true."""
+    from ..sources.base import newest_mtime_ns
+
+    if written_ns is None:
+        return False
+    times = [t for t in (newest_mtime_ns(r.stamp) for r in task.refs) if t is not None]
+    if times and max(times) > written_ns:
+        return False
+    refs = {r.key: r for r in task.refs}
+    for row in stats["rows"]:
+        ref = refs.get(row.get("key"))
+        if ref is None or any(row.get(k) != v for k, v in task.source.label_fields(ref).items()):
+            return False
+    return True
+
+
+def _adopt(task: ShardTask, spec: CodecSpec, stats: dict[str, Any]) -> dict[str, Any]:
+    """Record the sources' key in an older shard's stats (the tar is left as it is)."""
+    store = open_store(task.out)
+    folder, name = task.paths(spec)
+    stats = {**stats, "sources": task.sources_hash()}
+    store.write_json(store.child(folder, layout.stats_name(name)), stats)
     return stats
 
 
@@ -200,7 +259,8 @@ class _Assembler:
                 r["shard"] = self.task.shard_file(name)
                 r["codec"] = spec.canonical
             stats = {"format": layout.FORMAT, "shard": self.task.shard_file(name), "index": self.task.index,
-                     "spec": spec.canonical, "plan": self.task.plan_hash(spec), "bytes": size, "sha256": digest,
+                     "spec": spec.canonical, "plan": self.task.plan_hash(spec),
+                     "sources": self.task.sources_hash(), "bytes": size, "sha256": digest,
                      "samples": sum(r["status"] == "ok" for r in self.rows[j]),
                      "errors": sum(r["status"] == "error" for r in self.rows[j]),
                      "rows": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()}
@@ -224,16 +284,23 @@ def attempt_marker(task: ShardTask, spec: CodecSpec) -> str:
 def run_shard(task: ShardTask) -> ShardResult:
     """Encode one shard for every setting still missing; publish tar then stats, per setting."""
     import_modules(task.modules)
+    if not isinstance(task.refs, tuple):  # a slice of the listing: this shard's SampleRefs, made here
+        task = dataclasses.replace(task, refs=tuple(task.refs))
     store = open_store(task.out)
     result = ShardResult(task.index, samples=len(task.refs))
     pending: list[CodecSpec] = []
     for spec in task.specs:
-        stats = load_valid_stats(task, spec)
-        if stats is not None:
-            result.cached.append(spec.tag)
-            result.stats[spec.tag] = stats
-        else:
+        state, stats = shard_state(task, spec)
+        if stats is None:
             pending.append(spec)
+            if state == "changed":
+                result.changed.append(spec.tag)
+            continue
+        if state == "adopt":
+            stats = _adopt(task, spec, stats)
+            result.adopted.append(spec.tag)
+        result.cached.append(spec.tag)
+        result.stats[spec.tag] = stats
     # markers of earlier attempts, next to any of this task's shards (one may have died after publishing some)
     crashed = [m for m in (attempt_marker(task, s) for s in task.specs) if store.is_file(m)]
     if not pending:

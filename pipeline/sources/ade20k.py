@@ -1,13 +1,21 @@
 """ADE20K scene parsing (ADEChallengeData2016). Annotations are copied byte for byte, never re-encoded."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import ConfigError, SampleError
-from .base import RawSample, SampleRef, Source, finalize, read_file, sanitize_key
+from .base import RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
+from .listing import Listing, ListingBuilder
 from . import register
 
 _FOLDERS = {"train": "training", "val": "validation"}
+
+
+def _scan(folder: Path) -> dict[str, os.DirEntry]:
+    """The files of one folder by name, each with the stat its scan returns."""
+    with os.scandir(folder) as it:
+        return {e.name: e for e in it if e.is_file()}
 
 
 @register
@@ -23,21 +31,25 @@ class ADE20K(Source):
                 return base
         raise ConfigError(f"ade20k: no ADEChallengeData2016/images under {root}")
 
-    def list(self) -> list[SampleRef]:
+    def list(self) -> Listing:
         base = self._base()
         sub = _FOLDERS[self.split]
         img_dir = base / "images" / sub
         if not img_dir.is_dir():
             raise ConfigError(f"ade20k: {img_dir} is not a folder")
-        refs = []
-        for f in sorted(img_dir.iterdir()):
-            if f.is_file() and f.suffix.lower() in (".jpg", ".jpeg", ".png"):
-                ann = base / "annotations" / sub / (f.stem + ".png")
-                refs.append(SampleRef(sanitize_key(f.stem), str(f.relative_to(base)), None,
-                                      (("path", str(f)), ("annotation", str(ann)))))
-        if not refs:
+        ann_dir = base / "annotations" / sub
+        annotations = _scan(ann_dir) if ann_dir.is_dir() else {}
+        builder = ListingBuilder(("annotation",), path_base=str(base))
+        for name, entry in sorted(_scan(img_dir).items()):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in (".jpg", ".jpeg", ".png"):
+                ann = annotations.get(stem + ".png")  # its state is part of the shard's key too
+                builder.add(sanitize_key(stem), f"images/{sub}/{name}", None,
+                            file_stamp(entry.stat()) + ";" + (file_stamp(ann.stat()) if ann else "annotation=-"),
+                            annotation=str(ann_dir / (stem + ".png")))
+        if not len(builder):
             raise ConfigError(f"ade20k: no images under {img_dir}")
-        return finalize(refs)
+        return builder.build()
 
     def read(self, ref: SampleRef) -> RawSample:
         ann = Path(ref.get("annotation"))

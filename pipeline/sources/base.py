@@ -6,12 +6,13 @@ on the client, and each worker reads just the samples of its shard.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 from ..errors import ConfigError
 
@@ -27,12 +28,15 @@ class SampleRef:
 
     ``source`` is the original name (path relative to the root, or a row id) kept in the
     ``.json`` and the manifest. ``meta`` holds picklable extras a source needs to read it.
+    ``stamp`` is the state of the files the sample reads as the listing saw it (see
+    :func:`file_stamp`); it is part of each shard's key, so a changed file redoes its shard.
     """
 
     key: str
     source: str
     label: int | None = None
     meta: tuple[tuple[str, Any], ...] = ()
+    stamp: str = ""
 
     def get(self, name: str, default: Any = None) -> Any:
         return dict(self.meta).get(name, default)
@@ -73,8 +77,12 @@ class Source(ABC):
         self.opts = {k: v for k, v in options.items() if v is not None}
 
     @abstractmethod
-    def list(self) -> list[SampleRef]:
-        """All samples of the split, sorted by key, keys unique. Raise ConfigError on a wrong root."""
+    def list(self) -> Sequence[SampleRef]:
+        """All samples of the split, sorted by key, keys unique. Raise ConfigError on a wrong root.
+
+        Large layouts return a :class:`~pipeline.sources.listing.Listing` (columns, not one object per
+        sample); each sample's ``stamp`` comes from the stat of the scan that found its files.
+        """
 
     @abstractmethod
     def read(self, ref: SampleRef) -> RawSample:
@@ -104,12 +112,32 @@ def finalize(refs: list[SampleRef]) -> list[SampleRef]:
     for r in refs:
         if counts[r.key] > 1:
             digest = hashlib.sha1(r.source.encode()).hexdigest()[:8]
-            r = SampleRef(f"{r.key}-{digest}", r.source, r.label, r.meta)
+            r = replace(r, key=f"{r.key}-{digest}")
         out.append(r)
     out.sort(key=lambda r: r.key)
     if len({r.key for r in out}) != len(out):  # two sources whose names hash alike: refuse
         raise ConfigError("could not make unique sample keys")
     return out
+
+
+def file_stamp(st: os.stat_result) -> str:
+    """A file's state from the stat a directory scan already made: ``SIZE:MTIME_NS``.
+
+    A stamp joins the parts of every file a sample reads with ``;``; parts that are not files
+    (a transcript line, a dataset fingerprint) are ``name=value``. Nothing is read or hashed.
+    """
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def text_stamp(name: str, text: str | None) -> str:
+    """A stamp part for a value the listing read (a transcript line): a short hash of it."""
+    return f"{name}=" + ("-" if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])
+
+
+def newest_mtime_ns(stamp: str) -> int | None:
+    """The newest modification time among a stamp's file parts (None when it has none)."""
+    times = [int(part.split(":", 1)[1]) for part in stamp.split(";") if ":" in part and "=" not in part]
+    return max(times) if times else None
 
 
 def read_file(path: Path) -> bytes:

@@ -4,11 +4,27 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 from ..errors import ConfigError
-from .base import RawSample, SampleRef, Source, finalize, read_file, sanitize_key
+from .base import RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
+from .listing import Listing, ListingBuilder
+
+
+def _walk(folder: str, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
+    """Files under ``folder`` (following links, skipping hidden names) as (relative path with '/', entry)."""
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        rel = prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):  # like rglob: linked folders are not entered
+            yield from _walk(entry.path, rel + "/")
+        elif entry.is_file():
+            yield rel, entry
 
 
 class FolderSource(Source):
@@ -30,28 +46,26 @@ class FolderSource(Source):
         dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         return dirs if dirs and not top_media else None
 
-    def list(self) -> list[SampleRef]:
+    def list(self) -> Listing:
         root = Path(self.root)
         if not root.is_dir():
             raise ConfigError(f"{self.name}: root {root} is not a folder")
         classes = self.classes()
         index = {c: i for i, c in enumerate(classes or [])}
-        refs, skipped = [], 0
-        for f in sorted(root.rglob("*")):
-            if not f.is_file() or any(part.startswith(".") for part in f.relative_to(root).parts):
-                continue
-            if f.suffix.lower() not in self.extensions:
+        builder = ListingBuilder(("class_name",), path_base=str(root))
+        skipped = 0
+        for rel, entry in _walk(str(root), ""):  # one scandir pass: names and their stat, nothing read
+            if os.path.splitext(entry.name)[1].lower() not in self.extensions:
                 skipped += 1
                 continue
-            rel = f.relative_to(root)
-            cls = rel.parts[0] if classes is not None and len(rel.parts) > 1 else None
-            meta = (("path", str(f)),) + ((("class_name", cls),) if cls is not None else ())
-            refs.append(SampleRef(sanitize_key(str(rel.with_suffix(""))), str(rel),
-                                  index.get(cls) if cls is not None else None, meta))
+            top, sep, _ = rel.partition("/")
+            cls = top if classes is not None and sep else None
+            builder.add(sanitize_key(os.path.splitext(rel)[0]), rel, index.get(cls) if cls is not None else None,
+                        file_stamp(entry.stat()), class_name=cls)
         self.skipped = skipped
-        if not refs:
+        if not len(builder):
             raise ConfigError(f"{self.name}: no {self.what} under {root} ({skipped} other files)")
-        return finalize(refs)
+        return builder.build()
 
     def read(self, ref: SampleRef) -> RawSample:
         data = read_file(Path(ref.get("path")))

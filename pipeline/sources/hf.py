@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, SampleError
-from .base import RawSample, SampleRef, Source, finalize, sanitize_key
+from .base import RawSample, SampleRef, Source, sanitize_key
+from .listing import Listing, ListingBuilder
 from . import register
 
 
@@ -90,7 +91,7 @@ class HuggingFace(Source):
         self._ds = ds
         return ds
 
-    def list(self) -> list[SampleRef]:
+    def list(self) -> Listing:
         ds = self.dataset()
         n = len(ds)
         if n == 0:
@@ -100,14 +101,16 @@ class HuggingFace(Source):
         key_col = self.opts.get("key_column")
         ids = [str(v) for v in ds[key_col]] if key_col else [f"{i:09d}" for i in range(n)]
         width = len(str(n - 1))
-        refs = []
+        # the dataset's fingerprint (what `datasets` derives from its files or revision) is each row's
+        # stamp: rows have no state of their own, so a changed dataset redoes every shard
+        stamp = f"fingerprint={getattr(ds, '_fingerprint', None) or '-'}"
+        builder = ListingBuilder(("row",))
         for i in range(n):
             lab = labels[i]
             if lab is not None and not isinstance(lab, int):
                 raise ConfigError(f"hf: label column {label_col!r} holds {type(lab).__name__}, not int")
-            refs.append(SampleRef(sanitize_key(ids[i]), f"row {i:0{width}d}" if not key_col else ids[i],
-                                  lab, (("row", i),)))
-        return finalize(refs)
+            builder.add(sanitize_key(ids[i]), f"row {i:0{width}d}" if not key_col else ids[i], lab, stamp, row=i)
+        return builder.build()
 
     def read(self, ref: SampleRef) -> RawSample:
         ds = self.dataset()

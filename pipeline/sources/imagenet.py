@@ -7,10 +7,13 @@ from the class folders of ``train/`` and ``val/`` together, so both splits agree
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
+from typing import Callable
 
 from ..errors import ConfigError, SampleError
-from .base import IMAGE_EXTENSIONS, RawSample, SampleRef, Source, finalize, read_file, sanitize_key
+from .base import IMAGE_EXTENSIONS, RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
+from .listing import Listing, ListingBuilder
 from . import register
 
 
@@ -59,16 +62,14 @@ class ImageNet(Source):
             raise ConfigError(f"imagenet: no class folders (wnids) under {split_dir.parent}")
         return sorted(set(wnids))
 
-    def list(self) -> list[SampleRef]:
+    def list(self) -> Listing:
         split_dir, csv_path, _ = self._layout()
         index = {w: i for i, w in enumerate(self.wnids())}
-        refs: list[SampleRef] = []
+        builder = ListingBuilder(("wnid",), path_base=str(split_dir.parent))
         subdirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
         if subdirs:  # one folder per wnid
             for d in subdirs:
-                for f in sorted(d.iterdir()):
-                    if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                        refs.append(self._ref(f, split_dir, d.name, index))
+                self._scan(builder, d, split_dir, lambda stem, wnid=d.name: wnid, index)
         else:  # flat val folder with LOC_val_solution.csv
             solution: dict[str, str] = {}
             if csv_path is not None:
@@ -80,17 +81,24 @@ class ImageNet(Source):
                         pred = (row.get("PredictionString") or "").split()
                         if pred:
                             solution[row["ImageId"]] = pred[0]
-            for f in sorted(split_dir.iterdir()):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                    refs.append(self._ref(f, split_dir, solution.get(f.stem), index))
-        if not refs:
+            self._scan(builder, split_dir, split_dir, solution.get, index)
+        if not len(builder):
             raise ConfigError(f"imagenet: no images under {split_dir}")
-        return finalize(refs)
+        return builder.build()
 
-    def _ref(self, f: Path, split_dir: Path, wnid: str | None, index: dict[str, int]) -> SampleRef:
-        label = index.get(wnid) if wnid else None
-        return SampleRef(sanitize_key(f.stem), str(f.relative_to(split_dir.parent)), label,
-                         (("path", str(f)), ("wnid", wnid)))
+    @staticmethod
+    def _scan(builder: ListingBuilder, folder: Path, split_dir: Path, wnid_of: Callable[[str], str | None],
+              index: dict[str, int]) -> None:
+        """Add the images of one folder, with the stat its scan returns (nothing is read)."""
+        prefix = os.path.relpath(folder, split_dir.parent)
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)  # key order already, so the listing needs no reordering
+        for entry in entries:
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                wnid = wnid_of(stem)
+                builder.add(sanitize_key(stem), os.path.join(prefix, entry.name),
+                            index.get(wnid) if wnid else None, file_stamp(entry.stat()), wnid=wnid)
 
     def read(self, ref: SampleRef) -> RawSample:
         wnid = ref.get("wnid")

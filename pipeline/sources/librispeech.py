@@ -7,10 +7,12 @@ The split is the subset's name. The root may be the folder holding ``LibriSpeech
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import ConfigError, SampleError
-from .base import RawSample, SampleRef, Source, finalize, read_file
+from .base import RawSample, SampleRef, Source, file_stamp, read_file, text_stamp
+from .listing import Listing, ListingBuilder
 from . import register
 
 SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360",
@@ -48,9 +50,9 @@ class LibriSpeech(Source):
         raise ConfigError(f"librispeech: no {self.split} folder under {root} (expected LibriSpeech/{self.split}/"
                           f"<speaker>/<chapter>/*.flac)")
 
-    def list(self) -> list[SampleRef]:
+    def list(self) -> Listing:
         subset = self.subset_dir()
-        refs = []
+        builder = ListingBuilder(("speaker_id", "chapter_id", "transcript", "trans_file"), path_base=str(subset.parent))
         for speaker in sorted(p for p in subset.iterdir() if p.is_dir()):
             for chapter in sorted(p for p in speaker.iterdir() if p.is_dir()):
                 if not (speaker.name.isdigit() and chapter.name.isdigit()):
@@ -58,18 +60,21 @@ class LibriSpeech(Source):
                                       f"(numeric folder names)")
                 trans = chapter / f"{speaker.name}-{chapter.name}.trans.txt"
                 texts = read_transcripts(trans) if trans.is_file() else {}
-                for flac in sorted(chapter.glob("*.flac")):
-                    utt = flac.stem
+                with os.scandir(chapter) as it:
+                    flacs = sorted((e for e in it if e.name.endswith(".flac")), key=lambda e: e.name)
+                for flac in flacs:
+                    utt = flac.name[: -len(".flac")]
                     if not utt.startswith(f"{speaker.name}-{chapter.name}-"):
                         raise ConfigError(f"librispeech: {flac.name} is not named {speaker.name}-{chapter.name}-N")
-                    meta = (("path", str(flac)), ("speaker_id", int(speaker.name)),
-                            ("chapter_id", int(chapter.name)), ("transcript", texts.get(utt)),
-                            ("trans_file", trans.name))
-                    refs.append(SampleRef(utt, f"{self.split}/{speaker.name}/{chapter.name}/{flac.name}", None,
-                                          meta))
-        if not refs:
+                    # the stamp: the FLAC's stat, and the transcript line (already read), so editing one
+                    # line redoes only the shard holding that utterance
+                    stamp = file_stamp(flac.stat()) + ";" + text_stamp("text", texts.get(utt))
+                    builder.add(utt, f"{self.split}/{speaker.name}/{chapter.name}/{flac.name}", None, stamp,
+                                speaker_id=int(speaker.name), chapter_id=int(chapter.name),
+                                transcript=texts.get(utt), trans_file=trans.name)
+        if not len(builder):
             raise ConfigError(f"librispeech: no .flac files under {subset}")
-        return finalize(refs)
+        return builder.build()
 
     def read(self, ref: SampleRef) -> RawSample:
         text = ref.get("transcript")

@@ -8,17 +8,20 @@ With the option ``encode_stems`` the stems also go through the codec (``{key}.{s
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, SampleError
-from .base import RawSample, SampleRef, Source, finalize, read_file, sanitize_key
+from .base import RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
+from .listing import Listing, ListingBuilder
 from . import register
 
 STEMS = ("drums", "bass", "other", "vocals")
 STREAMS = ("mixture", *STEMS)  # stream order of a .stem.mp4
 STEM_SUFFIX = ".stem.mp4"
+_HQ_FILES = tuple(f"{s}.wav" for s in STREAMS)
 
 
 @dataclass
@@ -52,26 +55,30 @@ class MUSDB(Source):
         self.encode_stems = _flag("encode_stems", self.opts.get("encode_stems", False))
         self.opts["encode_stems"] = self.encode_stems
 
-    def list(self) -> list[SampleRef]:
+    def list(self) -> Listing:
         folder = Path(self.root) / self.split
         if not folder.is_dir():
             raise ConfigError(f"musdb: no {self.split} folder under {self.root} (expected <root>/{self.split}/"
                               f"<track>/mixture.wav or <root>/{self.split}/<track>{STEM_SUFFIX})")
-        refs = []
-        for p in sorted(folder.iterdir()):
+        builder = ListingBuilder(("layout", "track"), path_base=self.root)
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for p in entries:
             if p.name.startswith("."):
                 continue
-            if p.is_dir() and (p / "mixture.wav").is_file():
+            if p.is_dir() and os.path.isfile(os.path.join(p.path, "mixture.wav")):
                 track, layout = p.name, "hq"
+                with os.scandir(p.path) as files:  # the mixture and the four stems it reads
+                    stats = {e.name: e.stat() for e in files if e.name in _HQ_FILES}
+                stamp = ";".join(file_stamp(stats[n]) if n in stats else f"{n}=-" for n in _HQ_FILES)
             elif p.is_file() and p.name.endswith(STEM_SUFFIX):
-                track, layout = p.name[: -len(STEM_SUFFIX)], "stem"
+                track, layout, stamp = p.name[: -len(STEM_SUFFIX)], "stem", file_stamp(p.stat())
             else:
                 continue
-            refs.append(SampleRef(sanitize_key(track), f"{self.split}/{p.name}", None,
-                                  (("path", str(p)), ("layout", layout), ("track", track))))
-        if not refs:
+            builder.add(sanitize_key(track), f"{self.split}/{p.name}", None, stamp, layout=layout, track=track)
+        if not len(builder):
             raise ConfigError(f"musdb: no tracks under {folder} (neither <track>/mixture.wav nor *{STEM_SUFFIX})")
-        return finalize(refs)
+        return builder.build()
 
     def read(self, ref: SampleRef) -> RawSample:
         from ..media.audio import decode_audio, flac_bytes

@@ -126,6 +126,15 @@ class OutputStore:
         self._fresh(loc)
         return int(self.fs.size(loc))
 
+    def mtime_ns(self, loc: str) -> int | None:
+        """When a stored file was last written (ns since the epoch), or None when the storage cannot say."""
+        if not self.remote:
+            return os.stat(loc).st_mtime_ns
+        try:
+            return int(self.fs.modified(loc).timestamp() * 1e9)
+        except Exception:  # noqa: BLE001 - not every filesystem records it; the caller then decides
+            return None
+
     def digest(self, loc: str) -> tuple[int, str]:
         """(size, sha256 hex) of a stored file, streamed (remote shards are read back once)."""
         if not self.remote:
