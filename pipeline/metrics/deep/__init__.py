@@ -7,10 +7,10 @@ are imported only when a metric is loaded.
 """
 from __future__ import annotations
 
-from .base import (DeepMetric, WeightsFile, cached, checkpoint_folder, columns, get_metric, metric_names, register,
-                   resolve)
+from .base import (DeepMetric, WeightsFile, cached, checkpoint_folder, columns, get_metric, measure, metric_names,
+                   register, resolve)
 from . import audio as _audio  # noqa: F401 - registers cdpam
 from . import image as _image  # noqa: F401 - registers lpips:*, dists
 
-__all__ = ["DeepMetric", "WeightsFile", "cached", "checkpoint_folder", "columns", "get_metric", "metric_names",
+__all__ = ["DeepMetric", "WeightsFile", "cached", "checkpoint_folder", "columns", "get_metric", "measure", "metric_names",
            "register", "resolve"]

@@ -138,3 +138,23 @@ def cached(name: str, device: str, weights_dir: str | Path | None = None, offlin
 def check_pairs(refs: Sequence[Any], tests: Sequence[Any]) -> None:
     if len(refs) != len(tests):
         raise ValueError(f"{len(refs)} references but {len(tests)} tests")
+
+
+def measure(options: dict[str, Any], reference: Any, test: Any, *, rate: int | None = None) -> dict[str, float]:
+    """The deep metrics a transcode asked for (``options["deep"]``) on one pair, as ``{column: value}``.
+
+    Networks are loaded once per process (:func:`cached`) on the device
+    :func:`pipeline.codecs.devices.choose_device` picks (a GPU when the worker has one).
+    """
+    names = options.get("deep") or ()
+    if not names:
+        return {}
+    from ...codecs.devices import choose_device, configure_torch
+
+    device = choose_device()
+    configure_torch(device)
+    out = {}
+    for name in names:
+        metric = cached(name, device, options.get("weights_dir"), bool(options.get("offline")))
+        out[metric.column] = metric.distances([reference], [test], rate=rate)[0]
+    return out
