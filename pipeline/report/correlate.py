@@ -186,7 +186,7 @@ def auc_table(samples: Any):
 
 
 def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._" else "_" for c in text)
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
 def scatter_plot(part: Any, metric: str, figure: str, path: Path, title: str) -> bool:
