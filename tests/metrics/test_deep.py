@@ -236,3 +236,24 @@ def test_audio_transcode_cdpam_column_equals_the_standalone_metric(tmp_path, cdp
     decoded = decode_payload(make_codec(parse_spec("mp3:kbps=24")), files["mp3"], record)
     expected = cdpam.distances([source], [decoded], rate=record["sample_rate"])[0]
     assert record["cdpam"] == pytest.approx(expected, rel=1e-5) and record["cdpam"] > 0
+
+
+def test_cli_options_reach_the_config_and_stop_before_work(tmp_path, monkeypatch, imagefolder_classes):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    for name in ("MPQ_WEIGHTS_DIR", "MPQ_OFFLINE"):  # the CLI sets these for learned codecs: restored after
+        monkeypatch.delenv(name, raising=False)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["transcode", "imagefolder", str(imagefolder_classes.root), "--codec", "jpeg:quality=50",
+            "--out", str(tmp_path / "out"), "--workers", "0", "--weights-dir", str(empty), "--offline"]
+    for extra, filename in ((["--lpips", "--dists"], "alexnet-owt-7be5be79.pth"),
+                            (["--lpips", "squeeze"], "squeezenet1_1-b8a52dc0.pth"),
+                            (["--dists"], "vgg16-397923af.pth")):
+        res = CliRunner().invoke(cli, base + extra)
+        assert res.exit_code == 2, res.output
+        assert filename in res.output and str(empty) in res.output
+    assert not (tmp_path / "out").exists()
