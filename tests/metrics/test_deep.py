@@ -88,6 +88,12 @@ def test_batches_by_size_give_the_one_at_a_time_values(lpips_alex, photo):
         lpips_alex.distances([photo], [small])
 
 
+def test_images_too_small_for_the_network_give_nan(lpips_alex):
+    tiny, edge = fx.photo("chelsea", 30, 40), fx.photo("chelsea", 31, 40)
+    d_tiny, d_edge = lpips_alex.distances([tiny, edge], [tiny[::-1], edge[::-1]])
+    assert np.isnan(d_tiny) and d_edge > 0
+
+
 def test_dists_against_the_package_forward(photo):
     torch.manual_seed(1)
     metric = deep.get_metric("dists").from_backbone(None)

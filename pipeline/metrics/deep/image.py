@@ -102,15 +102,21 @@ class _ImageMetric(DeepMetric):
     modality: ClassVar[str] = "image"
     low: ClassVar[float] = 0.0
     high: ClassVar[float] = 1.0
+    min_side: ClassVar[int] = 1  # smaller images are too small for the network's pooling: NaN (as MS-SSIM)
     batch_size: int = 16
 
     def distances(self, refs: Sequence[np.ndarray], tests: Sequence[np.ndarray], *,
                   rate: int | None = None) -> list[float]:
-        """One distance per (reference, test) pair of uint8 (H, W, 3) images, batched by size."""
+        """One distance per (reference, test) pair of uint8 (H, W, 3) images, batched by size.
+
+        Images whose shorter side is below ``min_side`` get NaN.
+        """
         import torch
 
         out = [float("nan")] * len(refs)
         for idx in same_size_batches(refs, tests, self.batch_size):
+            if min(refs[idx[0]].shape[:2]) < self.min_side:
+                continue
             a = to_tensor([refs[i] for i in idx], self.device, self.low, self.high)
             b = to_tensor([tests[i] for i in idx], self.device, self.low, self.high)
             with torch.inference_mode():
@@ -154,16 +160,19 @@ class LPIPS(_ImageMetric):
 @register
 class LPIPSAlex(LPIPS):
     name, column, net = "lpips:alex", "lpips_alex", "alex"
+    min_side = 31  # found by trying: smaller inputs pool to nothing
 
 
 @register
 class LPIPSVgg(LPIPS):
     name, column, net = "lpips:vgg", "lpips_vgg", "vgg"
+    min_side = 16  # found by trying: smaller inputs pool to nothing
 
 
 @register
 class LPIPSSqueeze(LPIPS):
     name, column, net = "lpips:squeeze", "lpips_squeeze", "squeeze"
+    min_side = 17  # found by trying: smaller inputs pool to nothing
 
 
 @register
