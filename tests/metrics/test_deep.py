@@ -263,3 +263,17 @@ def test_cli_options_reach_the_config_and_stop_before_work(tmp_path, monkeypatch
         assert res.exit_code == 2, res.output
         assert filename in res.output and str(empty) in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_cdpam_equals_the_package_own_forward(cdpam):
+    """Fed as the package's CDPAM.forward is fed (22,050 Hz mono in 16-bit units), the same distance."""
+    package = pytest.importorskip("cdpam")  # pulls librosa and resampy: here only, as the reference
+    # its constructor's torch.load fails on torch >= 2.6 (weights_only default): give its forward our network
+    theirs = package.CDPAM.__new__(package.CDPAM)
+    theirs.device, theirs.model = torch.device("cpu"), cdpam.model
+    ref = af.as_float(af.speech(0.5, seed=5, rate=CDPAM_RATE))
+    test = ref + np.float32(0.01) * np.random.default_rng(5).standard_normal(ref.shape).astype(np.float32)
+    (ours,) = cdpam.distances([ref], [test], rate=CDPAM_RATE)
+    with torch.no_grad():
+        expected = float(theirs.forward(np.round(ref.T * 32768.0), np.round(test.T * 32768.0))[0])
+    assert ours == pytest.approx(expected, rel=1e-5) and ours > 0
