@@ -10,11 +10,12 @@ CDPAM's cost per distance on one 7 s clip with one CPU thread.
 No network here: the LPIPS backbone is a random AlexNet written to a temporary weights folder under
 torchvision's file name (its SHA-256 check is bypassed for that file); it costs what ImageNet weights cost.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_similarity.py --images 16 --clips 3
+    PYTHONPATH=. .venv/bin/python bench/bench_similarity.py --images 16 --clips 3 --repeat 3
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -33,7 +34,7 @@ def _transcode(config):
     return time.perf_counter() - t0, result
 
 
-def bench_lpips(tmp: Path, n: int, size: int) -> None:
+def bench_lpips(tmp: Path, n: int, size: int, repeat: int) -> None:
     import torch
     import torchvision.models as tvm
 
@@ -55,9 +56,12 @@ def bench_lpips(tmp: Path, n: int, size: int) -> None:
     kw = dict(samples_per_shard=n)
     warm = np.zeros((size, size, 3), np.uint8)  # loaded and run once first, as on a worker after its first sample
     deep.cached("lpips:alex", "cpu", str(wdir), True).distances([warm] * 2, [warm] * 2)
-    plain, _ = _transcode(TranscodeConfig.create("imagefolder", root, [spec], out=tmp / "a", **kw))
-    with_lpips, res = _transcode(TranscodeConfig.create("imagefolder", root, [spec], out=tmp / "b", lpips="alex",
-                                                        weights_dir=wdir, offline=True, **kw))
+    plain = with_lpips = math.inf
+    for r in range(repeat):  # the fastest of the repeats: the machine is shared
+        plain = min(plain, _transcode(TranscodeConfig.create("imagefolder", root, [spec], out=tmp / f"a{r}", **kw))[0])
+        t, res = _transcode(TranscodeConfig.create("imagefolder", root, [spec], out=tmp / f"b{r}", lpips="alex",
+                                                   weights_dir=wdir, offline=True, **kw))
+        with_lpips = min(with_lpips, t)
     codec = make_codec(parse_spec(spec))
     folder = Path(res.sets[0].folder)
     import pyarrow.parquet as pq
@@ -69,12 +73,14 @@ def bench_lpips(tmp: Path, n: int, size: int) -> None:
     refs = [decode_to_rgb((root / src).read_bytes()) for src in rows["source"]]
     tests = [codec.decode(payloads[k]) for k in rows["key"]]
     metric = deep.cached("lpips:alex", "cpu", str(wdir), True)
-    t0 = time.perf_counter()
-    bare = [metric.distances([a], [b])[0] for a, b in zip(refs, tests)]
-    t_bare = (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
-    metric.distances(refs, tests)
-    t_batch = (time.perf_counter() - t0) / n
+    t_bare = t_batch = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        bare = [metric.distances([a], [b])[0] for a, b in zip(refs, tests)]
+        t_bare = min(t_bare, (time.perf_counter() - t0) / n)
+        t0 = time.perf_counter()
+        metric.distances(refs, tests)
+        t_batch = min(t_batch, (time.perf_counter() - t0) / n)
     if not np.allclose(bare, rows["lpips_alex"].to_numpy(float), rtol=1e-5):
         raise SystemExit("the pipeline's lpips_alex differs from the bare loop")
     added = (with_lpips - plain) / n
@@ -155,11 +161,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--clips", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.0, help="length of the CDPAM test clips")
+    ap.add_argument("--repeat", type=int, default=3, help="LPIPS: the fastest of this many runs of each side")
     ap.add_argument("--skip", choices=["lpips", "cdpam", "one-core"], action="append", default=[])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if "lpips" not in args.skip:
-            bench_lpips(Path(tmp) / "lp", args.images, args.size)
+            bench_lpips(Path(tmp) / "lp", args.images, args.size, args.repeat)
         if "cdpam" not in args.skip:
             bench_cdpam(Path(tmp) / "cd", args.clips, args.seconds)
     if "one-core" not in args.skip:
