@@ -9,6 +9,10 @@ import click
 
 from .run.config import DEFAULT_SAMPLES_PER_SHARD, TranscodeConfig
 from .errors import ConfigError, OutputError
+from .metrics.deep import metric_names
+
+#: LPIPS backbones, from the deep-metric registry (``lpips:alex`` -> ``alex``)
+LPIPS_NETS = [n.split(":", 1)[1] for n in metric_names("image") if n.startswith("lpips:")]
 
 
 def _fail(message: str) -> None:
@@ -113,6 +117,10 @@ def cli() -> None:
 @click.option("--no-store-png", is_flag=True, help="learned codecs: do not store the decoded .png")
 @click.option("--pesq", is_flag=True, help="audio: wideband PESQ per sample (speech, at 16 kHz)")
 @click.option("--stoi", is_flag=True, help="audio: STOI per sample (speech)")
+@click.option("--lpips", is_flag=False, flag_value="alex", default=None, type=click.Choice(LPIPS_NETS),
+              help="images: LPIPS per sample (column lpips_NET); --lpips alone uses alex")
+@click.option("--dists", is_flag=True, help="images: DISTS per sample")
+@click.option("--cdpam", is_flag=True, help="audio: CDPAM per sample (about 15 s per 7 s clip on one CPU core)")
 @click.option("--store-decoded", is_flag=True, help="audio: also store the decoded signal as KEY.decoded.flac")
 @click.option("--audio-column", default=None, help="hf: audio column (makes the dataset an audio dataset)")
 @click.option("--encode-stems", is_flag=True, help="musdb: send the four stems through the codec too")
@@ -132,7 +140,8 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
               image_column: str | None, label_column: str | None, hf_config: str | None, key_column: str | None,
               weights_dir: str | None, offline: bool, no_store_bin: bool, no_store_png: bool, pesq: bool,
               stoi: bool, store_decoded: bool, audio_column: str | None, encode_stems: bool,
-              shard_compression: str, max_pixels: int | None, no_progress: bool, verify_sources: bool) -> None:
+              shard_compression: str, max_pixels: int | None, no_progress: bool, verify_sources: bool,
+              lpips: str | None = None, dists: bool = False, cdpam: bool = False) -> None:
     """Transcode DATASET stored at ROOT with one or more codec settings."""
     import os
 
@@ -151,7 +160,10 @@ def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str],
                                         store_reconstruction=not no_store_png, pesq=pesq, stoi=stoi,
                                         store_decoded=store_decoded,
                                         shard_compression=None if shard_compression == "none" else shard_compression,
-                                        max_pixels=max_pixels, verify_sources=verify_sources)
+                                        max_pixels=max_pixels, verify_sources=verify_sources,
+                                        lpips=lpips, dists=dists, cdpam=cdpam,
+                                        weights_dir=os.path.abspath(weights_dir) if weights_dir else None,
+                                        offline=offline)
         planned = plan(config)  # every configuration error surfaces here, before any cluster starts
         source = planned[0]
         cluster = None

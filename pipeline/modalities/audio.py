@@ -14,7 +14,8 @@ loader gets exactly the samples the metrics saw.
 the stored file; ``kbps = bits / duration / 1000`` with the source's duration and
 ``bits_per_sample = bits / (num_samples * channels)``.
 
-Options (``ShardTask.options``): ``pesq`` and ``stoi`` (speech measures at 16 kHz),
+Options (``ShardTask.options``): ``pesq`` and ``stoi`` (speech measures at 16 kHz), ``deep``
+(CDPAM, :mod:`pipeline.metrics.deep`),
 ``decoded_flac`` (also store the decoded signal, rounded to the source's bit depth, as
 ``{key}.decoded.flac``). The ``none`` codec stores the source samples as lossless FLAC.
 A source may hand over further ``tracks`` (MUSDB stems with ``encode_stems``): each is coded with
@@ -32,6 +33,7 @@ import pyarrow as pa
 
 from ..codecs import target
 from ..media.audio import Audio, decode_audio, flac_bytes, quantize, remix, resample
+from ..metrics import deep
 from ..metrics.audio import distortion, pesq_wb, stoi
 from ..codecs.base import AudioCodec, Codec, Encoded
 from ..errors import SampleError
@@ -44,7 +46,8 @@ COLUMNS = [("sample_rate", pa.int64()), ("channels", pa.int64()), ("num_samples"
            ("bits_per_sample", pa.float64()), ("container_bytes", pa.int64()), ("setup_bytes", pa.int64()),
            ("packets", pa.int64()), ("end_padding", pa.int64()), ("snr", pa.float64()), ("si_sdr", pa.float64()),
            ("mse", pa.float64()), ("pesq", pa.float64()), ("stoi", pa.float64()), ("tracks_bits", pa.int64()),
-           ("target_kbps", pa.float64()), ("chosen_quality", pa.int64())]
+           ("target_kbps", pa.float64()), ("chosen_quality", pa.int64()),
+           *[(c, pa.float64()) for c in deep.columns("audio")]]
 
 #: columns that are +inf (stored as null in JSON) when the decoded samples equal the source (mse == 0)
 INF_WHEN_EXACT = ("snr", "si_sdr")
@@ -172,6 +175,10 @@ def encode(codec: Codec, prepared: PreparedAudio, options: dict[str, Any]) -> tu
         m["pesq"] = pesq_wb(audio.samples, decoded, audio.rate)
     if options.get("stoi"):
         m["stoi"] = stoi(audio.samples, decoded, audio.rate)
+    if options.get("deep"):  # CDPAM on the main signal (stems are not scored)
+        t3 = time.perf_counter()
+        m.update(deep.measure(options, audio.samples, decoded, rate=audio.rate))
+        m["deep_s"] = time.perf_counter() - t3
     members = [(enc.extension, enc.payload)]
     extras = []
     if options.get("decoded_flac"):

@@ -11,12 +11,14 @@ from ..codecs import target
 from ..codecs.base import ImageCodec
 from ..errors import SampleError
 from ..media.image import MAX_PIXELS, decode_to_rgb
+from ..metrics import deep
 from ..metrics.image import ms_ssim, mse, psnr_from_mse
 from ..sources.base import RawSample
 
 COLUMNS = [("width", pa.int64()), ("height", pa.int64()), ("bits", pa.int64()), ("bpp", pa.float64()),
            ("psnr", pa.float64()), ("mse", pa.float64()), ("ms_ssim", pa.float64()),
-           ("target_bpp", pa.float64()), ("chosen_quality", pa.int64())]
+           ("target_bpp", pa.float64()), ("chosen_quality", pa.int64()),
+           *[(c, pa.float64()) for c in deep.columns("image")]]
 
 
 def prepare(raw: RawSample, options: dict[str, Any] | None = None) -> np.ndarray:
@@ -51,6 +53,10 @@ def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple
                          "encode_s": t1 - t0, "decode_s": t2 - t1}
     if options.get("ms_ssim"):
         m["ms_ssim"] = ms_ssim(rgb, dec)
+    if options.get("deep"):  # LPIPS, DISTS: timed apart, so the encode/decode timings stay comparable
+        t3 = time.perf_counter()
+        m.update(deep.measure(options, rgb, dec))
+        m["deep_s"] = time.perf_counter() - t3
     members = [(enc.extension, enc.payload), *enc.extra]
     if codec.reconstruction:
         if options.get("reconstruction", True):

@@ -8,7 +8,9 @@ tar headers for the storage breakdown) and writes, into one folder:
 - ``bdrate.csv``: BD-rate and BD-PSNR (BD-SNR for audio: ``bd_quality_*``) of each family against the anchor;
 - ``classes.csv``: per setting and class, mean rate and metrics (labelled datasets);
 - ``storage.csv``: where the bytes of the shards go (payload, tar headers, padding, JSON, labels);
-- ``rd-<dataset>-<split>-<metric>.png``: one rate-distortion curve per codec family.
+- ``rd-<dataset>-<split>-<metric>.png``: one rate-distortion curve per codec family;
+- ``correlation.csv``, ``auc.csv``, ``corr-*.png``: which distortion metric predicts the task figures of
+  ``mpq eval`` (:mod:`.correlate`), where sets have eval files.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .bdrate import METHODS, MIN_POINTS, bd_psnr, bd_rate
+from .correlate import correlation_section
 from .load import CodecSet, find_sets
 from .plots import LABELS, curve_points, rd_plot
 from .render import Block, Bullets, Heading, Image, Para, Table, fmt, to_html, to_markdown
@@ -314,6 +317,7 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
                 plot_files.append(path.name)
         group_sets = [s for s in sets if (s.dataset, s.split) == (ds, sp)]
         blocks += _group_blocks(ds, sp, part, bd, storage, classes, extremes, _errors(group_sets), plots)
+    blocks += correlation_section(sets, target)  # correlation.csv, auc.csv: where sets have eval files
     blocks += [Heading("Method", 2), Bullets(METHOD_NOTES)]
 
     summary.to_csv(target / "summary.csv", index=False)

@@ -25,10 +25,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..metrics import deep
 from .load import CodecSet
 
 #: distortion/quality columns, in display order; each is reported where the manifest has it
-METRICS = ("psnr", "ms_ssim", "snr", "si_sdr", "pesq", "stoi")
+METRICS = ("psnr", "ms_ssim", *deep.columns("image"), "snr", "si_sdr", "pesq", "stoi", *deep.columns("audio"))
 #: the quality axis of curves and BD-rate, per modality
 PRIMARY = {"image": "psnr", "audio": "snr"}
 RATE = {"image": "bpp", "audio": "kbps"}

@@ -32,6 +32,11 @@ class TranscodeConfig:
     shard_compression: str | None = None  # None: plain .tar shards; "gzip": deterministic .tar.gz shards
     max_pixels: int | None = None  # images: refuse sources above this many pixels (None: imaging.MAX_PIXELS)
     verify_sources: bool = False  # rehash complete shards' sources; redo those whose content changed
+    lpips: str | None = None  # images: LPIPS per sample with this backbone (alex, vgg, squeeze)
+    dists: bool = False  # images: DISTS per sample
+    cdpam: bool = False  # audio: CDPAM per sample
+    weights_dir: str | None = None  # deep metrics: backbone folder (None: torchvision's cache)
+    offline: bool = False  # deep metrics: never download a backbone
 
     @classmethod
     def create(cls, dataset: str, root: str | Path, codecs: Sequence[str | CodecSpec] | str, *,
@@ -41,7 +46,9 @@ class TranscodeConfig:
                store_bitstream: bool = True, store_reconstruction: bool = True, pesq: bool = False,
                stoi: bool = False, store_decoded: bool = False,
                shard_compression: str | None = None, max_pixels: int | None = None,
-               verify_sources: bool = False) -> "TranscodeConfig":
+               verify_sources: bool = False, lpips: str | None = None,
+               dists: bool = False, cdpam: bool = False, weights_dir: str | Path | None = None,
+               offline: bool = False) -> "TranscodeConfig":
         """Validate and build a config (raises ConfigError with a one-line message)."""
         if isinstance(codecs, (str, CodecSpec)):
             codecs = [codecs]
@@ -58,12 +65,25 @@ class TranscodeConfig:
             raise ConfigError(f"--shard-compression must be gzip or none, not {shard_compression!r}")
         if max_pixels is not None and max_pixels < 1:
             raise ConfigError("--max-pixels must be at least 1")
+        if lpips is not None:
+            from ..metrics.deep import metric_names
+
+            nets = [n.split(":", 1)[1] for n in metric_names("image") if n.startswith("lpips:")]
+            if lpips not in nets:
+                raise ConfigError(f"--lpips must be one of {', '.join(nets)}, not {lpips!r}")
         opts = tuple(sorted((k, v) for k, v in (source_options or {}).items() if v is not None))
         return cls(dataset=dataset, root=str(root), codecs=specs, out=str(out), split=split,
                    samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim, source_options=opts,
                    store_bitstream=store_bitstream, store_reconstruction=store_reconstruction, pesq=pesq,
                    stoi=stoi, store_decoded=store_decoded, shard_compression=shard_compression,
-                   max_pixels=max_pixels, verify_sources=verify_sources)
+                   max_pixels=max_pixels, verify_sources=verify_sources, lpips=lpips, dists=dists, cdpam=cdpam,
+                   weights_dir=str(weights_dir) if weights_dir else None, offline=offline)
+
+    @property
+    def deep_metrics(self) -> tuple[str, ...]:
+        """Registered names of the deep similarity metrics asked for (``lpips:alex``, ``dists``, ``cdpam``)."""
+        names = [f"lpips:{self.lpips}"] if self.lpips else []
+        return tuple(names + ["dists"] * self.dists + ["cdpam"] * self.cdpam)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

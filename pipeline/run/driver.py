@@ -119,6 +119,7 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
         if get_codec(spec.name).modality not in (source.modality, "any"):  # "any": the lossless reference
             raise ConfigError(f"{spec.name} is an {get_codec(spec.name).modality} codec; "
                               f"{config.dataset} is an {source.modality} dataset")
+    _check_deep_metrics(config, source.modality)
     refs = source.list()
     if config.limit is not None:
         refs = refs[: config.limit]
@@ -133,6 +134,9 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
             options[name] = True
     if config.max_pixels is not None:  # images: the source pixel limit, only when set
         options["max_pixels"] = config.max_pixels
+    if config.deep_metrics:  # deep similarity metrics, and where their backbones are (not part of the plan)
+        options["deep"] = list(config.deep_metrics)
+        options.update({k: v for k, v in (("weights_dir", config.weights_dir), ("offline", config.offline)) if v})
     # codecs registered from outside the package: workers and child processes import these first
     builtin = set(_codec_families())
     modules = tuple(sorted({get_codec(s.name).__module__ for s in config.codecs} - builtin - {"__main__"}))
@@ -145,6 +149,17 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
                        compression=config.shard_compression, verify_sources=config.verify_sources)
              for group in groups for i, part in enumerate(parts)]
     return source, tasks
+
+
+def _check_deep_metrics(config: TranscodeConfig, modality: str) -> None:
+    """Each deep metric fits the dataset, and its backbone is present (or downloaded now): before any work."""
+    from ..metrics.deep import get_metric
+
+    for name in config.deep_metrics:
+        metric = get_metric(name)
+        if metric.modality != modality:
+            raise ConfigError(f"{name} is an {metric.modality} metric; {config.dataset} is an {modality} dataset")
+        metric.check(config.weights_dir, config.offline)
 
 
 def _codec_families() -> tuple[str, ...]:
@@ -189,7 +204,8 @@ def _library_versions(specs: Iterable[CodecSpec]) -> dict[str, dict[str, str]]:
 COMMON_COLUMNS = [("key", pa.string()), ("shard", pa.string()), ("codec", pa.string()), ("status", pa.string()),
                   ("error", pa.string())]
 TAIL_COLUMNS = [("source", pa.string()), ("source_sha256", pa.string()), ("label", pa.int64()),
-                ("payload_ext", pa.string()), ("encode_s", pa.float64()), ("decode_s", pa.float64())]
+                ("payload_ext", pa.string()), ("encode_s", pa.float64()), ("decode_s", pa.float64()),
+                ("deep_s", pa.float64())]
 
 
 def manifest_schema(modality: str) -> pa.Schema:

@@ -33,6 +33,10 @@ from ..store.storage import open_store
 from ..store.writer import ShardWriter, dumps
 
 
+#: options that say where or how, not what: they stay out of the plan hash (moving the weights keeps shards)
+RUNTIME_OPTIONS = ("weights_dir", "offline")
+
+
 @dataclass(frozen=True)
 class ShardTask:
     source: Source
@@ -49,7 +53,8 @@ class ShardTask:
 
     def plan_hash(self, spec: CodecSpec) -> str:
         """Identity of what this shard must contain for one setting; a change redoes the shard."""
-        plan = {"format": layout.FORMAT, "spec": spec.canonical, "options": self.options,
+        options = {k: v for k, v in self.options.items() if k not in RUNTIME_OPTIONS}
+        plan = {"format": layout.FORMAT, "spec": spec.canonical, "options": options,
                 "refs": [[r.key, r.source, r.label] for r in self.refs]}
         if self.compression is not None:  # only when set, so plain-tar plans (and their hashes) stay the same
             plan["compression"] = self.compression
@@ -74,8 +79,10 @@ class ShardTask:
 
     @property
     def resources(self) -> dict[str, float] | None:
-        """Dask worker resources this task needs: a GPU when one of its codecs is a learned one."""
+        """Dask worker resources this task needs: a GPU when a codec is a learned one or a deep metric runs."""
         import_modules(self.modules)
+        if self.options.get("deep"):
+            return {"GPU": 1}
         return {"GPU": 1} if any(get_codec(s.name).needs_gpu for s in self.specs) else None
 
 
