@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .spec import CodecSpec, Param
-from .target import RateKnob, check_values
+from .params import Param, RateKnob, check_values
+
+if TYPE_CHECKING:  # annotations only: spec parsing looks codecs up in the registry, which imports this
+    from .spec import CodecSpec
 
 
 @dataclass(frozen=True)

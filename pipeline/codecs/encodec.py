@@ -42,7 +42,8 @@ import numpy as np
 
 from . import devices, weights
 from ..errors import ConfigError, SampleError
-from .spec import CodecSpec, Param
+from .params import Param
+from .spec import CodecSpec
 from . import register
 from .base import AudioCodec, Encoded
 

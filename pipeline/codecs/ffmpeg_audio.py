@@ -30,8 +30,7 @@ import numpy as np
 
 from ..media.audio import av_decode, stream_stats
 from ..errors import ConfigError, SampleError
-from .spec import Param
-from .target import RateKnob
+from .params import Param, RateKnob
 from . import register
 from .base import AudioCodec, Encoded
 

@@ -144,7 +144,7 @@ def _library_versions(specs: Iterable[CodecSpec]) -> dict[str, dict[str, str]]:
     import numpy
     import PIL
 
-    from .. import __version__
+    from ..version import __version__
 
     base = {"mpq-pipeline": __version__, "python": sys.version.split()[0], "numpy": numpy.__version__,
             "pillow": PIL.__version__}

@@ -20,7 +20,13 @@ import signal
 import subprocess
 import sys
 import traceback
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+from .events import SampleEvent, SampleFailed, SampleRead, SettingFailed, StreamDone, StreamFatal
+
+if TYPE_CHECKING:
+    from ..codecs.spec import CodecSpec
+    from .task import ShardTask
 
 #: child processes that may die in one shard before the task gives up (a broken codec, not one bad sample)
 MAX_CRASHES = 10
@@ -56,7 +62,7 @@ def _spawn() -> subprocess.Popen:
                             stdout=subprocess.PIPE, env=env)
 
 
-def run_isolated(task, pending: list, apply: Callable[[tuple], None]) -> int:
+def run_isolated(task: ShardTask, pending: list[CodecSpec], apply: Callable[[SampleEvent], None]) -> int:
     """Run ``task``'s samples for the ``pending`` settings in child processes, feeding each event to
     ``apply``; a child's death becomes an error row for the pair it was on. Returns how many died."""
     n = len(pending)
@@ -76,21 +82,20 @@ def run_isolated(task, pending: list, apply: Callable[[tuple], None]) -> int:
                     event = pickle.load(proc.stdout)
                 except EOFError:
                     break
-                kind = event[0]
-                if kind == "done":
+                if isinstance(event, StreamDone):
                     finished = True
                     break
-                if kind == "fatal":
-                    raise RuntimeError(f"isolated encoder failed: {event[1]}")
+                if isinstance(event, StreamFatal):
+                    raise RuntimeError(f"isolated encoder failed: {event.traceback}")
                 apply(event)
-                if kind == "sample_error":
-                    pos_i, pos_j, in_sample = event[1] + 1, 0, False
-                elif kind == "sample":
-                    if event[1] != pos_i:
-                        pos_i, pos_j = event[1], 0
+                if isinstance(event, SampleFailed):
+                    pos_i, pos_j, in_sample = event.index + 1, 0, False
+                elif isinstance(event, SampleRead):
+                    if event.index != pos_i:
+                        pos_i, pos_j = event.index, 0
                     in_sample = True
-                else:  # encoded / encode_error for (i, j)
-                    pos_i, pos_j = event[1], event[2] + 1
+                else:  # SettingEncoded / SettingFailed for (i, j)
+                    pos_i, pos_j = event.index, event.setting + 1
                     if pos_j == n:
                         pos_i, pos_j, in_sample = pos_i + 1, 0, False
         except BaseException:  # Ctrl-C or a fatal error: the child must not outlive this attempt
@@ -112,12 +117,12 @@ def run_isolated(task, pending: list, apply: Callable[[tuple], None]) -> int:
             raise RuntimeError(f"encoding crashed its process {crashes} times in one shard (last: {why}); "
                                "the codec library looks broken, not one sample")
         if in_sample:
-            apply(("encode_error", pos_i, pos_j, f"{pending[pos_j].canonical} crashed its process on this sample ({why})"))
+            apply(SettingFailed(pos_i, pos_j, f"{pending[pos_j].canonical} crashed its process on this sample ({why})"))
             pos_j += 1
             if pos_j == n:
                 pos_i, pos_j, in_sample = pos_i + 1, 0, False
         else:
-            apply(("sample_error", pos_i, f"reading or decoding this sample crashed its process ({why})"))
+            apply(SampleFailed(pos_i, f"reading or decoding this sample crashed its process ({why})"))
             pos_i, pos_j = pos_i + 1, 0
     return crashes
 
@@ -129,7 +134,7 @@ def main() -> None:
     sys.stdout = sys.stderr
     try:
         from ..codecs import make_codec
-        from .task import import_modules, sample_events
+        from .events import import_modules, sample_events
 
         task, pending, start = pickle.load(sys.stdin.buffer)
         import_modules(task.modules)
@@ -137,9 +142,9 @@ def main() -> None:
         for event in sample_events(task, pending, codecs, start):
             pickle.dump(event, out, protocol=pickle.HIGHEST_PROTOCOL)
             out.flush()
-        pickle.dump(("done",), out)
+        pickle.dump(StreamDone(), out)
     except Exception:  # noqa: BLE001 - a set-up error, reported to the parent as such
-        pickle.dump(("fatal", traceback.format_exc(limit=5)), out)
+        pickle.dump(StreamFatal(traceback.format_exc(limit=5)), out)
     out.flush()
     out.close()
 
