@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from ..store import layout
 from ..codecs import get_codec
+from ..codecs.runtime import use
 from .config import TranscodeConfig
 from ..errors import ConfigError, OutputError
 from ..modalities import get_modality
@@ -80,7 +81,8 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
         reason = codec.unavailable()
         if reason:
             raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
-        codec.preflight(spec)  # e.g. a learned codec's weights: present, or downloaded, and checked
+        with use(config.runtime):  # the run's weights folder and offline setting, as on the workers
+            codec.preflight(spec)  # e.g. a learned codec's weights: present, or downloaded, and checked
     source = make_source(config.dataset, config.root, config.split, dict(config.source_options))
     for spec in config.codecs:
         if get_codec(spec.name).modality not in (source.modality, "any"):  # "any": the lossless reference
@@ -107,7 +109,7 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
     groups = [g for g in ([s for s in config.codecs if not get_codec(s.name).needs_gpu],
                           [s for s in config.codecs if get_codec(s.name).needs_gpu]) if g]
     tasks = [ShardTask(source, config.dataset, tuple(refs[i: i + n]), i // n, tuple(group), config.out,
-                       options, modules=modules, compression=config.shard_compression)
+                       options, modules=modules, compression=config.shard_compression, runtime=config.runtime)
              for group in groups for i in range(0, len(refs), n)]
     return source, tasks
 

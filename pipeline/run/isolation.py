@@ -134,14 +134,16 @@ def main() -> None:
     sys.stdout = sys.stderr
     try:
         from ..codecs import make_codec
+        from ..codecs.runtime import use
         from .events import import_modules, sample_events
 
         task, pending, start = pickle.load(sys.stdin.buffer)
         import_modules(task.modules)
-        codecs = [make_codec(s) for s in pending]
-        for event in sample_events(task, pending, codecs, start):
-            pickle.dump(event, out, protocol=pickle.HIGHEST_PROTOCOL)
-            out.flush()
+        with use(task.runtime):  # the run's settings, not the environment this child inherited
+            codecs = [make_codec(s) for s in pending]
+            for event in sample_events(task, pending, codecs, start):
+                pickle.dump(event, out, protocol=pickle.HIGHEST_PROTOCOL)
+                out.flush()
         pickle.dump(StreamDone(), out)
     except Exception:  # noqa: BLE001 - a set-up error, reported to the parent as such
         pickle.dump(StreamFatal(traceback.format_exc(limit=5)), out)

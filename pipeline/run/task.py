@@ -22,6 +22,7 @@ from typing import Any
 
 from ..store import layout
 from ..codecs import get_codec, make_codec
+from ..codecs.runtime import CodecRuntime, use
 from ..errors import SampleError
 from ..sources.base import SampleRef, Source
 from ..codecs.spec import CodecSpec
@@ -43,6 +44,7 @@ class ShardTask:
     modules: tuple[str, ...] = ()  # modules registering codecs from outside the package: imported first
     isolate: bool = False  # encode in a child process from the start (a crashing codec costs one sample)
     compression: str | None = None  # shard compression: None (plain .tar) or "gzip" (.tar.gz)
+    runtime: CodecRuntime = CodecRuntime()  # weights folder, offline, device, threads: applied where it runs
 
     def plan_hash(self, spec: CodecSpec) -> str:
         """Identity of what this shard must contain for one setting; a change redoes the shard."""
@@ -185,8 +187,16 @@ def attempt_marker(task: ShardTask, spec: CodecSpec) -> str:
 
 
 def run_shard(task: ShardTask) -> ShardResult:
-    """Encode one shard for every setting still missing; publish tar then stats, per setting."""
+    """Encode one shard for every setting still missing; publish tar then stats, per setting.
+
+    The run's codec settings (``task.runtime``) apply here, not this process's environment.
+    """
     import_modules(task.modules)
+    with use(task.runtime):
+        return _run_shard(task)
+
+
+def _run_shard(task: ShardTask) -> ShardResult:
     store = open_store(task.out)
     result = ShardResult(task.index, samples=len(task.refs))
     pending: list[CodecSpec] = []

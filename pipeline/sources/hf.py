@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, SampleError
-from .base import RawSample, SampleRef, Source, finalize, sanitize_key
+from .base import RawSample, SampleRef, Source, SourceOption, finalize, sanitize_key
 from . import register
 
 
@@ -24,7 +24,13 @@ class HuggingFace(Source):
     modality_doc = "image or audio"
     summary = ("Hugging Face dataset: hub name, save_to_disk folder or parquet files (--image-column or "
                "--audio-column, --label-column)")
-    options = ("image_column", "label_column", "hf_config", "key_column", "audio_column")
+    options = (
+        SourceOption("image_column", "image column [default: image]"),
+        SourceOption("label_column", "integer label column (stored as .cls)"),
+        SourceOption("hf_config", "dataset configuration name on the hub"),
+        SourceOption("key_column", "column holding a unique id used as the sample key"),
+        SourceOption("audio_column", "audio column (makes the dataset an audio dataset)"),
+    )
 
     def __init__(self, root, split=None, **options):
         super().__init__(root, split, **options)
