@@ -286,7 +286,8 @@ def report(out: str, dataset: str | None, split: str | None, report_dir: str | N
 @click.option("--out", default="shards", show_default=True, help="output folder")
 @click.option("--workers", type=int, default=2, show_default=True, help="Dask worker processes (0: in-process)")
 @click.option("--codec", "codecs", multiple=True,
-              default=("jpeg:quality=5", "webp:quality=10", "avif:quality=30", "jxl:distance=3", "hevc:quality=30", "none"),
+              default=("jpeg:quality=5", "webp:quality=10", "avif:quality=30", "jxl:distance=3", "hevc:quality=30",
+                       "none"),
               show_default=True)
 def demo(out: str, workers: int, codecs: Sequence[str]) -> None:
     """Make a small ImageNet-layout sample from photographs shipped in scikit-image and transcode it."""

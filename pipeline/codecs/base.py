@@ -64,6 +64,10 @@ class Codec(ABC):
         """This codec at another setting (a target setting's fixed knob values), same device and options."""
         return type(self)(spec)
 
+    @abstractmethod
+    def decode(self, payload: bytes) -> Any:
+        """Decode a payload written by the codec's ``encode`` (each modality says to what)."""
+
     @classmethod
     def versions(cls) -> dict[str, str]:
         """Versions of the libraries that produce this codec's bytes (recorded in index.json)."""
@@ -74,7 +78,7 @@ class Codec(ABC):
         """Why this codec cannot run here (missing library or plugin), or None when it can."""
         return None
 
-    @classmethod
+    @classmethod  # noqa: B027 - an optional hook, not abstract: most codecs need nothing before work
     def preflight(cls, spec: CodecSpec) -> None:
         """Check what one setting needs before any work (a learned codec's weights); raise ConfigError."""
 

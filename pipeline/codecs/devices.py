@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import platform
 import threading
+from typing import ClassVar
 
 from ..errors import ConfigError
 from .runtime import DEVICE_ENV, current, device_request
@@ -134,7 +135,7 @@ class LazyDevice:
     """Mixin for learned codecs: the device is chosen (and its framework configured) on first use,
     in the worker process that runs the codec, not where the codec object was built."""
 
-    framework: str = "torch"
+    framework: ClassVar[str] = "torch"
     _requested: str | None = None
     _device: str | None = None
 

@@ -45,7 +45,7 @@ class CodecRuntime:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> CodecRuntime:
-        """The user's defaults from ``$MPQ_WEIGHTS_DIR``, ``$MPQ_OFFLINE``, ``$MPQ_DEVICE``, ``$MPQ_INFERENCE_THREADS``."""
+        """The user's defaults: ``$MPQ_WEIGHTS_DIR``, ``$MPQ_OFFLINE``, ``$MPQ_DEVICE``, ``$MPQ_INFERENCE_THREADS``."""
         env = os.environ if environ is None else environ
         weights = env.get(WEIGHTS_ENV, "").strip()
         offline = env.get(OFFLINE_ENV, "").strip()

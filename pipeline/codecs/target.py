@@ -15,7 +15,7 @@ still under the target and its neighbour above still over it, just not necessari
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from ..errors import ConfigError, SampleError
 from .params import RateKnob, bpp_param, check_values, format_value  # noqa: F401 - RateKnob, bpp_param, check_values re-exported
@@ -23,6 +23,8 @@ from .spec import CodecSpec, build_spec, parse_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Codec, Encoded
+
+C = TypeVar("C", bound="Codec")  # the search keeps the codec's own type (image or audio)
 
 
 def knob_of(codec: "Codec | type[Codec]") -> RateKnob | None:
@@ -45,15 +47,15 @@ def knob_spec(spec: CodecSpec, value: int) -> CodecSpec:
     return build_spec(spec.name, {**dict(spec.params), knob.target: None, knob.param: value})
 
 
-def at(codec: "Codec", value: int) -> "Codec":
+def at(codec: C, value: int) -> C:
     """The codec at one knob value (instances cached on the target codec: models load once)."""
-    cache: dict[int, Codec] = codec.__dict__.setdefault("_rate_codecs", {})
+    cache: dict[int, C] = codec.__dict__.setdefault("_rate_codecs", {})
     if value not in cache:
-        cache[value] = codec.at_spec(knob_spec(codec.spec, value))
+        cache[value] = cast(C, codec.at_spec(knob_spec(codec.spec, value)))  # at_spec keeps the class
     return cache[value]
 
 
-def member_of(codec: "Codec", canonical: str) -> "Codec | None":
+def member_of(codec: C, canonical: str) -> C | None:
     """When ``codec`` is a target setting and ``canonical`` one of its fixed settings, that setting's codec.
 
     Learned codecs write their spec into the stream; a target set's streams name the chosen setting.
@@ -71,8 +73,8 @@ def member_of(codec: "Codec", canonical: str) -> "Codec | None":
     return at(codec, value)
 
 
-def search(codec: "Codec", encode: Callable[["Codec"], "Encoded"],
-           rate: Callable[["Encoded"], float]) -> tuple["Codec", "Encoded", dict[str, Any]]:
+def search(codec: C, encode: Callable[[C], Encoded],
+           rate: Callable[[Encoded], float]) -> tuple[C, Encoded, dict[str, Any]]:
     """The highest knob setting whose measured rate is at or under the codec's target.
 
     ``encode(c)`` encodes the sample with the fixed-setting codec ``c``, ``rate(enc)`` measures it in

@@ -1,13 +1,14 @@
 """Checkpoints of learned codecs: where they are looked for, how they are fetched, checked and loaded.
 
 * Location: the run's weights folder (``--weights-dir``, ``TranscodeConfig.weights_dir``, default
-  ``$MPQ_WEIGHTS_DIR`` on the client; see :mod:`pipeline.codecs.runtime`) when set, else the codec family's cache: torch hub's ``$TORCH_HOME/hub/checkpoints`` for CompressAI, so files
-  already downloaded by CompressAI or torch are found. A path is no codec setting, so it never
+  ``$MPQ_WEIGHTS_DIR`` on the client; see :mod:`pipeline.codecs.runtime`) when set, else the codec
+  family's cache: torch hub's ``$TORCH_HOME/hub/checkpoints`` for CompressAI, so files already
+  downloaded by CompressAI or torch are found. A path is no codec setting, so it never
   appears in a spec or a tag.
 * Fetching: a missing file is downloaded into that folder from the URL its zoo publishes, unless
-  the run is offline (``--offline``, default ``$MPQ_OFFLINE``); when that fails, :class:`MissingWeightsError` names the file, the URL and the
-  path to put it at. Downloads go to a temporary name and are renamed when checked, so concurrent
-  workers never see a partial file.
+  the run is offline (``--offline``, default ``$MPQ_OFFLINE``); when that fails,
+  :class:`MissingWeightsError` names the file, the URL and the path to put it at. Downloads go to
+  a temporary name and are renamed when checked, so concurrent workers never see a partial file.
 * Checking: zoo file names end in ``-<first hex digits of the file's SHA-256>`` (torch hub's
   convention); a file whose hash does not start with them is refused, downloaded or pre-placed.
 * Loading: ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only,

@@ -1,4 +1,6 @@
-"""Source media into arrays: the one documented conversion of image bytes to RGB pixels and of audio bytes to exact samples, used by modalities, codecs and loaders alike."""
+"""Source media into arrays: the one documented conversion of image bytes to RGB pixels and of audio
+bytes to exact samples, used by modalities, codecs and loaders alike.
+"""
 from __future__ import annotations
 
 #: Images above this many pixels are refused as decompression bombs (Pillow's own default is 89 M):

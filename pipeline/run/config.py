@@ -13,7 +13,7 @@ threads default to ``$MPQ_WEIGHTS_DIR``, ``$MPQ_OFFLINE``, ``$MPQ_DEVICE`` and
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -68,7 +68,7 @@ class TranscodeConfig:
         "--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True))
     limit: int | None = _setting(None, CliOption("--limit", "only the first N samples (in key order)", type=int))
     ms_ssim: bool = _setting(False, CliOption("--ms-ssim", "also compute MS-SSIM per sample", kind="flag"))
-    source_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)  # options the source declares
+    source_options: tuple[tuple[str, Any], ...] = ()  # the options its source declares (name, value)
     store_bitstream: bool = _setting(True, CliOption(  # learned codecs: keep the .bin member
         "--no-store-bin", "learned codecs: do not store the .bin bitstream", kind="off"))
     store_reconstruction: bool = _setting(True, CliOption(  # learned codecs: keep the decoded .png member
@@ -114,7 +114,7 @@ class TranscodeConfig:
             if value is None and env is not None and name in RUNTIME_FIELDS:
                 value = getattr(env, name)
             elif value is None:
-                value = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]  # dataclass field: default or factory
+                value = f.default
             values[name] = value
         if isinstance(codecs, (str, CodecSpec)):
             codecs = [codecs]

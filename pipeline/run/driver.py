@@ -263,8 +263,9 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     ``executor`` defaults to running in this process; pass ``Client.get_executor()`` or
     :func:`pipeline.run.cluster.dask_executor` for Dask. ``progress`` shows a tqdm bar (True) or calls
     ``progress(done, total)``, counting samples, or encodes (sample x setting) when learned and other
-    codecs run as separate tasks over the same samples (see :func:`progress_units`). ``isolate`` encodes every shard in a child process from the start, so a codec that
-    crashes its process costs one sample even on the first attempt (retries always do this).
+    codecs run as separate tasks over the same samples (see :func:`progress_units`). ``isolate`` encodes
+    every shard in a child process from the start, so a codec that crashes its process costs one
+    sample even on the first attempt (retries always do this).
     Raises OutputError when the output location cannot be written (nothing partial is left).
     """
     # ``planned``: the result of ``plan(config)`` when the caller already listed the source (the CLI

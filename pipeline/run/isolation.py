@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import traceback
-from typing import TYPE_CHECKING, Callable
+from typing import IO, TYPE_CHECKING, Callable
 
 from .events import SampleEvent, SampleFailed, SampleRead, SettingFailed, StreamDone, StreamFatal
 
@@ -53,13 +53,17 @@ def _dumps(obj) -> bytes:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _spawn() -> subprocess.Popen:
+def _spawn() -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
+    """A child encoder and its stdin and stdout pipes."""
     env = dict(os.environ)
     env.pop("MALLOC_TRIM_THRESHOLD_", None)  # Dask's setting slows image buffers 3x (see cluster.py)
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return subprocess.Popen([sys.executable, "-m", "pipeline.run.isolation"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.run.isolation"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env)
+    if proc.stdin is None or proc.stdout is None:  # never with PIPE; says so to the type checker
+        raise RuntimeError("the child encoder has no pipes")
+    return proc, proc.stdin, proc.stdout
 
 
 def run_isolated(task: ShardTask, pending: list[CodecSpec], apply: Callable[[SampleEvent], None]) -> int:
@@ -69,17 +73,17 @@ def run_isolated(task: ShardTask, pending: list[CodecSpec], apply: Callable[[Sam
     pos_i, pos_j, in_sample = 0, 0, False
     crashes = 0
     while pos_i < len(task.refs):
-        proc = _spawn()
+        proc, stdin, stdout = _spawn()
         finished = False
         try:
             try:
-                proc.stdin.write(_dumps((task, pending, (pos_i, pos_j))))
-                proc.stdin.close()
+                stdin.write(_dumps((task, pending, (pos_i, pos_j))))
+                stdin.close()
             except BrokenPipeError:  # died on start-up: read its status below
                 pass
             while True:
                 try:
-                    event = pickle.load(proc.stdout)
+                    event = pickle.load(stdout)
                 except EOFError:
                     break
                 if isinstance(event, StreamDone):
@@ -102,7 +106,7 @@ def run_isolated(task: ShardTask, pending: list[CodecSpec], apply: Callable[[Sam
             proc.kill()
             raise
         finally:
-            proc.stdout.close()
+            stdout.close()
             if not finished and proc.poll() is None:
                 try:
                     proc.wait(timeout=10)  # EOF came first: give the exit status a moment to arrive

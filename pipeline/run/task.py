@@ -23,7 +23,6 @@ from typing import Any
 from ..store import layout
 from ..codecs import get_codec, make_codec
 from ..codecs.runtime import CodecRuntime, use
-from ..errors import SampleError
 from ..sources.base import SampleRef, Source
 from ..codecs.spec import CodecSpec
 from ..store.storage import open_store

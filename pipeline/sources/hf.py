@@ -32,12 +32,15 @@ class HuggingFace(Source):
         SourceOption("audio_column", "audio column (makes the dataset an audio dataset)"),
     )
 
+    _ds: Any = None  # the opened dataset, per process (never pickled)
+
     def __init__(self, root, split=None, **options):
         super().__init__(root, split, **options)
         if "audio_column" in self.opts:
             if "image_column" in self.opts:
                 raise ConfigError("hf: give image_column or audio_column, not both")
-            self.modality = "audio"  # this instance's samples go through the audio modality
+            # this instance's samples go through the audio modality (hf alone picks its modality per dataset)
+            self.modality = "audio"  # type: ignore[misc]  # a class-level default, set per instance here
 
     def _media_column(self) -> str:
         return self.opts.get("audio_column") or self.opts.get("image_column", "image")
