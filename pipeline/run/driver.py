@@ -213,7 +213,7 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     # shard files of the other compression (a rerun that switched --shard-compression)
     keep = {layout.shard_name(config.dataset, source.split, spec, t.index) for t in tasks}
     ext = layout.shard_ext(config.shard_compression)
-    for name in store.names(folder, f"{config.dataset}-{source.split}-{spec.tag}-"):
+    for name in store.names(folder, layout.shard_prefix(config.dataset, source.split, spec)):
         if name.endswith(layout.STATS_SUFFIX):
             stem, other_ext = name.removesuffix(layout.STATS_SUFFIX), False
         else:
