@@ -36,8 +36,8 @@ class CodecRuntime:
     inference_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.device is not None:
-            device_request(self.device)
+        # the device name is checked where it is used (choose_device) and when a config is made, so a
+        # bad $MPQ_DEVICE does not stop code that only reads the weights folder
         if self.inference_threads is not None and (isinstance(self.inference_threads, bool)
                                                    or not isinstance(self.inference_threads, int)
                                                    or self.inference_threads < 1):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..codecs.runtime import CodecRuntime
+from ..codecs.runtime import CodecRuntime, device_request
 from ..codecs.spec import CodecSpec, unique_specs
 from ..errors import ConfigError
 from ..media import MAX_PIXELS
@@ -161,6 +161,8 @@ def _check(values: dict[str, Any]) -> None:
             values[name] = str(values[name])
     if values["weights_dir"] is not None:  # absolute, so a worker in another folder finds the same path
         values["weights_dir"] = os.path.abspath(os.path.expanduser(str(values["weights_dir"])))
+    if values["device"] is not None:
+        values["device"] = device_request(values["device"])
     CodecRuntime(weights_dir=values["weights_dir"], offline=bool(values["offline"]), device=values["device"],
                  inference_threads=values["inference_threads"])  # raises on a bad thread count
 
