@@ -7,10 +7,8 @@ The file name carries no hash suffix, so the random checkpoint is not refused by
 from __future__ import annotations
 
 import contextlib
-import importlib
-import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipeline.codecs import register
 from pipeline.codecs.compressai_zoo import BMSHJ2018Factorized
@@ -65,14 +63,8 @@ def save_checkpoint(folder: Path) -> Path:
     return folder / CHECKPOINT
 
 
-@contextlib.contextmanager
-def registered() -> Iterator[object]:
+def registered() -> contextlib.AbstractContextManager[Any]:
     """This module imported (the codec registered) for the duration; unregistered afterwards."""
-    from pipeline.codecs import _REGISTRY
+    import fixtures
 
-    module = importlib.import_module(__name__)
-    try:
-        yield module
-    finally:
-        _REGISTRY.pop(NAME, None)
-        sys.modules.pop(__name__, None)
+    return fixtures.registered_codecs(__name__, [NAME])

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import traceback
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Callable
 
 from .events import SampleEvent, SampleFailed, SampleRead, SettingFailed, StreamDone, StreamFatal
@@ -66,53 +67,80 @@ def _spawn() -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
     return proc, proc.stdin, proc.stdout
 
 
+@dataclass
+class _Cursor:
+    """Where the children are: the next sample ``i`` and setting ``j``, and whether sample ``i`` was read."""
+
+    settings: int
+    i: int = 0
+    j: int = 0
+    in_sample: bool = False
+
+    def advance(self, event: SampleEvent) -> None:
+        """Move past what ``event`` reports."""
+        if isinstance(event, SampleFailed):
+            self.i, self.j, self.in_sample = event.index + 1, 0, False
+        elif isinstance(event, SampleRead):
+            if event.index != self.i:
+                self.i, self.j = event.index, 0
+            self.in_sample = True
+        else:  # SettingEncoded / SettingFailed for (i, j)
+            self.i, self.j = event.index, event.setting + 1
+            if self.j == self.settings:
+                self.i, self.j, self.in_sample = self.i + 1, 0, False
+
+    def crash_event(self, pending: list[CodecSpec], why: str) -> SampleEvent:
+        """The error row for the pair a child died on: the setting it was encoding, or the sample it read."""
+        if self.in_sample:
+            return SettingFailed(self.i, self.j, f"{pending[self.j].canonical} crashed its process on this sample "
+                                                 f"({why})")
+        return SampleFailed(self.i, f"reading or decoding this sample crashed its process ({why})")
+
+
+def _run_child(task: ShardTask, pending: list[CodecSpec], cursor: _Cursor,
+               apply: Callable[[SampleEvent], None]) -> tuple[bool, int | None]:
+    """One child from the cursor on, its events applied; (whether it finished, its exit status)."""
+    proc, stdin, stdout = _spawn()
+    finished = False
+    try:
+        try:
+            stdin.write(_dumps((task, pending, (cursor.i, cursor.j))))
+            stdin.close()
+        except BrokenPipeError:  # died on start-up: read its status below
+            pass
+        while True:
+            try:
+                event = pickle.load(stdout)
+            except EOFError:
+                break
+            if isinstance(event, StreamDone):
+                finished = True
+                break
+            if isinstance(event, StreamFatal):
+                raise RuntimeError(f"isolated encoder failed: {event.traceback}")
+            apply(event)
+            cursor.advance(event)
+    except BaseException:  # Ctrl-C or a fatal error: the child must not outlive this attempt
+        proc.kill()
+        raise
+    finally:
+        stdout.close()
+        if not finished and proc.poll() is None:
+            try:
+                proc.wait(timeout=10)  # EOF came first: give the exit status a moment to arrive
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        rc = proc.wait()
+    return finished, rc
+
+
 def run_isolated(task: ShardTask, pending: list[CodecSpec], apply: Callable[[SampleEvent], None]) -> int:
     """Run ``task``'s samples for the ``pending`` settings in child processes, feeding each event to
     ``apply``; a child's death becomes an error row for the pair it was on. Returns how many died."""
-    n = len(pending)
-    pos_i, pos_j, in_sample = 0, 0, False
+    cursor = _Cursor(len(pending))
     crashes = 0
-    while pos_i < len(task.refs):
-        proc, stdin, stdout = _spawn()
-        finished = False
-        try:
-            try:
-                stdin.write(_dumps((task, pending, (pos_i, pos_j))))
-                stdin.close()
-            except BrokenPipeError:  # died on start-up: read its status below
-                pass
-            while True:
-                try:
-                    event = pickle.load(stdout)
-                except EOFError:
-                    break
-                if isinstance(event, StreamDone):
-                    finished = True
-                    break
-                if isinstance(event, StreamFatal):
-                    raise RuntimeError(f"isolated encoder failed: {event.traceback}")
-                apply(event)
-                if isinstance(event, SampleFailed):
-                    pos_i, pos_j, in_sample = event.index + 1, 0, False
-                elif isinstance(event, SampleRead):
-                    if event.index != pos_i:
-                        pos_i, pos_j = event.index, 0
-                    in_sample = True
-                else:  # SettingEncoded / SettingFailed for (i, j)
-                    pos_i, pos_j = event.index, event.setting + 1
-                    if pos_j == n:
-                        pos_i, pos_j, in_sample = pos_i + 1, 0, False
-        except BaseException:  # Ctrl-C or a fatal error: the child must not outlive this attempt
-            proc.kill()
-            raise
-        finally:
-            stdout.close()
-            if not finished and proc.poll() is None:
-                try:
-                    proc.wait(timeout=10)  # EOF came first: give the exit status a moment to arrive
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            rc = proc.wait()
+    while cursor.i < len(task.refs):
+        finished, rc = _run_child(task, pending, cursor, apply)
         if finished:
             return crashes
         crashes += 1
@@ -120,14 +148,9 @@ def run_isolated(task: ShardTask, pending: list[CodecSpec], apply: Callable[[Sam
         if crashes > MAX_CRASHES:
             raise RuntimeError(f"encoding crashed its process {crashes} times in one shard (last: {why}); "
                                "the codec library looks broken, not one sample")
-        if in_sample:
-            apply(SettingFailed(pos_i, pos_j, f"{pending[pos_j].canonical} crashed its process on this sample ({why})"))
-            pos_j += 1
-            if pos_j == n:
-                pos_i, pos_j, in_sample = pos_i + 1, 0, False
-        else:
-            apply(SampleFailed(pos_i, f"reading or decoding this sample crashed its process ({why})"))
-            pos_i, pos_j = pos_i + 1, 0
+        event = cursor.crash_event(pending, why)
+        apply(event)
+        cursor.advance(event)
     return crashes
 
 
