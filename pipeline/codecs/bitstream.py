@@ -164,6 +164,7 @@ def decode_bytes(data: bytes, *, record: Mapping[str, Any] | None = None, device
         from ..errors import ConfigError
 
         raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
+    # only learned codecs write .bin streams, and they all take a device
     codec = cls(spec, device=device)  # type: ignore[call-arg]
     if record is not None:
         # learned codecs define environment(); a stream's header names only learned codecs

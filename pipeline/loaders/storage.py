@@ -120,7 +120,7 @@ class Storage:
             out.close()
             raise
         out.seek(0)
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # a SpooledTemporaryFile reads like the BinaryIO promised
 
     def _open_stored(self, parts: tuple[str, ...], size: int, sha256: str, *, verify: bool = False) -> BinaryIO:
         if self.local:
