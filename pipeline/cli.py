@@ -99,6 +99,10 @@ def _config_options(command: Callable) -> Callable:
     """Add an option per config field and per source option, all from their declarations."""
     from .sources import declared_options
 
+    taken = {opt.name for _, opt in cli_fields()}
+    for option, sources in declared_options():
+        if f"--{option.name.replace('_', '-')}" in taken:
+            raise ValueError(f"source option {option.name!r} ({', '.join(sources)}) clashes with a run option")
     for option, sources in reversed(declared_options()):
         command = _source_option(option, sources)(command)
     for name, opt in reversed(cli_fields()):
