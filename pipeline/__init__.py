@@ -1,11 +1,10 @@
 """mpq-pipeline: re-encode ML datasets with lossy codecs into per-codec WebDataset shards."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .run.config import TranscodeConfig  # noqa: E402
-from .errors import ConfigError, SampleError  # noqa: E402
-from .codecs.spec import CodecSpec, parse_spec, parse_specs  # noqa: E402
+from .codecs.spec import CodecSpec, parse_spec, parse_specs
+from .errors import ConfigError, SampleError
+from .run.config import TranscodeConfig
+from .version import __version__
 
 
 def transcode(config: TranscodeConfig, executor=None, *, progress=False):

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import click
 
-from .run.config import DEFAULT_SAMPLES_PER_SHARD, TranscodeConfig
 from .errors import ConfigError, OutputError
-from .metrics.deep import metric_names
+from .run.config import CliOption, TranscodeConfig, cli_fields
 
-#: LPIPS backbones, from the deep-metric registry (``lpips:alex`` -> ``alex``)
-LPIPS_NETS = [n.split(":", 1)[1] for n in metric_names("image") if n.startswith("lpips:")]
+if TYPE_CHECKING:
+    from .sources.base import SourceOption
 
 
 def _fail(message: str) -> None:
@@ -86,14 +85,67 @@ def cli() -> None:
     """Re-encode datasets with lossy codecs into per-codec WebDataset shards with exact bitrates."""
 
 
+def _click_option(name: str, opt: CliOption) -> Callable[[Callable], Callable]:
+    """The click option for one config field, from its declaration (:class:`pipeline.run.config.CliOption`)."""
+    kw: dict[str, Any] = {"help": opt.help or None, "show_default": opt.show_default}
+    if opt.kind in ("flag", "off"):
+        kw["is_flag"] = True
+    elif opt.kind == "multiple":
+        kw.update(multiple=True, required=opt.required)
+    elif opt.kind == "folder":
+        kw["type"] = click.Path(file_okay=False)
+    elif opt.kind == "optional":
+        kw.update(is_flag=False, flag_value=opt.flag_value, default=None, type=click.Choice(list(opt.choices or ())))
+    elif opt.choices is not None:
+        kw.update(type=click.Choice(list(opt.choices)), default=opt.default)
+    else:
+        kw.update(type=opt.type, default=opt.default)
+    return click.option(opt.name, name, **kw)
+
+
+def _source_option(option: SourceOption, sources: list[str]) -> Callable[[Callable], Callable]:
+    help_text = f"{', '.join(sources)}: {option.help}"
+    if option.flag:
+        return click.option(f"--{option.name.replace('_', '-')}", f"source_{option.name}", is_flag=True, help=help_text)
+    return click.option(f"--{option.name.replace('_', '-')}", f"source_{option.name}", default=None, help=help_text)
+
+
+def _config_options(command: Callable) -> Callable:
+    """Add an option per config field and per source option, all from their declarations."""
+    from .sources import declared_options
+
+    taken = {opt.name for _, opt in cli_fields()}
+    for option, sources in declared_options():
+        if f"--{option.name.replace('_', '-')}" in taken:
+            raise ValueError(f"source option {option.name!r} ({', '.join(sources)}) clashes with a run option")
+    for option, sources in reversed(declared_options()):
+        command = _source_option(option, sources)(command)
+    for name, opt in reversed(cli_fields()):
+        command = _click_option(name, opt)(command)
+    return command
+
+
+def _config_from_options(dataset: str, root: str, values: dict[str, Any]) -> TranscodeConfig:
+    """The config the given options describe: an option not given passes None (the field's default)."""
+    settings: dict[str, Any] = {}
+    for name, opt in cli_fields():
+        value = values.pop(name)
+        if opt.kind == "flag":
+            value = True if value else None
+        elif opt.kind == "off":
+            value = False if value else None
+        elif opt.kind == "multiple":
+            value = list(value)
+        settings[name] = value
+    source_options = {k.removeprefix("source_"): (v or None) for k, v in list(values.items())
+                      if k.startswith("source_")}
+    codecs = settings.pop("codecs")
+    return TranscodeConfig.create(dataset, root, codecs, source_options=source_options, **settings)
+
+
 @cli.command()
 @click.argument("dataset")
 @click.argument("root")
-@click.option("--split", help="split to transcode (imagenet/ade20k: train or val; imagefolder: an output name, "
-                              "default 'all'; hf: the dataset split, default 'train')")
-@click.option("--codec", "codecs", multiple=True, required=True,
-              help="codec setting 'name:key=value,...' (repeatable; 'jpeg:quality=5,10' sweeps); see `mpq codecs`")
-@click.option("--out", default="shards", show_default=True, help="output folder")
 @click.option("--workers", type=int, default=None,
               help="Dask worker processes on this machine [default: one per core]; 0 runs in this process")
 @click.option("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
@@ -103,67 +155,15 @@ def cli() -> None:
 @click.option("--isolate", is_flag=True,
               help="encode in a child process per shard from the first attempt, so a codec that crashes its "
                    "process costs one sample (retried shards always do this)")
-@click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
-@click.option("--limit", type=int, default=None, help="only the first N samples (in key order)")
-@click.option("--ms-ssim", is_flag=True, help="also compute MS-SSIM per sample")
-@click.option("--image-column", default=None, help="hf: image column [default: image]")
-@click.option("--label-column", default=None, help="hf: integer label column (stored as .cls)")
-@click.option("--hf-config", default=None, help="hf: dataset configuration name on the hub")
-@click.option("--key-column", default=None, help="hf: column holding a unique id used as the sample key")
-@click.option("--weights-dir", default=None, type=click.Path(file_okay=False),
-              help="learned codecs: folder holding checkpoints [default: the torch hub cache]; sets MPQ_WEIGHTS_DIR")
-@click.option("--offline", is_flag=True, help="learned codecs: never download weights (sets MPQ_OFFLINE=1)")
-@click.option("--no-store-bin", is_flag=True, help="learned codecs: do not store the .bin bitstream")
-@click.option("--no-store-png", is_flag=True, help="learned codecs: do not store the decoded .png")
-@click.option("--pesq", is_flag=True, help="audio: wideband PESQ per sample (speech, at 16 kHz)")
-@click.option("--stoi", is_flag=True, help="audio: STOI per sample (speech)")
-@click.option("--lpips", is_flag=False, flag_value="alex", default=None, type=click.Choice(LPIPS_NETS),
-              help="images: LPIPS per sample (column lpips_NET); --lpips alone uses alex")
-@click.option("--dists", is_flag=True, help="images: DISTS per sample")
-@click.option("--cdpam", is_flag=True, help="audio: CDPAM per sample (about 15 s per 7 s clip on one CPU core)")
-@click.option("--store-decoded", is_flag=True, help="audio: also store the decoded signal as KEY.decoded.flac")
-@click.option("--audio-column", default=None, help="hf: audio column (makes the dataset an audio dataset)")
-@click.option("--encode-stems", is_flag=True, help="musdb: send the four stems through the codec too")
-@click.option("--shard-compression", type=click.Choice(["none", "gzip"]), default="none", show_default=True,
-              help="gzip: write deterministic .tar.gz shards (smaller at low rates: tar headers and padding "
-                   "compress, the payload mostly does not; costs CPU and random access)")
-@click.option("--max-pixels", type=int, default=None,
-              help="images: refuse sources above this many pixels as error rows [default: 178956970]; "
-                   "loaders then need MPQ_MAX_PIXELS at least as high")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
-@click.option("--verify-sources", is_flag=True,
-              help="rehash the sources of complete shards and redo those whose content changed, even when "
-                   "size and modification time did not (reads every source file)")
-def transcode(dataset: str, root: str, split: str | None, codecs: Sequence[str], out: str, workers: int | None,
-              scheduler: str | None, cluster_file: str | None, isolate: bool, samples_per_shard: int,
-              limit: int | None, ms_ssim: bool,
-              image_column: str | None, label_column: str | None, hf_config: str | None, key_column: str | None,
-              weights_dir: str | None, offline: bool, no_store_bin: bool, no_store_png: bool, pesq: bool,
-              stoi: bool, store_decoded: bool, audio_column: str | None, encode_stems: bool,
-              shard_compression: str, max_pixels: int | None, no_progress: bool, verify_sources: bool,
-              lpips: str | None = None, dists: bool = False, cdpam: bool = False) -> None:
+@_config_options
+def transcode(dataset: str, root: str, workers: int | None, scheduler: str | None, cluster_file: str | None,
+              isolate: bool, no_progress: bool, **options: Any) -> None:
     """Transcode DATASET stored at ROOT with one or more codec settings."""
-    import os
-
     from .run.driver import check_output, plan
 
-    if weights_dir:  # set before any worker starts, so local workers inherit it
-        os.environ["MPQ_WEIGHTS_DIR"] = os.path.abspath(weights_dir)
-    if offline:
-        os.environ["MPQ_OFFLINE"] = "1"
-    options = {"image_column": image_column, "label_column": label_column, "hf_config": hf_config,
-               "key_column": key_column, "audio_column": audio_column, "encode_stems": encode_stems or None}
     try:
-        config = TranscodeConfig.create(dataset, root, list(codecs), out=out, split=split,
-                                        samples_per_shard=samples_per_shard, limit=limit, ms_ssim=ms_ssim,
-                                        source_options=options, store_bitstream=not no_store_bin,
-                                        store_reconstruction=not no_store_png, pesq=pesq, stoi=stoi,
-                                        store_decoded=store_decoded,
-                                        shard_compression=None if shard_compression == "none" else shard_compression,
-                                        max_pixels=max_pixels, verify_sources=verify_sources,
-                                        lpips=lpips, dists=dists, cdpam=cdpam,
-                                        weights_dir=os.path.abspath(weights_dir) if weights_dir else None,
-                                        offline=offline)
+        config = _config_from_options(dataset, root, options)
         planned = plan(config)  # every configuration error surfaces here, before any cluster starts
         source = planned[0]
         cluster = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 
 class ConfigError(ValueError):
@@ -21,13 +22,13 @@ class OutputError(Exception):
     stops with this one-line message, and nothing partial is left under a final name."""
 
 
-def env_count(name: str, what: str) -> int | None:
+def env_count(name: str, what: str, environ: Mapping[str, str] | None = None) -> int | None:
     """A positive whole number from the environment variable ``name`` (None when unset or empty).
 
     Settings that reach worker processes through their environment are checked where they are
     read, so a typo stops with one clear line instead of a default silently taking over.
     """
-    raw = os.environ.get(name, "").strip()
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
         return None
     try:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import io
 import os
 import sys
 import time
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -141,15 +139,8 @@ class GpuPng(WherePng):
 NAMES = ("test-crash-png", "test-segv-png", "test-raise-png", "test-slow-png", "test-where-png", "test-gpu-png")
 
 
-@contextlib.contextmanager
-def registered() -> Iterator[object]:
+def registered() -> contextlib.AbstractContextManager[object]:
     """This module imported (codecs registered) for the duration; unregistered afterwards."""
-    from pipeline.codecs import _REGISTRY
+    import fixtures
 
-    module = importlib.import_module(__name__)
-    try:
-        yield module
-    finally:
-        for name in NAMES:
-            _REGISTRY.pop(name, None)
-        sys.modules.pop(__name__, None)
+    return fixtures.registered_codecs(__name__, NAMES)

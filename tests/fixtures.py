@@ -7,6 +7,7 @@ samples the source must list, with which original name, label and outcome.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -16,7 +17,7 @@ import math
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -463,3 +464,21 @@ def transcode(dataset: str, built: Built, out: Path, *, split: str | None = None
                                     samples_per_shard=samples_per_shard,
                                     source_options=kwargs.pop("source_options", built.options), **kwargs)
     return run(config, executor, progress=progress)
+
+
+@contextlib.contextmanager
+def registered_codecs(module_name: str, names: Iterable[str]) -> Iterator[Any]:
+    """A test module that registers codecs, imported for the duration; its codecs unregistered afterwards,
+    so registry-driven tests and README tables never see them."""
+    import importlib
+    import sys
+
+    from pipeline.codecs import _REGISTRY
+
+    module = importlib.import_module(module_name)
+    try:
+        yield module
+    finally:
+        for name in names:
+            _REGISTRY.pop(name, None)
+        sys.modules.pop(module_name, None)

@@ -5,6 +5,8 @@ on 127.0.0.1, started and stopped here; the pipeline runs through them with `--c
    is in the output exactly once, and the shards are byte-identical to an uninterrupted run.
 2. Routing: one worker declares `--resources GPU=1`; tasks of a codec that needs a GPU run only
    there, the other codec's tasks run on both.
+3. Settings travel with the run: workers started without `MPQ_WEIGHTS_DIR` or `MPQ_OFFLINE` use the
+   `--weights-dir` and `--offline` of the run, never their own torch cache.
 """
 from __future__ import annotations
 
@@ -93,9 +95,14 @@ class Deployment:
 def deployment(tmp_path):
     deployments: list[Deployment] = []
 
-    def make(workers: dict[str, list[str]]) -> Deployment:
+    def make(workers: dict[str, list[str]], env: dict[str, str | None] | None = None) -> Deployment:
         d = Deployment(tmp_path / f"deploy{len(deployments)}")
         d.folder.mkdir()
+        for k, v in (env or {}).items():  # None: not set in the scheduler's and workers' environment
+            if v is None:
+                d.env.pop(k, None)
+            else:
+                d.env[k] = v
         deployments.append(d)
         return d.start(workers)
 
@@ -195,3 +202,60 @@ def test_gpu_tasks_only_on_gpu_workers(deployment, fault_codecs, tmp_path):
         where[s.tag] = {r["on_gpu_worker"] for r in rows}
     assert where["test-gpu-png"] == {"True"}, "needs_gpu tasks ran only on the worker declaring GPU"
     assert "False" in where["test-where-png"], "other tasks also ran on the worker without a GPU"
+
+
+@pytest.fixture
+def weights_codecs():
+    pytest.importorskip("compressai")
+    with importlib.import_module("weights_codecs").registered() as module:
+        yield module
+
+
+def test_weights_dir_and_offline_reach_workers_started_elsewhere(deployment, weights_codecs, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Neither the workers nor this client have MPQ_WEIGHTS_DIR or MPQ_OFFLINE: the run's flags decide."""
+    from pipeline.cli import main
+    from pipeline.run.driver import plan
+
+    for var in ("MPQ_WEIGHTS_DIR", "MPQ_OFFLINE", "MPQ_DEVICE"):
+        monkeypatch.delenv(var, raising=False)
+    worker_hub = tmp_path / "worker-torch"  # the workers' own cache: empty, and it must stay unused
+    d = deployment({"w1": []}, env={"MPQ_WEIGHTS_DIR": None, "MPQ_OFFLINE": None, "MPQ_DEVICE": None,
+                                     "TORCH_HOME": str(worker_hub)})
+    address = json.loads(d.scheduler_file.read_text())["address"]
+    src = make_source(tmp_path / "src", 3)
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    spec = f"{weights_codecs.NAME}:quality=1"
+    args = ["transcode", "imagefolder", str(src), "--codec", spec, "--samples-per-shard", "2", "--weights-dir",
+            str(weights_dir), "--offline", "--scheduler", address, "--no-progress"]
+
+    # missing: the client's check names the folder of the run (and stops before any work)
+    assert main([*args, "--out", str(tmp_path / "out0")]) == 2
+    err = capsys.readouterr().err
+    assert str(weights_dir / weights_codecs.CHECKPOINT) in err and "downloads are off" in err
+
+    # present in DIR only: the worker finds it there, offline (a download from models.invalid would fail)
+    weights_codecs.save_checkpoint(weights_dir)
+    out = tmp_path / "out1"
+    assert main([*args, "--out", str(out)]) == 0, capsys.readouterr().err
+    (folder,) = [p.parent for p in out.rglob("index.json")]
+    rows = pq.read_table(folder / "manifest.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    stored = {k: dict(m) for tar in sorted(folder.glob("*.tar")) for k, m in fx.group_members(fx.read_tar(tar)).items()}
+    assert sorted(stored) == ["s00", "s01", "s02"] and all("bin" in m and "png" in m for m in stored.values())
+    assert not worker_hub.exists() or not any(worker_hub.rglob("*.pth.tar")), "the worker's cache stayed unused"
+
+    # missing on the worker (removed after the client's check): the error row names DIR, not a torch cache
+    config = TranscodeConfig.create("imagefolder", src, [spec], out=tmp_path / "out2", samples_per_shard=2,
+                                    weights_dir=weights_dir, offline=True)
+    planned = plan(config)
+    (weights_dir / weights_codecs.CHECKPOINT).unlink()
+    with dask_executor(scheduler=address, log=None) as ex:
+        result = transcode(config, ex, planned=planned)
+    (s,) = result.sets
+    rows = pq.read_table(Path(s.folder) / "manifest.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["error"] * 3
+    for r in rows:
+        assert str(weights_dir / weights_codecs.CHECKPOINT) in r["error"] and "downloads are off" in r["error"], r
+        assert str(worker_hub) not in r["error"]

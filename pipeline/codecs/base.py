@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .spec import CodecSpec, Param
-from .target import RateKnob, check_values
+from .params import Param, RateKnob, check_values
+
+if TYPE_CHECKING:  # annotations only: spec parsing looks codecs up in the registry, which imports this
+    from .spec import CodecSpec
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class Codec(ABC):
         """This codec at another setting (a target setting's fixed knob values), same device and options."""
         return type(self)(spec)
 
+    @abstractmethod
+    def decode(self, payload: bytes) -> Any:
+        """Decode a payload written by the codec's ``encode`` (each modality says to what)."""
+
     @classmethod
     def versions(cls) -> dict[str, str]:
         """Versions of the libraries that produce this codec's bytes (recorded in index.json)."""
@@ -72,7 +78,7 @@ class Codec(ABC):
         """Why this codec cannot run here (missing library or plugin), or None when it can."""
         return None
 
-    @classmethod
+    @classmethod  # noqa: B027 - an optional hook, not abstract: most codecs need nothing before work
     def preflight(cls, spec: CodecSpec) -> None:
         """Check what one setting needs before any work (a learned codec's weights); raise ConfigError."""
 

@@ -164,14 +164,16 @@ def decode_bytes(data: bytes, *, record: Mapping[str, Any] | None = None, device
         from ..errors import ConfigError
 
         raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
+    # only learned codecs write .bin streams, and they all take a device
     codec = cls(spec, device=device)  # type: ignore[call-arg]
     if record is not None:
+        # learned codecs define environment(); a stream's header names only learned codecs
         diffs = environment_differences(record, codec.environment())  # type: ignore[attr-defined]
         if diffs:
             warnings.warn("stream decoded in another environment than it was encoded in; learned codecs can "
                           "decode wrongly across devices or versions (" + "; ".join(diffs) + ")",
                           CrossDeviceWarning, stacklevel=2)
-    return codec.decode(data)  # type: ignore[attr-defined]
+    return codec.decode(data)
 
 
 def decode_file(path: str | Path, *, record: Mapping[str, Any] | str | Path | None = None,
@@ -185,9 +187,8 @@ def decode_file(path: str | Path, *, record: Mapping[str, Any] | str | Path | No
     if record is None:
         sibling = path.with_suffix(".json")
         record = sibling if sibling.is_file() else None
-    if isinstance(record, (str, Path)):
-        record = json.loads(Path(record).read_text())
-    return decode_bytes(path.read_bytes(), record=record, device=device)
+    facts = json.loads(Path(record).read_text()) if isinstance(record, (str, Path)) else record
+    return decode_bytes(path.read_bytes(), record=facts, device=device)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

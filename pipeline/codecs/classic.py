@@ -8,8 +8,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from ..media.image import pil_to_bytes, rgb_from_pil_bytes
-from .spec import Param
-from .target import RateKnob, bpp_param
+from .params import Param, RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
 

@@ -23,7 +23,9 @@ import numpy as np
 
 from . import bitstream, devices, weights
 from ..errors import ConfigError
-from .spec import CodecSpec, Param
+from . import params
+from .params import Param
+from .spec import CodecSpec
 from . import target
 from . import register
 from .base import Encoded, ImageCodec
@@ -55,7 +57,7 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.params = _params(cls.qualities)
-        cls.rate_knob = target.RateKnob("quality", "bpp", 1, cls.qualities, default=3)
+        cls.rate_knob = params.RateKnob("quality", "bpp", 1, cls.qualities, default=3)
 
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec)
@@ -202,7 +204,7 @@ def _params(max_quality: int) -> tuple[Param, ...]:
               short="q", minimum=1, maximum=max_quality, in_tag=True),
         Param("metric", str, "mse", "what the model was trained for: mse or ms-ssim", short="m",
               choices=("mse", "ms-ssim")),
-        target.bpp_param(),
+        params.bpp_param(),
     )
 
 

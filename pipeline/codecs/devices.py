@@ -2,8 +2,9 @@
 
 One device per process: a Dask worker started for a GPU sees that GPU as ``cuda`` (the cluster
 sets ``CUDA_VISIBLE_DEVICES`` per worker and gives the worker the resource ``GPU=1``), others use
-the CPU. ``MPQ_DEVICE`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) overrides the choice, and
-``MPQ_INFERENCE_THREADS`` the number of intra-op threads (torch and TensorFlow).
+the CPU. The run's device (``auto``, ``cpu``, ``cuda``, ``cuda:N``) overrides the choice, and its
+inference threads the number of intra-op threads (torch and TensorFlow); both travel with the run
+(:mod:`pipeline.codecs.runtime`; defaults ``$MPQ_DEVICE`` and ``$MPQ_INFERENCE_THREADS`` on the client).
 
 Numerics are pinned for reproducible entropy coding: TF32 off and deterministic cuDNN on GPUs,
 since an entropy decoder must recompute the encoder's probability tables to the last bit.
@@ -13,11 +14,12 @@ from __future__ import annotations
 import os
 import platform
 import threading
+from typing import ClassVar
 
-from ..errors import ConfigError, env_count
+from ..errors import ConfigError
+from .runtime import DEVICE_ENV, current, device_request
+from .runtime import THREADS_ENV as THREADS_ENV  # re-exported: where the variable was named before
 
-DEVICE_ENV = "MPQ_DEVICE"
-THREADS_ENV = "MPQ_INFERENCE_THREADS"
 
 _lock = threading.Lock()
 _configured: set[str] = set()
@@ -43,23 +45,23 @@ def gpu_available(framework: str = "torch") -> bool:
 
 
 def choose_device(requested: str | None = None, *, framework: str = "torch") -> str:
-    """``requested``, else ``$MPQ_DEVICE``, else ``cuda`` when the framework sees a GPU, else ``cpu``."""
-    want = (requested or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    """``requested``, else the run's device (``$MPQ_DEVICE`` outside a run), else ``cuda`` when the framework
+    sees a GPU, else ``cpu``."""
+    want = device_request(requested or current().device)
     if want == "cpu":
         return "cpu"
     if want == "auto":
         return "cuda" if gpu_available(framework) else "cpu"
-    if want == "cuda" or (want.startswith("cuda:") and want[5:].isdigit()):
-        if not gpu_available(framework):
-            raise ConfigError(f"device {want!r} was asked for ({DEVICE_ENV} or --device) but {framework} sees no GPU")
-        return want
-    raise ConfigError(f"unknown device {want!r}: use auto, cpu, cuda or cuda:N")
+    if not gpu_available(framework):
+        raise ConfigError(f"device {want!r} was asked for (the run's device, ${DEVICE_ENV} or --device) but "
+                          f"{framework} sees no GPU")
+    return want
 
 
 def inference_threads() -> int | None:
-    """Intra-op threads from ``$MPQ_INFERENCE_THREADS``, or None to keep the process's setting (torch's
-    default, or what a Dask worker's set-up chose: one thread per single-threaded worker process)."""
-    return env_count(THREADS_ENV, "threads")
+    """The run's intra-op threads (``$MPQ_INFERENCE_THREADS`` outside a run), or None to keep the process's
+    setting (torch's default, or what a Dask worker's set-up chose: one thread per single-threaded worker)."""
+    return current().inference_threads
 
 
 def configure_torch(device: str) -> None:
@@ -133,7 +135,7 @@ class LazyDevice:
     """Mixin for learned codecs: the device is chosen (and its framework configured) on first use,
     in the worker process that runs the codec, not where the codec object was built."""
 
-    framework: str = "torch"
+    framework: ClassVar[str] = "torch"
     _requested: str | None = None
     _device: str | None = None
 

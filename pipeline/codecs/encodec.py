@@ -42,7 +42,8 @@ import numpy as np
 
 from . import devices, weights
 from ..errors import ConfigError, SampleError
-from .spec import CodecSpec, Param
+from .params import Param
+from .spec import CodecSpec
 from . import register
 from .base import AudioCodec, Encoded
 
@@ -184,7 +185,8 @@ class _Stream:
         try:
             for m in self.net.modules():
                 if isinstance(m, SConv1d):
-                    m.forward = functools.partial(self._conv, m)
+                    # per-instance patch for chunked streaming, undone in the finally below
+                    m.forward = functools.partial(self._conv, m)  # type: ignore[method-assign]
                     patched.append(m)
                 elif isinstance(m, SConvTranspose1d):
                     handles.append(m.convtr.register_forward_hook(functools.partial(self._overlap_add, m)))
@@ -407,7 +409,8 @@ class EnCodec(devices.LazyDevice, AudioCodec):
             net.set_target_bandwidth(float(self.spec["kbps"]))
             wav = torch.from_numpy(np.ascontiguousarray(x.T, dtype=np.float32)).to(device)
             with torch.inference_mode():
-                payload = compress(ChunkedModel(net), wav, use_lm=bool(self.spec["lm"]))
+                # ChunkedModel stands in for the EncodecModel: it has every method compress() calls
+                payload = compress(ChunkedModel(net), wav, use_lm=bool(self.spec["lm"]))  # type: ignore[arg-type]
             segments = len(range(0, x.shape[0], net.segment_stride or x.shape[0]))
             return payload, segments
 

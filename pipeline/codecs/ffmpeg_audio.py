@@ -24,14 +24,13 @@ import io
 import os
 import subprocess
 import tempfile
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from ..media.audio import av_decode, stream_stats
 from ..errors import ConfigError, SampleError
-from .spec import Param
-from .target import RateKnob
+from .params import Param, RateKnob
 from . import register
 from .base import AudioCodec, Encoded
 
@@ -69,7 +68,7 @@ def _layout(channels: int) -> str:
 
 
 def encode_cli(samples: np.ndarray, rate: int, encoder: str, muxer: str, options: list[tuple[str, str]],
-               muxer_options: list[tuple[str, str]] = ()) -> bytes:
+               muxer_options: Sequence[tuple[str, str]] = ()) -> bytes:
     """Encode with the ffmpeg binary: raw float32 on stdin, the container written to a (seekable) file."""
     channels = samples.shape[1]
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
@@ -113,23 +112,26 @@ def _write_all(proc: subprocess.Popen, data: bytes) -> None:
     """
     import fcntl
 
+    stdin = proc.stdin
+    if stdin is None:
+        raise ValueError("ffmpeg was started without a stdin pipe")
     try:
-        fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        fcntl.fcntl(stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)
     except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe works, in more steps
         pass
     try:
-        proc.stdin.write(data)
+        stdin.write(data)
     except BrokenPipeError:  # ffmpeg stopped reading (it failed): its exit status and message say why
         pass
     finally:
         try:
-            proc.stdin.close()
+            stdin.close()
         except BrokenPipeError:
             pass
 
 
 def encode_pyav(samples: np.ndarray, rate: int, encoder: str, muxer: str, options: list[tuple[str, str]],
-                muxer_options: list[tuple[str, str]] = ()) -> bytes:
+                muxer_options: Sequence[tuple[str, str]] = ()) -> bytes:
     """Encode with PyAV into an in-memory (seekable) container."""
     import av
 

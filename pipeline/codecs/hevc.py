@@ -9,8 +9,7 @@ import io
 
 import numpy as np
 
-from .spec import Param
-from .target import RateKnob, bpp_param
+from .params import Param, RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from . import bitstream, devices, weights
 from ..errors import ConfigError
-from .spec import CodecSpec, Param
+from .params import Param
+from .spec import CodecSpec
 from . import register
 from .base import Encoded, ImageCodec
 

@@ -6,8 +6,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .spec import Param
-from .target import RateKnob, bpp_param
+from .params import Param, RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
 

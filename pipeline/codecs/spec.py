@@ -10,72 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a codec: type, default, allowed range or choices, short name for tags."""
-
-    name: str
-    type: type
-    default: Any
-    help: str = ""
-    short: str | None = None
-    choices: tuple[Any, ...] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    in_tag: bool = False  # always shown in the tag, even at its default
-
-    def coerce(self, codec: str, raw: Any) -> Any:
-        """Turn a string (or value) into this parameter's type, or raise a one-line ConfigError."""
-        if raw is None:
-            return None
-        where = f"{codec}:{self.name}"
-        try:
-            if self.type in (int, float) and (isinstance(raw, bool) or (isinstance(raw, str) and "_" in raw)):
-                raise ValueError  # True is not a quality, and "5_0" is a typo, not 50
-            if self.type is bool:
-                if isinstance(raw, bool):
-                    value: Any = raw
-                elif str(raw).lower() in _TRUE:
-                    value = True
-                elif str(raw).lower() in _FALSE:
-                    value = False
-                else:
-                    raise ValueError
-            elif self.type is int:
-                if isinstance(raw, float) and not raw.is_integer():
-                    raise ValueError
-                value = int(str(raw)) if not isinstance(raw, (int, float)) else int(raw)
-            elif self.type is float:
-                value = float(raw)
-                if value != value or value in (float("inf"), float("-inf")):
-                    raise ValueError
-            else:
-                value = self.type(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {raw!r} is not a valid {self.type.__name__}") from None
-        if self.choices is not None and value not in self.choices:
-            allowed = ", ".join(map(str, self.choices))
-            raise ConfigError(f"{where}: {value!r} is not one of {allowed}")
-        if self.minimum is not None and value < self.minimum:
-            raise ConfigError(f"{where}: {value} is below the minimum {self.minimum}")
-        if self.maximum is not None and value > self.maximum:
-            raise ConfigError(f"{where}: {value} is above the maximum {self.maximum}")
-        return value
-
-
-def format_value(value: Any) -> str:
-    """Canonical text of a parameter value (the inverse of Param.coerce)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(float(value)).rstrip("0").rstrip(".") if "e" not in repr(value) else repr(value)
-    return str(value)
-
+from .params import Param, format_value  # noqa: F401 - re-exported: declared in params
 
 def _tag_value(value: Any) -> str:
     text = format_value(value)

@@ -15,42 +15,16 @@ still under the target and its neighbour above still over it, just not necessari
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from ..errors import ConfigError, SampleError
-from .spec import CodecSpec, Param, build_spec, format_value, parse_spec
+from .params import RateKnob, bpp_param, check_values, format_value  # noqa: F401 - RateKnob, bpp_param, check_values re-exported
+from .spec import CodecSpec, build_spec, parse_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Codec, Encoded
 
-
-@dataclass(frozen=True)
-class RateKnob:
-    """The integer parameter a rate target searches, and the float parameter that holds the target."""
-
-    param: str  # the knob: "quality" (jpeg, webp, avif, jxl, CompressAI) or "vbr" (LAME)
-    target: str  # the target parameter: "bpp" (images) or "vbr_kbps" (audio)
-    lo: int
-    hi: int
-    increasing: bool = True  # larger knob values give larger rates (LAME's vbr: smaller ones)
-    default: int | None = None  # knob value of a spec that gives neither knob nor target
-    unit: str = "bpp"  # what the target counts, for records and messages
-
-    def order(self) -> list[int]:
-        """Knob values from the lowest rate to the highest."""
-        values = list(range(self.lo, self.hi + 1))
-        return values if self.increasing else values[::-1]
-
-    @property
-    def record_key(self) -> str:
-        return f"target_{self.unit}"
-
-
-def bpp_param() -> Param:
-    """The ``bpp`` target parameter every image codec with a rate knob declares."""
-    return Param("bpp", float, None, "target bits per pixel: per image the highest quality at or under it",
-                 short="bpp", minimum=0.0)
+C = TypeVar("C", bound="Codec")  # the search keeps the codec's own type (image or audio)
 
 
 def knob_of(codec: "Codec | type[Codec]") -> RateKnob | None:
@@ -63,16 +37,6 @@ def target_of(codec: "Codec") -> float | None:
     return None if knob is None else codec.spec.get(knob.target)
 
 
-def check_values(name: str, knob: RateKnob, values: dict[str, Any]) -> dict[str, Any]:
-    """Spec validation: target and knob exclude each other; neither gives the knob's default."""
-    if values.get(knob.target) is not None and values.get(knob.param) is not None:
-        raise ConfigError(f"{name}: give {knob.param} or {knob.target} (a target rate searched per sample "
-                          f"over {knob.param}), not both")
-    if values.get(knob.target) is None and values.get(knob.param) is None and knob.default is not None:
-        values = {**values, knob.param: knob.default}
-    return values
-
-
 def knob_spec(spec: CodecSpec, value: int) -> CodecSpec:
     """The fixed setting ``value`` of the knob with every other parameter of a target spec."""
     from . import get_codec
@@ -83,15 +47,15 @@ def knob_spec(spec: CodecSpec, value: int) -> CodecSpec:
     return build_spec(spec.name, {**dict(spec.params), knob.target: None, knob.param: value})
 
 
-def at(codec: "Codec", value: int) -> "Codec":
+def at(codec: C, value: int) -> C:
     """The codec at one knob value (instances cached on the target codec: models load once)."""
-    cache: dict[int, Codec] = codec.__dict__.setdefault("_rate_codecs", {})
+    cache: dict[int, C] = codec.__dict__.setdefault("_rate_codecs", {})
     if value not in cache:
-        cache[value] = codec.at_spec(knob_spec(codec.spec, value))
+        cache[value] = cast(C, codec.at_spec(knob_spec(codec.spec, value)))  # at_spec keeps the class
     return cache[value]
 
 
-def member_of(codec: "Codec", canonical: str) -> "Codec | None":
+def member_of(codec: C, canonical: str) -> C | None:
     """When ``codec`` is a target setting and ``canonical`` one of its fixed settings, that setting's codec.
 
     Learned codecs write their spec into the stream; a target set's streams name the chosen setting.
@@ -109,8 +73,8 @@ def member_of(codec: "Codec", canonical: str) -> "Codec | None":
     return at(codec, value)
 
 
-def search(codec: "Codec", encode: Callable[["Codec"], "Encoded"],
-           rate: Callable[["Encoded"], float]) -> tuple["Codec", "Encoded", dict[str, Any]]:
+def search(codec: C, encode: Callable[[C], Encoded],
+           rate: Callable[[Encoded], float]) -> tuple[C, Encoded, dict[str, Any]]:
     """The highest knob setting whose measured rate is at or under the codec's target.
 
     ``encode(c)`` encodes the sample with the fixed-setting codec ``c``, ``rate(enc)`` measures it in

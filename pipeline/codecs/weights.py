@@ -1,13 +1,14 @@
 """Checkpoints of learned codecs: where they are looked for, how they are fetched, checked and loaded.
 
-* Location: the folder ``$MPQ_WEIGHTS_DIR`` (set by the CLI's ``--weights-dir``) when set, else
-  the codec family's cache: torch hub's ``$TORCH_HOME/hub/checkpoints`` for CompressAI, so files
-  already downloaded by CompressAI or torch are found. A path is no codec setting, so it never
+* Location: the run's weights folder (``--weights-dir``, ``TranscodeConfig.weights_dir``, default
+  ``$MPQ_WEIGHTS_DIR`` on the client; see :mod:`pipeline.codecs.runtime`) when set, else the codec
+  family's cache: torch hub's ``$TORCH_HOME/hub/checkpoints`` for CompressAI, so files already
+  downloaded by CompressAI or torch are found. A path is no codec setting, so it never
   appears in a spec or a tag.
 * Fetching: a missing file is downloaded into that folder from the URL its zoo publishes, unless
-  ``MPQ_OFFLINE=1``; when that fails, :class:`MissingWeightsError` names the file, the URL and the
-  path to put it at. Downloads go to a temporary name and are renamed when checked, so concurrent
-  workers never see a partial file.
+  the run is offline (``--offline``, default ``$MPQ_OFFLINE``); when that fails,
+  :class:`MissingWeightsError` names the file, the URL and the path to put it at. Downloads go to
+  a temporary name and are renamed when checked, so concurrent workers never see a partial file.
 * Checking: zoo file names end in ``-<first hex digits of the file's SHA-256>`` (torch hub's
   convention); a file whose hash does not start with them is refused, downloaded or pre-placed.
 * Loading: ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only,
@@ -29,8 +30,8 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError, MissingWeightsError
 
-WEIGHTS_ENV = "MPQ_WEIGHTS_DIR"
-OFFLINE_ENV = "MPQ_OFFLINE"
+from .runtime import OFFLINE_ENV, WEIGHTS_ENV, current
+
 DOWNLOAD_TIMEOUT_S = 60.0
 
 # torch hub's convention: "<name>-<hex prefix of sha256>.<ext>", e.g. "mbt2018-3-22901978.pth.tar"
@@ -45,8 +46,8 @@ class WeightsHashError(ConfigError):
 
 
 def weights_dir_override() -> Path | None:
-    """``$MPQ_WEIGHTS_DIR`` as a path, or None."""
-    raw = os.environ.get(WEIGHTS_ENV, "").strip()
+    """The run's weights folder (outside a run: ``$MPQ_WEIGHTS_DIR``) as a path, or None."""
+    raw = current().weights_dir
     return Path(raw).expanduser() if raw else None
 
 
@@ -58,7 +59,8 @@ def torch_hub_checkpoints() -> Path:
 
 
 def offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    """Whether the run forbids downloads (outside a run: ``$MPQ_OFFLINE``)."""
+    return current().offline
 
 
 def hash_prefix(filename: str) -> str | None:
@@ -133,7 +135,7 @@ def fetch(url: str, directory: str | Path, *, what: str, check_hash: bool = True
             f"given by --weights-dir / ${WEIGHTS_ENV})")
     if offline():
         raise MissingWeightsError(f"{what}: weights file {filename} is not in {directory} and downloads are off "
-                                  f"(${OFFLINE_ENV}). {hint}")
+                                  f"(--offline / ${OFFLINE_ENV}). {hint}")
     try:
         _download(url, path, prefix, timeout)
     except WeightsHashError:

@@ -2,9 +2,9 @@
 
 A codec may have coded a resampled or remixed signal (Opus at 48 kHz, a mono-only codec); the
 audio modality measured the payload after undoing that, and the loader calls the same function
-(``pipeline.modalities.audio.decode_payload``) with the facts the record holds (``codec_samples``, ``codec_rate``, ``sample_rate``,
-``num_samples``, ``channels``). Samples come out as float32 ``(n, channels)``; the dataset turns
-them into ``(channels, n)`` tensors, torchaudio's layout.
+(``pipeline.modalities.audio.decode_payload``) with the facts the record holds (``codec_samples``,
+``codec_rate``, ``sample_rate``, ``num_samples``, ``channels``). Samples come out as float32
+``(n, channels)``; the dataset turns them into ``(channels, n)`` tensors, torchaudio's layout.
 """
 from __future__ import annotations
 

@@ -19,12 +19,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..errors import SampleError, env_count
+from ..media import MAX_PIXELS  # the one limit, shared with the writer
 
 Decoder = Callable[[bytes], Any]
 
 #: Images above this many pixels are refused before their pixels are decoded (decompression bombs);
 #: ``$MPQ_MAX_PIXELS`` raises or lowers it, e.g. for sets written with a higher ``--max-pixels``.
-MAX_PIXELS = 178_956_970
 PIXELS_ENV = "MPQ_MAX_PIXELS"
 
 

@@ -41,7 +41,7 @@ class Storage:
         if self.local or cache_dir is False:
             self.cache_dir: str | None = None
         else:
-            self.cache_dir = os.fspath(cache_dir) if cache_dir not in (None, True) else DEFAULT_CACHE
+            self.cache_dir = DEFAULT_CACHE if cache_dir is None or cache_dir is True else os.fspath(cache_dir)
 
     def _open(self):
         import fsspec
@@ -120,7 +120,7 @@ class Storage:
             out.close()
             raise
         out.seek(0)
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # a SpooledTemporaryFile reads like the BinaryIO promised
 
     def _open_stored(self, parts: tuple[str, ...], size: int, sha256: str, *, verify: bool = False) -> BinaryIO:
         if self.local:

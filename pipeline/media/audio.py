@@ -187,7 +187,7 @@ def av_decode(data: bytes, *, stream: int = 0, find_depth: bool = False) -> tupl
             raise SampleError(f"cannot decode audio: {exc}") from None
         samples = _join_frames(chunks, ctx.layout.nb_channels)
         info: dict[str, Any] = {"codec": ctx.name, "sample_format": fmt_name}
-        if end is not None:
+        if end is not None and st.time_base is not None:
             last = int(round(float(end * st.time_base) * rate))
             if 0 < last < samples.shape[0]:
                 info["end_trimmed"] = samples.shape[0] - last

@@ -20,9 +20,7 @@ from PIL import Image, ImageOps
 
 from ..errors import SampleError
 
-#: Images above this many pixels are refused as decompression bombs (Pillow's own default is 89 M);
-#: ``--max-pixels`` (``TranscodeConfig.max_pixels``) sets another limit for a run.
-MAX_PIXELS = 178_956_970
+from . import MAX_PIXELS
 
 
 def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:

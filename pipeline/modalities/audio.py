@@ -105,14 +105,14 @@ def _code(codec: Codec, audio: Audio) -> tuple[Encoded, np.ndarray, dict[str, An
             def kbps(e: Encoded) -> float:  # as recorded below
                 return e.payload_bits / audio.duration / 1000.0
 
-            codec, enc, searched = target.search(codec, lambda c: c.encode(x, c_rate), kbps)
+            chosen, enc, searched = target.search(codec, lambda c: c.encode(x, c_rate), kbps)
             enc = Encoded(enc.payload, enc.extension, enc.bits, {**enc.info, **searched}, enc.extra)
         else:
-            enc = codec.encode(x, c_rate)
+            chosen, enc = codec, codec.encode(x, c_rate)
         t1 = time.perf_counter()
         shape = {"sample_rate": rate, "channels": channels, "num_samples": n, "codec_rate": c_rate,
                  "codec_channels": c_channels, "codec_samples": coded}
-        decoded, padding = _decode_back(codec, enc.payload, shape)
+        decoded, padding = _decode_back(chosen, enc.payload, shape)
         t2 = time.perf_counter()
     if decoded.shape != audio.samples.shape:
         raise SampleError(f"decoded {decoded.shape}, the source is {audio.samples.shape}")

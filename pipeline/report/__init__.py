@@ -135,7 +135,7 @@ def _family_warnings(sets: list[CodecSet], summary: Any) -> list[str]:
             out.append(f"{ds}/{sp} {fam}: its settings differ in {', '.join(varying)}; the {fam} curve mixes them.")
     for (ds, sp), part in summary.groupby(["dataset", "split"], sort=True):
         metric = PRIMARY[part["modality"].iloc[0]]
-        for fam, (r, q, tags) in curve_points(part, part["rate_unit"].iloc[0], metric).items():
+        for fam, (_r, q, tags) in curve_points(part, part["rate_unit"].iloc[0], metric).items():
             if len(q) > 1 and not all(b > a for a, b in zip(q, q[1:])):
                 out.append(f"{ds}/{sp} {fam}: {metric} does not rise with rate along {', '.join(tags)}; "
                            "BD figures for this family are doubtful.")

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
+
+Curve = Union[Sequence[float], np.ndarray]  # rates or qualities of one curve
 
 METHODS = ("cubic", "pchip")
 MIN_POINTS = 4  # a cubic needs 4 points to be determined; the CTC sheets use 4 rate points too
@@ -41,7 +43,7 @@ class BDResult:
         return math.isfinite(self.value)
 
 
-def _points(rate: Sequence[float], quality: Sequence[float], name: str) -> tuple[np.ndarray, np.ndarray] | str:
+def _points(rate: Curve, quality: Curve, name: str) -> tuple[np.ndarray, np.ndarray] | str:
     """Usable (rate, quality) points sorted by quality, or a reason why the curve cannot be used."""
     r = np.asarray(rate, dtype=np.float64)
     q = np.asarray(quality, dtype=np.float64)
@@ -86,8 +88,8 @@ def _two_curves(anchor_rate, anchor_quality, test_rate, test_quality):
     return a, t
 
 
-def bd_rate(anchor_rate: Sequence[float], anchor_quality: Sequence[float], test_rate: Sequence[float],
-            test_quality: Sequence[float], method: str = "cubic") -> BDResult:
+def bd_rate(anchor_rate: Curve, anchor_quality: Curve, test_rate: Curve,
+            test_quality: Curve, method: str = "cubic") -> BDResult:
     """Percent rate change of the test curve against the anchor at equal quality (PSNR, SNR in dB)."""
     curves = _two_curves(anchor_rate, anchor_quality, test_rate, test_quality)
     if isinstance(curves, str):
@@ -100,8 +102,8 @@ def bd_rate(anchor_rate: Sequence[float], anchor_quality: Sequence[float], test_
     return BDResult((math.exp((it - ia) / (hi - lo)) - 1.0) * 100.0, method, lo, hi)
 
 
-def bd_psnr(anchor_rate: Sequence[float], anchor_quality: Sequence[float], test_rate: Sequence[float],
-            test_quality: Sequence[float], method: str = "cubic") -> BDResult:
+def bd_psnr(anchor_rate: Curve, anchor_quality: Curve, test_rate: Curve,
+            test_quality: Curve, method: str = "cubic") -> BDResult:
     """Mean quality difference (dB) of the test curve over the anchor at equal rate (log-rate interval)."""
     curves = _two_curves(anchor_rate, anchor_quality, test_rate, test_quality)
     if isinstance(curves, str):

@@ -61,7 +61,7 @@ def rd_plot(rows: Any, rate_unit: str, metric: str, path: Path, title: str, anch
     fig = Figure(figsize=(7.0, 4.8), dpi=110)
     ax = fig.add_subplot()
     markers = "osD^v<>pXh*"
-    for family, (r, q, tags) in points.items():
+    for family, (r, q, _tags) in points.items():
         i = slot[family]
         label = f"{family} (anchor)" if family == anchor else family
         ax.plot(r, q, marker=markers[i % len(markers)], color=f"C{i % 10}", linewidth=2.2 if family == anchor else 1.4,

@@ -185,7 +185,6 @@ def extreme_classes(classes: Any, summary: Any, count: int = 5):
     setting's mean quality. Lossless settings (infinite quality) are left out. Returns (top, bottom)
     DataFrames per dataset/split, keyed by (dataset, split).
     """
-    import pandas as pd
 
     out: dict[tuple[str, str], tuple[Any, Any]] = {}
     if classes is None or len(classes) == 0:

@@ -338,7 +338,8 @@ def _routing_executor(client, *, route_gpu: bool):
     from distributed.cfexecutor import ClientExecutor
 
     class RoutingExecutor(ClientExecutor):
-        def submit(self, fn, *args, **kwargs):
+        # the same call as ClientExecutor.submit (which mypy sees as Executor's generic one), plus resources
+        def submit(self, fn, *args, **kwargs):  # type: ignore[override]
             if route_gpu and args and "resources" not in kwargs:
                 resources = getattr(args[0], "resources", None)
                 if resources:

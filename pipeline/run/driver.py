@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from ..store import layout
 from ..codecs import get_codec
+from ..codecs.runtime import use
 from .config import TranscodeConfig
 from ..errors import ConfigError, OutputError
 from ..modalities import get_modality
@@ -113,7 +114,8 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
         reason = codec.unavailable()
         if reason:
             raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
-        codec.preflight(spec)  # e.g. a learned codec's weights: present, or downloaded, and checked
+        with use(config.runtime):  # the run's weights folder and offline setting, as on the workers
+            codec.preflight(spec)  # e.g. a learned codec's weights: present, or downloaded, and checked
     source = make_source(config.dataset, config.root, config.split, dict(config.source_options))
     for spec in config.codecs:
         if get_codec(spec.name).modality not in (source.modality, "any"):  # "any": the lossless reference
@@ -146,7 +148,8 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
     # a Listing slices into views (the client never holds a SampleRef per sample); a plain list into tuples
     parts = [refs[i: i + n] if isinstance(refs, Listing) else tuple(refs[i: i + n]) for i in range(0, len(refs), n)]
     tasks = [ShardTask(source, config.dataset, part, i, tuple(group), config.out, options, modules=modules,
-                       compression=config.shard_compression, verify_sources=config.verify_sources)
+                       compression=config.shard_compression, verify_sources=config.verify_sources,
+                       runtime=config.runtime)
              for group in groups for i, part in enumerate(parts)]
     return source, tasks
 
@@ -194,7 +197,7 @@ def _library_versions(specs: Iterable[CodecSpec]) -> dict[str, dict[str, str]]:
     import numpy
     import PIL
 
-    from .. import __version__
+    from ..version import __version__
 
     base = {"mpq-pipeline": __version__, "python": sys.version.split()[0], "numpy": numpy.__version__,
             "pillow": PIL.__version__}
@@ -265,7 +268,7 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     # shard files of the other compression (a rerun that switched --shard-compression)
     keep = {layout.shard_name(config.dataset, source.split, spec, t.index) for t in tasks}
     ext = layout.shard_ext(config.shard_compression)
-    for name in store.names(folder, f"{config.dataset}-{source.split}-{spec.tag}-"):
+    for name in store.names(folder, layout.shard_prefix(config.dataset, source.split, spec)):
         if name.endswith(layout.STATS_SUFFIX):
             stem, other_ext = name.removesuffix(layout.STATS_SUFFIX), False
         else:
@@ -315,8 +318,9 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     ``executor`` defaults to running in this process; pass ``Client.get_executor()`` or
     :func:`pipeline.run.cluster.dask_executor` for Dask. ``progress`` shows a tqdm bar (True) or calls
     ``progress(done, total)``, counting samples, or encodes (sample x setting) when learned and other
-    codecs run as separate tasks over the same samples (see :func:`progress_units`). ``isolate`` encodes every shard in a child process from the start, so a codec that
-    crashes its process costs one sample even on the first attempt (retries always do this).
+    codecs run as separate tasks over the same samples (see :func:`progress_units`). ``isolate`` encodes
+    every shard in a child process from the start, so a codec that crashes its process costs one
+    sample even on the first attempt (retries always do this).
     Raises OutputError when the output location cannot be written (nothing partial is left).
     """
     # ``planned``: the result of ``plan(config)`` when the caller already listed the source (the CLI

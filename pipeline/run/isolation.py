@@ -20,7 +20,14 @@ import signal
 import subprocess
 import sys
 import traceback
-from typing import Callable
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Callable
+
+from .events import SampleEvent, SampleFailed, SampleRead, SettingFailed, StreamDone, StreamFatal
+
+if TYPE_CHECKING:
+    from ..codecs.spec import CodecSpec
+    from .task import ShardTask
 
 #: child processes that may die in one shard before the task gives up (a broken codec, not one bad sample)
 MAX_CRASHES = 10
@@ -47,63 +54,93 @@ def _dumps(obj) -> bytes:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _spawn() -> subprocess.Popen:
+def _spawn() -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
+    """A child encoder and its stdin and stdout pipes."""
     env = dict(os.environ)
     env.pop("MALLOC_TRIM_THRESHOLD_", None)  # Dask's setting slows image buffers 3x (see cluster.py)
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return subprocess.Popen([sys.executable, "-m", "pipeline.run.isolation"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.run.isolation"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env)
+    if proc.stdin is None or proc.stdout is None:  # never with PIPE; says so to the type checker
+        raise RuntimeError("the child encoder has no pipes")
+    return proc, proc.stdin, proc.stdout
 
 
-def run_isolated(task, pending: list, apply: Callable[[tuple], None]) -> int:
+@dataclass
+class _Cursor:
+    """Where the children are: the next sample ``i`` and setting ``j``, and whether sample ``i`` was read."""
+
+    settings: int
+    i: int = 0
+    j: int = 0
+    in_sample: bool = False
+
+    def advance(self, event: SampleEvent) -> None:
+        """Move past what ``event`` reports."""
+        if isinstance(event, SampleFailed):
+            self.i, self.j, self.in_sample = event.index + 1, 0, False
+        elif isinstance(event, SampleRead):
+            if event.index != self.i:
+                self.i, self.j = event.index, 0
+            self.in_sample = True
+        else:  # SettingEncoded / SettingFailed for (i, j)
+            self.i, self.j = event.index, event.setting + 1
+            if self.j == self.settings:
+                self.i, self.j, self.in_sample = self.i + 1, 0, False
+
+    def crash_event(self, pending: list[CodecSpec], why: str) -> SampleEvent:
+        """The error row for the pair a child died on: the setting it was encoding, or the sample it read."""
+        if self.in_sample:
+            return SettingFailed(self.i, self.j, f"{pending[self.j].canonical} crashed its process on this sample "
+                                                 f"({why})")
+        return SampleFailed(self.i, f"reading or decoding this sample crashed its process ({why})")
+
+
+def _run_child(task: ShardTask, pending: list[CodecSpec], cursor: _Cursor,
+               apply: Callable[[SampleEvent], None]) -> tuple[bool, int | None]:
+    """One child from the cursor on, its events applied; (whether it finished, its exit status)."""
+    proc, stdin, stdout = _spawn()
+    finished = False
+    try:
+        try:
+            stdin.write(_dumps((task, pending, (cursor.i, cursor.j))))
+            stdin.close()
+        except BrokenPipeError:  # died on start-up: read its status below
+            pass
+        while True:
+            try:
+                event = pickle.load(stdout)
+            except EOFError:
+                break
+            if isinstance(event, StreamDone):
+                finished = True
+                break
+            if isinstance(event, StreamFatal):
+                raise RuntimeError(f"isolated encoder failed: {event.traceback}")
+            apply(event)
+            cursor.advance(event)
+    except BaseException:  # Ctrl-C or a fatal error: the child must not outlive this attempt
+        proc.kill()
+        raise
+    finally:
+        stdout.close()
+        if not finished and proc.poll() is None:
+            try:
+                proc.wait(timeout=10)  # EOF came first: give the exit status a moment to arrive
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        rc = proc.wait()
+    return finished, rc
+
+
+def run_isolated(task: ShardTask, pending: list[CodecSpec], apply: Callable[[SampleEvent], None]) -> int:
     """Run ``task``'s samples for the ``pending`` settings in child processes, feeding each event to
     ``apply``; a child's death becomes an error row for the pair it was on. Returns how many died."""
-    n = len(pending)
-    pos_i, pos_j, in_sample = 0, 0, False
+    cursor = _Cursor(len(pending))
     crashes = 0
-    while pos_i < len(task.refs):
-        proc = _spawn()
-        finished = False
-        try:
-            try:
-                proc.stdin.write(_dumps((task, pending, (pos_i, pos_j))))
-                proc.stdin.close()
-            except BrokenPipeError:  # died on start-up: read its status below
-                pass
-            while True:
-                try:
-                    event = pickle.load(proc.stdout)
-                except EOFError:
-                    break
-                kind = event[0]
-                if kind == "done":
-                    finished = True
-                    break
-                if kind == "fatal":
-                    raise RuntimeError(f"isolated encoder failed: {event[1]}")
-                apply(event)
-                if kind == "sample_error":
-                    pos_i, pos_j, in_sample = event[1] + 1, 0, False
-                elif kind == "sample":
-                    if event[1] != pos_i:
-                        pos_i, pos_j = event[1], 0
-                    in_sample = True
-                else:  # encoded / encode_error for (i, j)
-                    pos_i, pos_j = event[1], event[2] + 1
-                    if pos_j == n:
-                        pos_i, pos_j, in_sample = pos_i + 1, 0, False
-        except BaseException:  # Ctrl-C or a fatal error: the child must not outlive this attempt
-            proc.kill()
-            raise
-        finally:
-            proc.stdout.close()
-            if not finished and proc.poll() is None:
-                try:
-                    proc.wait(timeout=10)  # EOF came first: give the exit status a moment to arrive
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            rc = proc.wait()
+    while cursor.i < len(task.refs):
+        finished, rc = _run_child(task, pending, cursor, apply)
         if finished:
             return crashes
         crashes += 1
@@ -111,14 +148,9 @@ def run_isolated(task, pending: list, apply: Callable[[tuple], None]) -> int:
         if crashes > MAX_CRASHES:
             raise RuntimeError(f"encoding crashed its process {crashes} times in one shard (last: {why}); "
                                "the codec library looks broken, not one sample")
-        if in_sample:
-            apply(("encode_error", pos_i, pos_j, f"{pending[pos_j].canonical} crashed its process on this sample ({why})"))
-            pos_j += 1
-            if pos_j == n:
-                pos_i, pos_j, in_sample = pos_i + 1, 0, False
-        else:
-            apply(("sample_error", pos_i, f"reading or decoding this sample crashed its process ({why})"))
-            pos_i, pos_j = pos_i + 1, 0
+        event = cursor.crash_event(pending, why)
+        apply(event)
+        cursor.advance(event)
     return crashes
 
 
@@ -129,17 +161,19 @@ def main() -> None:
     sys.stdout = sys.stderr
     try:
         from ..codecs import make_codec
-        from .task import import_modules, sample_events
+        from ..codecs.runtime import use
+        from .events import import_modules, sample_events
 
         task, pending, start = pickle.load(sys.stdin.buffer)
         import_modules(task.modules)
-        codecs = [make_codec(s) for s in pending]
-        for event in sample_events(task, pending, codecs, start):
-            pickle.dump(event, out, protocol=pickle.HIGHEST_PROTOCOL)
-            out.flush()
-        pickle.dump(("done",), out)
+        with use(task.runtime):  # the run's settings, not the environment this child inherited
+            codecs = [make_codec(s) for s in pending]
+            for event in sample_events(task, pending, codecs, start):
+                pickle.dump(event, out, protocol=pickle.HIGHEST_PROTOCOL)
+                out.flush()
+        pickle.dump(StreamDone(), out)
     except Exception:  # noqa: BLE001 - a set-up error, reported to the parent as such
-        pickle.dump(("fatal", traceback.format_exc(limit=5)), out)
+        pickle.dump(StreamFatal(traceback.format_exc(limit=5)), out)
     out.flush()
     out.close()
 

@@ -14,23 +14,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import math
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from ..store import layout
 from ..codecs import get_codec, make_codec
-from ..codecs.base import Codec
-from ..errors import SampleError
-from ..modalities import get_modality
+from ..codecs.runtime import CodecRuntime, use
 from ..sources.base import SampleRef, Source
 from ..codecs.spec import CodecSpec
 from ..store.storage import open_store
 from ..store.writer import ShardWriter, dumps
+from .events import (SampleEvent, SampleFailed, SampleRead, SettingEncoded, SettingFailed, import_modules,
+                     sample_events)
 
 
 #: options that say where or how, not what: they stay out of the plan hash (moving the weights keeps shards)
@@ -50,6 +49,7 @@ class ShardTask:
     isolate: bool = False  # encode in a child process from the start (a crashing codec costs one sample)
     compression: str | None = None  # shard compression: None (plain .tar) or "gzip" (.tar.gz)
     verify_sources: bool = False  # rehash the sources of complete shards; redo those whose content changed
+    runtime: CodecRuntime = CodecRuntime()  # weights folder, offline, device, threads: applied where it runs
 
     def plan_hash(self, spec: CodecSpec) -> str:
         """Identity of what this shard must contain for one setting; a change redoes the shard."""
@@ -97,12 +97,6 @@ class ShardResult:
     crashes: int = 0  # child processes that died on a sample (each such sample is an error row)
     changed: list[str] = field(default_factory=list)  # tags redone because the shard's sources changed
     adopted: list[str] = field(default_factory=list)  # tags of an older set kept, their stats given the new key
-
-
-def import_modules(modules: tuple[str, ...]) -> None:
-    """Import the modules that register codecs defined outside the package (on workers, children)."""
-    for module in modules:
-        importlib.import_module(module)
 
 
 def shard_state(task: ShardTask, spec: CodecSpec) -> tuple[str, dict[str, Any] | None]:
@@ -174,38 +168,6 @@ def _json_float(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else x
 
 
-def _reason(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, SampleError) else f"{type(exc).__name__}: {exc}"
-
-
-def sample_events(task: ShardTask, pending: list[CodecSpec], codecs: list[Codec],
-                  start: tuple[int, int] = (0, 0)) -> Iterator[tuple]:
-    """What happens to each sample, in order, from sample ``start[0]`` and setting ``start[1]`` on.
-
-    Events: ``("sample_error", i, reason)`` (unreadable source), ``("sample", i, sha256, attachments,
-    fields)``, then per setting j ``("encoded", i, j, members, measures)`` or ``("encode_error", i, j,
-    reason)``. The same stream is consumed in this process or sent from an isolated child.
-    """
-    modality = get_modality(task.source.modality)
-    first, from_setting = start
-    for i in range(first, len(task.refs)):
-        try:
-            raw = task.source.read(task.refs[i])
-            sha = hashlib.sha256(raw.data).hexdigest()
-            prepared = modality.prepare(raw, task.options)
-        except Exception as exc:  # per-sample: recorded, the run goes on
-            yield ("sample_error", i, _reason(exc))
-            continue
-        yield ("sample", i, sha, raw.attachments, raw.fields)
-        for j in range(from_setting if i == first else 0, len(pending)):
-            try:
-                members, m = modality.encode(codecs[j], prepared, task.options)
-            except Exception as exc:
-                yield ("encode_error", i, j, _reason(exc))
-                continue
-            yield ("encoded", i, j, members, m)
-
-
 class _Assembler:
     """Turns sample events into tar members and manifest rows, then publishes tar then stats."""
 
@@ -214,7 +176,7 @@ class _Assembler:
         self.store = open_store(task.out)
         self.rows: list[list[dict[str, Any]]] = [[] for _ in pending]
         self.writers: dict[int, ShardWriter] = {}
-        self.sample: tuple[int, str, dict[str, bytes], dict[str, Any]] | None = None
+        self.sample: SampleRead | None = None
         for j, spec in enumerate(pending):
             folder, name = task.paths(spec)
             self.store.remove_temps(folder, name)
@@ -225,28 +187,30 @@ class _Assembler:
         ref = self.task.refs[i]
         return {"key": ref.key, "source": ref.source, **self.task.source.label_fields(ref)}
 
-    def apply(self, event: tuple) -> None:
-        kind, i = event[0], event[1]
-        if kind == "sample_error":
+    def apply(self, event: SampleEvent) -> None:
+        if isinstance(event, SampleFailed):
             for rows in self.rows:
-                rows.append({**self.base(i), "status": "error", "error": event[2]})
-        elif kind == "sample":
-            self.sample = (i, event[2], event[3], event[4])
-        elif kind == "encode_error":
-            _, sha, _, _ = self._current(i)
-            self.rows[event[2]].append({**self.base(i), "source_sha256": sha, "status": "error", "error": event[3]})
-        elif kind == "encoded":
-            self._encoded(i, event[2], event[3], event[4])
+                rows.append({**self.base(event.index), "status": "error", "error": event.reason})
+        elif isinstance(event, SampleRead):
+            self.sample = event
+        elif isinstance(event, SettingFailed):
+            sha = self._current(event.index).sha256
+            self.rows[event.setting].append({**self.base(event.index), "source_sha256": sha, "status": "error",
+                                             "error": event.reason})
+        elif isinstance(event, SettingEncoded):
+            self._encoded(event)
         else:
-            raise ValueError(f"unknown sample event {kind!r}")
+            raise ValueError(f"unknown sample event {event!r}")
 
-    def _current(self, i: int) -> tuple[int, str, dict[str, bytes], dict[str, Any]]:
-        if self.sample is None or self.sample[0] != i:
+    def _current(self, i: int) -> SampleRead:
+        if self.sample is None or self.sample.index != i:
             raise RuntimeError(f"sample event {i} out of order")
         return self.sample
 
-    def _encoded(self, i: int, j: int, members: list[tuple[str, bytes]], m: dict[str, Any]) -> None:
-        _, sha, attachments, fields = self._current(i)
+    def _encoded(self, event: SettingEncoded) -> None:
+        i, j, members, m = event.index, event.setting, event.members, event.measures
+        current = self._current(i)
+        sha, attachments, fields = current.sha256, current.attachments, current.fields
         ref, spec, base = self.task.refs[i], self.pending[j], self.base(i)
         facts = {k: v for k, v in m.items() if not k.endswith("_s")}  # timings stay out of shards
         record = {**base, **fields, "dataset": self.task.dataset, "split": self.task.source.split,
@@ -289,10 +253,18 @@ def attempt_marker(task: ShardTask, spec: CodecSpec) -> str:
 
 
 def run_shard(task: ShardTask) -> ShardResult:
-    """Encode one shard for every setting still missing; publish tar then stats, per setting."""
+    """Encode one shard for every setting still missing; publish tar then stats, per setting.
+
+    The run's codec settings (``task.runtime``) apply here, not this process's environment.
+    """
     import_modules(task.modules)
     if not isinstance(task.refs, tuple):  # a slice of the listing: this shard's SampleRefs, made here
         task = dataclasses.replace(task, refs=tuple(task.refs))
+    with use(task.runtime):
+        return _run_shard(task)
+
+
+def _run_shard(task: ShardTask) -> ShardResult:
     store = open_store(task.out)
     result = ShardResult(task.index, samples=len(task.refs))
     pending: list[CodecSpec] = []

@@ -5,7 +5,7 @@ import importlib
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
-from .base import RawSample, SampleRef, Source
+from .base import RawSample, SampleRef, Source, SourceOption
 
 _REGISTRY: dict[str, type[Source]] = {}
 _MODULES = ("pipeline.sources.imagenet", "pipeline.sources.ade20k", "pipeline.sources.imagefolder",
@@ -45,8 +45,22 @@ def get_source(name: str) -> type[Source]:
         raise ConfigError(f"unknown dataset {name!r} (known: {', '.join(source_names())})") from None
 
 
+def declared_options() -> list[tuple[SourceOption, list[str]]]:
+    """Every option a registered source declares, once, with the sources declaring it (for the CLI).
+
+    Two sources may share an option name only with the same kind (flag or value)."""
+    found: dict[str, tuple[SourceOption, list[str]]] = {}
+    for name in source_names():
+        for option in _REGISTRY[name].options:
+            if option.name in found and found[option.name][0].flag != option.flag:
+                raise ValueError(f"source option {option.name!r} is a flag in one source and a value in another")
+            found.setdefault(option.name, (option, []))[1].append(name)
+    return list(found.values())
+
+
 def make_source(name: str, root: str, split: str | None, options: dict[str, Any] | None = None) -> Source:
     return get_source(name)(root, split, **(options or {}))
 
 
-__all__ = ["RawSample", "SampleRef", "Source", "get_source", "make_source", "register", "source_names"]
+__all__ = ["RawSample", "SampleRef", "Source", "SourceOption", "declared_options", "get_source", "make_source",
+           "register", "source_names"]

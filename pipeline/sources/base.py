@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Sequence
 
 from ..errors import ConfigError
 
@@ -51,6 +51,18 @@ class RawSample:
     fields: dict[str, Any] = field(default_factory=dict)  # label, wnid, transcript, ...
 
 
+@dataclass(frozen=True)
+class SourceOption:
+    """An option a dataset layout accepts: keyword ``name`` in ``source_options``, ``--name-with-dashes`` on the CLI.
+
+    ``flag``: a switch (true when given); otherwise it takes a text value.
+    """
+
+    name: str
+    help: str
+    flag: bool = False
+
+
 class Source(ABC):
     """A dataset layout. Subclasses set ``name``, ``modality`` and ``splits`` and implement list/read."""
 
@@ -59,7 +71,7 @@ class Source(ABC):
     splits: ClassVar[tuple[str, ...] | None] = None  # None: any name (a free output name)
     default_split: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
-    options: ClassVar[tuple[str, ...]] = ()  # option names this source accepts
+    options: ClassVar[tuple[SourceOption, ...]] = ()  # the options this source accepts (and the CLI offers)
 
     def __init__(self, root: str | Path, split: str | None = None, **options: Any):
         self.root = str(root)
@@ -70,7 +82,7 @@ class Source(ABC):
             raise ConfigError(f"{self.name}: unknown split {split!r} (splits: {', '.join(self.splits)})")
         if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
             raise ConfigError(f"split name {split!r} must use only letters, digits, '_' and '-'")
-        unknown = sorted(set(k for k, v in options.items() if v is not None) - set(self.options))
+        unknown = sorted({k for k, v in options.items() if v is not None} - {o.name for o in self.options})
         if unknown:
             raise ConfigError(f"{self.name}: unknown option {unknown[0]!r}")
         self.split = split

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, SampleError
-from .base import RawSample, SampleRef, Source, sanitize_key
+from .base import RawSample, SampleRef, Source, SourceOption, sanitize_key
 from .listing import Listing, ListingBuilder
 from . import register
 
@@ -25,14 +25,23 @@ class HuggingFace(Source):
     modality_doc = "image or audio"
     summary = ("Hugging Face dataset: hub name, save_to_disk folder or parquet files (--image-column or "
                "--audio-column, --label-column)")
-    options = ("image_column", "label_column", "hf_config", "key_column", "audio_column")
+    options = (
+        SourceOption("image_column", "image column [default: image]"),
+        SourceOption("label_column", "integer label column (stored as .cls)"),
+        SourceOption("hf_config", "dataset configuration name on the hub"),
+        SourceOption("key_column", "column holding a unique id used as the sample key"),
+        SourceOption("audio_column", "audio column (makes the dataset an audio dataset)"),
+    )
+
+    _ds: Any = None  # the opened dataset, per process (never pickled)
 
     def __init__(self, root, split=None, **options):
         super().__init__(root, split, **options)
         if "audio_column" in self.opts:
             if "image_column" in self.opts:
                 raise ConfigError("hf: give image_column or audio_column, not both")
-            self.modality = "audio"  # this instance's samples go through the audio modality
+            # this instance's samples go through the audio modality (hf alone picks its modality per dataset)
+            self.modality = "audio"  # type: ignore[misc]  # a class-level default, set per instance here
 
     def _media_column(self) -> str:
         return self.opts.get("audio_column") or self.opts.get("image_column", "image")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError, SampleError
-from .base import RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
+from ..values import parse_bool
+from .base import RawSample, SampleRef, Source, SourceOption, file_stamp, read_file, sanitize_key
 from .listing import Listing, ListingBuilder
 from . import register
 
@@ -31,28 +31,17 @@ class TrackedSample(RawSample):
     tracks: dict[str, bytes] = field(default_factory=dict)
 
 
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"musdb: option {name} takes true or false, not {value!r}")
-
-
 @register
 class MUSDB(Source):
     name = "musdb"
     modality = "audio"
     splits = ("train", "test")
     summary = "MUSDB18-HQ (WAV folders) or MUSDB18 (.stem.mp4): mixture coded, stems kept as FLAC"
-    options = ("encode_stems",)
+    options = (SourceOption("encode_stems", "send the four stems through the codec too", flag=True),)
 
     def __init__(self, root, split=None, **options):
         super().__init__(root, split, **options)
-        self.encode_stems = _flag("encode_stems", self.opts.get("encode_stems", False))
+        self.encode_stems = parse_bool(self.opts.get("encode_stems", False), what="musdb: option encode_stems")
         self.opts["encode_stems"] = self.encode_stems
 
     def list(self) -> Listing:

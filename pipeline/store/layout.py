@@ -12,8 +12,14 @@ def set_dir(out: str | Path, dataset: str, split: str, spec: CodecSpec) -> Path:
     return Path(out) / dataset / split / spec.tag
 
 
+def shard_prefix(dataset: str, split: str, spec: CodecSpec) -> str:
+    """What every shard name of one set starts with (for listing a set's files)."""
+    return f"{dataset}-{split}-{spec.tag}-"
+
+
 def shard_name(dataset: str, split: str, spec: CodecSpec, index: int) -> str:
-    return f"{dataset}-{split}-{spec.tag}-{index:06d}"
+    """``<dataset>-<split>-<tag>-<index, 6 digits>``: the one place shard names are made."""
+    return f"{shard_prefix(dataset, split, spec)}{index:06d}"
 
 
 #: opt-in shard compressions and their file extensions (None: plain ``.tar``, the default)

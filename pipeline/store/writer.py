@@ -96,7 +96,7 @@ class ShardWriter:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.tmp, "wb")
         self._gz = None
-        target = self._fh
+        target: io.BufferedIOBase = self._fh
         if compression == "gzip":
             from .layout import GZIP_LEVEL
 
@@ -145,7 +145,7 @@ class ShardWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def file_digest(path: Path) -> tuple[int, str]:
+def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
     """(size, sha256 hex) of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     size = 0

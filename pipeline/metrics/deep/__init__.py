@@ -12,5 +12,5 @@ from .base import (DeepMetric, WeightsFile, cached, checkpoint_folder, columns, 
 from . import audio as _audio  # noqa: F401 - registers cdpam
 from . import image as _image  # noqa: F401 - registers lpips:*, dists
 
-__all__ = ["DeepMetric", "WeightsFile", "cached", "checkpoint_folder", "columns", "get_metric", "measure", "metric_names",
-           "register", "resolve"]
+__all__ = ["DeepMetric", "WeightsFile", "cached", "checkpoint_folder", "columns", "get_metric", "measure",
+           "metric_names", "register", "resolve"]
