@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any, Iterable, Mapping
 
 from ..store import layout
 from ..errors import ConfigError
+from ..store.index import read_index
 from .sets import open_set
 from .storage import Storage
 
@@ -33,7 +33,7 @@ def _set_specs(storage: Storage, dataset: str, split: str, codecs: Iterable[Any]
     found = []
     for tag in storage.listdir(dataset, split):
         if storage.exists(dataset, split, tag, layout.INDEX):
-            found.append(json.loads(storage.read_bytes(dataset, split, tag, layout.INDEX))["codec"])
+            found.append(read_index(storage, dataset, split, tag=tag).codec)
     if not found:
         raise ConfigError(f"no complete codec set found under {storage.display(dataset, split)} "
                           "(a store that cannot list folders, such as HTTP, needs codecs=[...])")

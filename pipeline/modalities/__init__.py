@@ -4,17 +4,22 @@ module here and an entry in :data:`MODALITIES`."""
 from __future__ import annotations
 
 import importlib
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import pyarrow as pa
 
 from ..codecs.base import Codec
 from ..sources.base import RawSample
+from ..store.index import Field
 
 
 class Modality(Protocol):
     #: manifest columns this modality adds to the common ones, in order
     COLUMNS: list[tuple[str, pa.DataType]]
+
+    def schema(self, codec: type[Codec], name: str, options: dict[str, Any],
+               tracks: Sequence[str] = ()) -> tuple[Field, ...]:
+        """The fields this modality gives each sample of a set: payload (field ``name``), coded tracks, measures."""
 
     def prepare(self, raw: RawSample, options: dict[str, Any]) -> Any:
         """Decode the source bytes once into what every codec of this modality encodes.

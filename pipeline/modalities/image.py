@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -13,10 +13,25 @@ from ..errors import SampleError
 from ..media.image import MAX_PIXELS, decode_to_rgb
 from ..metrics.image import ms_ssim, mse, psnr_from_mse
 from ..sources.base import RawSample
+from ..store.index import Field, record
 
 COLUMNS = [("width", pa.int64()), ("height", pa.int64()), ("bits", pa.int64()), ("bpp", pa.float64()),
            ("psnr", pa.float64()), ("mse", pa.float64()), ("ms_ssim", pa.float64()),
            ("target_bpp", pa.float64()), ("chosen_quality", pa.int64())]
+
+
+def schema(codec: type[ImageCodec], name: str, options: Mapping[str, Any], tracks: Sequence[str] = ()) -> tuple[Field, ...]:
+    """The payload and measures a set's samples carry: the codec's payload, or first the stored decoded
+    ``.png`` of a codec with ``reconstruction`` (what the metrics saw), then ``bits`` and ``bpp``.
+
+    The codec's payload is declared even when ``bitstream`` is off (its member is then absent), so
+    a loader asked to decode it names the member it lacks.
+    """
+    fields = []
+    if getattr(codec, "reconstruction", False) and options.get("reconstruction", True):
+        fields.append(Field(name, "payload", "image", "png", "png"))
+    fields.append(Field(name, "payload", "image", codec.extension, "codec"))
+    return (*fields, record("bits", "int", view=True), record("bpp", "float", view=True))
 
 
 def prepare(raw: RawSample, options: dict[str, Any] | None = None) -> np.ndarray:

@@ -92,7 +92,7 @@ def summarize_set(s: CodecSet) -> dict[str, Any]:
     ok = frame[frame["status"] == "ok"]
     rate = RATE[s.modality]
     primary = PRIMARY[s.modality]
-    shard_bytes = sum(int(sh["bytes"]) for sh in s.index["shards"])
+    shard_bytes = sum(sh.bytes for sh in s.index.shards)
     n_ok = len(ok)
     bits = payload_bits(s, ok) if n_ok else np.zeros(0)
     raw = raw_bits(s, ok) if n_ok else np.zeros(0)
@@ -111,7 +111,7 @@ def summarize_set(s: CodecSet) -> dict[str, Any]:
         mean_mse = float(np.nanmean(_column(ok, "mse")))
         row["psnr_mse"] = math.inf if mean_mse == 0 else 10.0 * math.log10(255.0**2 / mean_mse)
     # storage: what a loader reads against what the codec produced
-    row["shards"] = len(s.index["shards"])
+    row["shards"] = len(s.index.shards)
     row["shard_bytes"] = shard_bytes
     row["folder_bytes"] = sum(p.stat().st_size for p in s.folder.iterdir() if p.is_file())
     row["payload_bytes_mean"] = float(bits.mean() / 8.0) if n_ok else math.nan
@@ -275,10 +275,10 @@ def storage_breakdown(sets: Iterable[CodecSet], max_shards: int | None = 1):
 
     rows = []
     for s in sets if max_shards != 0 else ():
-        shards = s.index["shards"][: max_shards] if max_shards is not None else s.index["shards"]
+        shards = s.index.shards[: max_shards] if max_shards is not None else s.index.shards
         total: dict[str, int] = {}
         for sh in shards:
-            path = s.folder / sh["name"]
+            path = s.folder / sh.name
             if not path.is_file():
                 continue
             for k, v in tar_breakdown(path).items():

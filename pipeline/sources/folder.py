@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..errors import ConfigError
+from ..store.index import Field, attachment
 from .base import RawSample, SampleRef, Source, finalize, read_file, sanitize_key
 
 
@@ -52,6 +53,10 @@ class FolderSource(Source):
         if not refs:
             raise ConfigError(f"{self.name}: no {self.what} under {root} ({skipped} other files)")
         return finalize(refs)
+
+    def fields(self) -> tuple[Field, ...]:
+        """Class folders give a ``.cls`` label (and the record's ``label``)."""
+        return (attachment("label", "cls", "int", "integer"), *super().fields())
 
     def read(self, ref: SampleRef) -> RawSample:
         data = read_file(Path(ref.get("path")))

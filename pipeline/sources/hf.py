@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError, SampleError
 from .base import RawSample, SampleRef, Source, finalize, sanitize_key
+from ..store.index import Field, attachment
 from . import register
 
 
@@ -32,6 +33,11 @@ class HuggingFace(Source):
             if "image_column" in self.opts:
                 raise ConfigError("hf: give image_column or audio_column, not both")
             self.modality = "audio"  # this instance's samples go through the audio modality
+
+    def fields(self) -> tuple[Field, ...]:
+        """A ``--label-column`` gives a ``.cls`` label (and the record's ``label``)."""
+        own = (attachment("label", "cls", "int", "integer"),) if self.opts.get("label_column") else ()
+        return (*own, *super().fields())
 
     def _media_column(self) -> str:
         return self.opts.get("audio_column") or self.opts.get("image_column", "image")

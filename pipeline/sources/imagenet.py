@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, SampleError
 from .base import IMAGE_EXTENSIONS, RawSample, SampleRef, Source, finalize, read_file, sanitize_key
+from ..store.index import Field, attachment
 from . import register
 
 
@@ -28,6 +29,9 @@ class ImageNet(Source):
     name = "imagenet"
     splits = ("train", "val")
     summary = "ILSVRC-2012: train/ and val/ with one folder per wnid, or the Kaggle ILSVRC/Data/CLS-LOC layout"
+
+    def fields(self) -> tuple[Field, ...]:
+        return (attachment("label", "cls", "int", "integer"), *super().fields())
 
     def _layout(self) -> tuple[Path, Path | None, Path | None]:
         """(split folder, LOC_val_solution.csv, LOC_synset_mapping.txt)."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, SampleError
 from .base import RawSample, SampleRef, Source, finalize, read_file, sanitize_key
+from ..store.index import Field, attachment, record
 from . import register
 
 STEMS = ("drums", "bass", "other", "vocals")
@@ -46,11 +47,20 @@ class MUSDB(Source):
     splits = ("train", "test")
     summary = "MUSDB18-HQ (WAV folders) or MUSDB18 (.stem.mp4): mixture coded, stems kept as FLAC"
     options = ("encode_stems",)
+    payload_name = "mixture"
 
     def __init__(self, root, split=None, **options):
         super().__init__(root, split, **options)
         self.encode_stems = _flag("encode_stems", self.opts.get("encode_stems", False))
         self.opts["encode_stems"] = self.encode_stems
+
+    def fields(self) -> tuple[Field, ...]:
+        """The lossless stems as named signals (``sample["stems"]``) and the track name."""
+        return (*(attachment(stem, f"{stem}.flac", "audio", "flac", "stems") for stem in STEMS),
+                *super().fields(), record("track", "text"))
+
+    def tracks(self) -> tuple[str, ...]:
+        return tuple(STEMS) if self.encode_stems else ()
 
     def list(self) -> list[SampleRef]:
         folder = Path(self.root) / self.split
