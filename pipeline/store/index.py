@@ -271,7 +271,7 @@ def read_index(storage: SetStore, dataset: str, split: str, codec: Any = None, *
 
 #: datasets written as ``mpq-shards/1`` whose samples are audio (an index may say ``any``)
 _V1_AUDIO = ("librispeech", "musdb", "audiofolder")
-_V1_STEMS = ("vocals", "drums", "bass", "other")
+_V1_STEMS = ("drums", "bass", "other", "vocals")  # in the order the old loader gave them
 
 
 def _v1_modality(d: Mapping[str, Any]) -> str:
@@ -301,7 +301,7 @@ def _v1_schema(dataset: str, modality: str, codec_name: str, options: Mapping[st
         fields.append(Field(main, "payload", "audio", ext, "flac" if reference else "audio_codec"))
         fields += [record(n, view=True) for n in ("bits", "kbps", "sample_rate", "transcript", "num_samples")]
         if dataset == "musdb":
-            if not reference:
+            if not reference and options.get("encode_stems", True):  # (absent: look for them anyway)
                 fields += [Field(s, "payload", "audio", f"{s}.{ext}", "audio_codec", "coded_stems")
                            for s in _V1_STEMS]
             fields += [attachment(s, f"{s}.flac", "audio", "flac", "stems") for s in _V1_STEMS]
@@ -314,5 +314,4 @@ def _v1_schema(dataset: str, modality: str, codec_name: str, options: Mapping[st
                attachment("transcript", "txt", "text", "text"), attachment("transcript", "transcript", "text", "text")]
     extras = {"librispeech": ("speaker_id", "chapter_id"), "musdb": ("track",)}.get(dataset, ())
     fields += [record(n) for n in ("label", *extras)]
-    del options  # format 1 recorded no option that changed what a sample holds
     return tuple(fields)
