@@ -59,7 +59,7 @@ class ShardDataset(IterableDataset):
         self.offsets = smp.offsets(self.counts)
         self.total = int(self.offsets[-1])
         self._listed = None if opts.shards is None else stages.listed(
-            self.counts, [e.name for e in self.sets[0].shards], opts.shards)
+            self.counts, [[e.name for e in s.shards] for s in self.sets], opts.shards)
         drank, dworld = _dist_layout()
         self.world_size = int(opts.world_size if opts.world_size is not None else dworld)
         self.rank = int(opts.rank if opts.rank is not None else (drank if opts.world_size is None else 0))

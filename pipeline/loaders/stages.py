@@ -67,12 +67,15 @@ def resampled_rounds(counts: Sequence[int], slot: smp.Slot, *, buffer: int, seed
         r += 1
 
 
-def listed(counts: Sequence[int], names: Sequence[str], wanted: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-    """The positions of the shards named in ``wanted`` (file names of the first set), whole and in that order."""
-    where = {n: j for j, n in enumerate(names)}
+def listed(counts: Sequence[int], names: Sequence[Sequence[str]], wanted: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """The positions of the shards named in ``wanted``, whole and in that order.
+
+    ``names[s][j]`` is set ``s``'s file for shard ``j``: a shard may be named by any set's file.
+    """
+    where = {n: j for per_set in names for j, n in enumerate(per_set)}
     missing = [w for w in wanted if w not in where]
     if missing:
-        raise ConfigError(f"shards {missing} are not in the set (its shards: {', '.join(names[:3])}, ...)")
+        raise ConfigError(f"shards {missing} are not in the set (its shards: {', '.join(names[0][:3])}, ...)")
     offsets = smp.offsets(counts)
     parts = [np.arange(offsets[where[w]], offsets[where[w] + 1]) for w in wanted]
     seq = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
