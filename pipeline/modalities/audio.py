@@ -23,6 +23,7 @@ the same setting and stored as ``{key}.{track}.{ext}``, its measures under ``tra
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -37,6 +38,7 @@ from ..codecs.base import AudioCodec, Codec, Encoded
 from ..errors import SampleError
 from ..sources.base import RawSample
 from ..store.index import Field, record
+from . import ReportAxes
 
 COLUMNS = [("sample_rate", pa.int64()), ("channels", pa.int64()), ("num_samples", pa.int64()),
            ("duration", pa.float64()), ("bit_depth", pa.int64()), ("codec_rate", pa.int64()),
@@ -51,6 +53,27 @@ COLUMNS = [("sample_rate", pa.int64()), ("channels", pa.int64()), ("num_samples"
 INF_WHEN_EXACT = ("snr", "si_sdr")
 
 LOSSLESS_EXTENSION = "flac"
+
+#: reports: kbit/s against SNR; raw audio counts as 16-bit PCM
+REPORT = ReportAxes(rate="kbps", primary="snr", qualities=("snr", "si_sdr", "pesq", "stoi"),
+                    raw="16 bits per channel-sample")
+
+
+def _col(frame: Any, name: str) -> np.ndarray:
+    return frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def report_raw_bits(frame: Any) -> np.ndarray:
+    return 16.0 * _col(frame, "channels") * _col(frame, "num_samples")
+
+
+def report_storage(shard_bytes: int, frame: Any) -> dict[str, float]:
+    seconds = float((_col(frame, "num_samples") / _col(frame, "sample_rate")).sum())
+    return {"disk_kbps": 8.0 * shard_bytes / seconds / 1000.0 if seconds > 0 else math.nan}
+
+
+def report_extras(frame: Any) -> dict[str, float]:
+    return {}
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,21 @@ from .load import CodecSet
 
 #: distortion/quality columns, in display order; each is reported where the manifest has it
 METRICS = ("psnr", "ms_ssim", "snr", "si_sdr", "pesq", "stoi")
-#: the quality axis of curves and BD-rate, per modality
-PRIMARY = {"image": "psnr", "audio": "snr"}
-RATE = {"image": "bpp", "audio": "kbps"}
 #: columns that name a sample's class, preferred in this order
 CLASS_NAME_COLUMNS = ("wnid", "class_name")
 PERCENTILES = (5, 95)
+
+
+def modality_of(name: str) -> Any:
+    """The modality module that says how its sets are measured (rate, quality axis, raw size)."""
+    from ..modalities import get_modality
+
+    return get_modality(name)
+
+
+def primary(modality: str) -> str:
+    """The quality axis of curves and BD-rate for a modality's sets (``psnr``, ``snr``)."""
+    return str(modality_of(modality).REPORT.primary)
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -75,10 +84,8 @@ def payload_bits(s: CodecSet, ok: Any) -> np.ndarray:
 
 
 def raw_bits(s: CodecSet, ok: Any) -> np.ndarray:
-    """Uncompressed size: 24 bits per RGB pixel, or 16 bits per channel-sample (PCM) for audio."""
-    if s.modality == "audio":
-        return 16.0 * _column(ok, "channels") * _column(ok, "num_samples")
-    return 24.0 * _column(ok, "width") * _column(ok, "height")
+    """Uncompressed size, as the set's modality counts it (24 bits per RGB pixel, 16 per PCM channel-sample)."""
+    return modality_of(s.modality).report_raw_bits(ok)
 
 
 def metrics_of(frame: Any) -> list[str]:
@@ -90,8 +97,8 @@ def summarize_set(s: CodecSet) -> dict[str, Any]:
     """One row of the summary table: rates, ratio, metrics, errors and storage of one setting."""
     frame = s.manifest
     ok = frame[frame["status"] == "ok"]
-    rate = RATE[s.modality]
-    primary = PRIMARY[s.modality]
+    measure = modality_of(s.modality)
+    rate, quality = measure.REPORT.rate, measure.REPORT.primary
     shard_bytes = sum(sh.bytes for sh in s.index.shards)
     n_ok = len(ok)
     bits = payload_bits(s, ok) if n_ok else np.zeros(0)
@@ -105,11 +112,9 @@ def summarize_set(s: CodecSet) -> dict[str, Any]:
     row["ratio"] = float(raw.sum() / bits.sum()) if n_ok and bits.sum() > 0 else math.nan
     for m in metrics_of(ok):
         row.update(_stats(m, _column(ok, m)))
-    if primary in ok.columns:
-        row["lossless_samples"] = int(np.isposinf(_column(ok, primary)).sum())
-    if s.modality == "image" and "mse" in ok.columns and n_ok:
-        mean_mse = float(np.nanmean(_column(ok, "mse")))
-        row["psnr_mse"] = math.inf if mean_mse == 0 else 10.0 * math.log10(255.0**2 / mean_mse)
+    if quality in ok.columns:
+        row["lossless_samples"] = int(np.isposinf(_column(ok, quality)).sum())
+    row.update(measure.report_extras(ok))
     # storage: what a loader reads against what the codec produced
     row["shards"] = len(s.index.shards)
     row["shard_bytes"] = shard_bytes
@@ -121,11 +126,8 @@ def summarize_set(s: CodecSet) -> dict[str, Any]:
     row["disk_bytes_per_sample"] = shard_bytes / n_ok if n_ok else math.nan
     row["tar_overhead_pct"] = (100.0 * (row["disk_bytes_per_sample"] / stored - 1.0)
                                if n_ok and stored > 0 else math.nan)
-    if n_ok and s.modality == "image":
-        row["disk_bpp"] = 8.0 * shard_bytes / float((_column(ok, "width") * _column(ok, "height")).sum())
-    elif n_ok:
-        seconds = float((_column(ok, "num_samples") / _column(ok, "sample_rate")).sum())
-        row["disk_kbps"] = 8.0 * shard_bytes / seconds / 1000.0 if seconds > 0 else math.nan
+    if n_ok:
+        row.update(measure.report_storage(shard_bytes, ok))
     return row
 
 
@@ -158,7 +160,7 @@ def class_summary(sets: Iterable[CodecSet]):
         if "label" not in ok.columns or ok["label"].isna().all():
             continue
         ok = ok[ok["label"].notna()].astype({"label": "int64"})  # nullable ints arrive as floats
-        rate = RATE[s.modality]
+        rate = modality_of(s.modality).REPORT.rate
         name = class_column(ok)
         keys = ["label"] + ([name] if name else [])
         cols = [c for c in [rate, *metrics_of(ok)] if c in ok.columns]
@@ -193,7 +195,7 @@ def extreme_classes(classes: Any, summary: Any, count: int = 5):
         srows = summary[(summary["dataset"] == ds) & (summary["split"] == sp)].set_index("codec")
         unit = srows["rate_unit"].iloc[0]
         modality = srows["modality"].iloc[0]
-        q = PRIMARY[modality]
+        q = primary(modality)
         rate_col, q_col = f"{unit}_mean", f"{q}_mean"
         if q_col not in part.columns or q_col not in srows.columns:
             continue
