@@ -21,8 +21,6 @@ HF_WEBDATASET = {
     "m4a": "bytes", "ecdc": "bytes",
 }
 
-_TEXT = ("txt", "transcript")
-
 #: columns that identify a row rather than measure it
 _ID = ("key",)
 
@@ -118,14 +116,15 @@ def hf_features(root: str, dataset: str, split: str, codec: Any = None, *, audio
             if "json" in spans:
                 records.append(strict_json(read_span(fh, spans["json"])))
     features: dict[str, Any] = {}
+    declared = {f.ext: f.type for f in s.index.schema if f.ext}  # what the set index says each member is
     for ext in exts:
         kind = HF_WEBDATASET.get(ext.rsplit(".", 1)[-1], "bytes")
         if ext == "json":
             struct = pa.Table.from_pylist([{"json": r} for r in records]).schema
             features["json"] = datasets.Features.from_arrow_schema(struct)["json"]
-        elif ext == "cls":
+        elif declared.get(ext) == "int":
             features[ext] = datasets.Value("int64")
-        elif ext in _TEXT:
+        elif declared.get(ext) == "text":
             features[ext] = datasets.Value("string")
         elif kind == "image":
             features[ext] = datasets.Image()
