@@ -29,9 +29,18 @@ def _summary(result, seconds: float) -> None:
                f" {seconds:.1f} s")
     for s in result.sets:
         click.echo(f"  {s.tag:<24} ok {s.ok:>7}  error {s.errors:>5}  shards {s.shards:>5}  "
-                   f"{s.bytes / 1e6:9.2f} MB  {s.folder}")
+                   f"{_means(s)}  {s.bytes / 1e6:9.2f} MB  {s.folder}")
     for f in result.failed:
         click.echo(f"  FAILED {f}", err=True)
+
+
+def _means(s) -> str:
+    """Mean rate and quality of one set, as the report's summary table has them (ok samples)."""
+    unit = getattr(s, "rate_unit", "") or "bpp"
+    rate = "-" if getattr(s, "rate_mean", None) is None else f"{s.rate_mean:.4f}"
+    quality = getattr(s, "quality_mean", None)
+    q = "-" if quality is None else ("lossless" if quality == float("inf") else f"{quality:.2f} dB")
+    return f"{rate:>9} {unit:<4}  {(getattr(s, 'quality', '') or 'psnr').upper():<4} {q:>9}"
 
 
 def run_config(config: TranscodeConfig, workers: int | None, scheduler: str | None, progress: bool = True, *,
@@ -273,14 +282,17 @@ def report(out: str, dataset: str | None, split: str | None, report_dir: str | N
     click.echo(f"report: {folder / 'report.html'}  (also report.md, summary.csv, bdrate.csv, plots) in {folder}")
 
 
+#: the demo's sweep: two families of four settings each (curves and BD-rates in the report), and the reference
+DEMO_CODECS = ("jpeg:quality=5,10,25,50", "webp:quality=5,10,25,50", "none")
+
+
 @cli.command()
 @click.option("--out", default="shards", show_default=True, help="output folder")
 @click.option("--workers", type=int, default=2, show_default=True, help="Dask worker processes (0: in-process)")
-@click.option("--codec", "codecs", multiple=True,
-              default=("jpeg:quality=5", "webp:quality=10", "avif:quality=30", "jxl:distance=3", "hevc:quality=30", "none"),
-              show_default=True)
-def demo(out: str, workers: int, codecs: Sequence[str]) -> None:
-    """Make a small ImageNet-layout sample from photographs shipped in scikit-image and transcode it."""
+@click.option("--codec", "codecs", multiple=True, default=DEMO_CODECS, show_default=True)
+@click.option("--no-report", is_flag=True, help="do not write the report at the end (print its command instead)")
+def demo(out: str, workers: int, codecs: Sequence[str], no_report: bool) -> None:
+    """Make a small ImageNet-layout sample from photographs shipped in scikit-image, transcode a sweep, report it."""
     from pathlib import Path
 
     from .demo import make_demo_imagenet
@@ -292,6 +304,17 @@ def demo(out: str, workers: int, codecs: Sequence[str]) -> None:
     except ConfigError as exc:
         _fail(str(exc))
     run_config(config, workers, None)
+    command = f"mpq report {out} --dataset imagenet --split val"
+    if no_report:
+        click.echo(f"next: {command}")
+        return
+    from .report import write_report
+
+    try:
+        folder = write_report(out, dataset="imagenet", split="val")
+    except ConfigError as exc:
+        _fail(str(exc))
+    click.echo(f"report: {folder / 'report.html'}  (written by: {command})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

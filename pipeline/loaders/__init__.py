@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .decoders import DECODERS, decoder_table
 from .options import LoadOptions
 from .tables import hf_data_files, hf_features, manifests
+from .wds import wds_decoder, wds_sample_decoder
 
 if TYPE_CHECKING:
     from .dataset import ShardDataset
@@ -61,4 +62,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["DECODERS", "LoadOptions", "Loader", "ShardDataset", "decoder_table", "hf_data_files", "hf_features", "load", "manifests"]
+__all__ = ["DECODERS", "LoadOptions", "Loader", "ShardDataset", "decoder_table", "hf_data_files", "hf_features", "load",
+           "manifests", "wds_decoder", "wds_sample_decoder"]

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -62,6 +63,35 @@ class SetSummary:
     ok: int
     errors: int
     bytes: int
+    rate_unit: str = ""  # bpp (images) or kbps (audio)
+    rate_mean: float | None = None  # over ok samples; None when no sample is ok
+    quality: str = ""  # psnr (images) or snr (audio), in dB
+    quality_mean: float | None = None  # +inf when a sample is lossless, as in the report
+
+
+#: (rate, quality) columns a run summary averages, per modality (the report's curves use the same)
+SUMMARY_COLUMNS = {"image": ("bpp", "psnr"), "audio": ("kbps", "snr")}
+
+
+class _Means:
+    """Sums and counts of the summary columns over a set's ok rows, fed one manifest piece at a time."""
+
+    def __init__(self, columns: Sequence[str]):
+        self.sums = {c: 0.0 for c in columns}
+        self.counts = {c: 0 for c in columns}
+
+    def add(self, table: pa.Table) -> None:
+        ok = np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
+        for c in self.sums:
+            if c not in table.column_names:
+                continue
+            v = table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)[ok]  # nulls -> nan
+            v = v[~np.isnan(v)]
+            self.sums[c] += float(v.sum())
+            self.counts[c] += len(v)
+
+    def mean(self, column: str) -> float | None:
+        return self.sums[column] / self.counts[column] if self.counts.get(column) else None
 
 
 @dataclass
@@ -197,6 +227,8 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     listed = 0
     buf = pa.BufferOutputStream()
     writer = None
+    rate, quality = SUMMARY_COLUMNS.get(source.modality, ("bpp", "psnr"))
+    means = _Means((rate, quality))
     for t in tasks:
         name = layout.shard_name(config.dataset, source.split, spec, t.index)
         rows = json.loads(store.read_bytes(store.child(folder, layout.stats_name(name))))["rows"]
@@ -204,6 +236,7 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
         if writer is None:
             writer = pq.ParquetWriter(buf, table.schema)
         writer.write_table(table)
+        means.add(table)
         listed += len(rows)
     if writer is None:  # no shard at all cannot happen (an empty source is a ConfigError); be safe
         writer = pq.ParquetWriter(buf, manifest_table([], source.modality, extra).schema)
@@ -235,7 +268,7 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     # last: its presence means the set is complete
     store.write_json(store.child(folder, layout.INDEX), index.to_dict())
     return SetSummary(spec.canonical, spec.tag, folder, len(shards), listed, ok, errors,
-                      sum(s.bytes for s in shards))
+                      sum(s.bytes for s in shards), rate, means.mean(rate), quality, means.mean(quality))
 
 
 def progress_units(tasks: list[ShardTask], settings: int) -> tuple[str, Callable[[ShardTask], int]]:
