@@ -88,7 +88,9 @@ class ViewDecoder:
         self.attachments = [(f, self._resolve(f)) for f in index.fields("attachment") if f.decoder]
         self.records = [f.name for f in index.fields("record", view=False)]
         self.json = self._user.get("json", strict_json)
-        declared = {f.ext for f in index.schema if f.ext} | {"json"}  # a user entry for these replaces ours
+        # a user entry for a member we decode replaces our decoder; others (a member the schema lists
+        # without a decoder, such as --store-decoded's .decoded.flac, or one it does not list) add a field
+        declared = {f.ext for f in index.schema if f.ext and f.decoder} | {"json"}
         self.user = [(ext, fn) for ext, fn in self._user.items() if ext not in declared]
         self.view_members = tuple(dict.fromkeys(["json", *(f.ext for f, _ in self.payload + self.coded)]))
         self.sample_members = tuple(dict.fromkeys([*(f.ext for f, _ in self.attachments), *self._user]))

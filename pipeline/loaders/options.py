@@ -63,7 +63,7 @@ class LoadOptions:
             object.__setattr__(self, "shards", tuple(str(s) for s in self.shards))
 
     @classmethod
-    def create(cls, options: "LoadOptions | None" = None, **kwargs: Any) -> "LoadOptions":
+    def create(cls, options: LoadOptions | None = None, **kwargs: Any) -> LoadOptions:
         """``options`` with ``kwargs`` replaced; an unknown keyword raises TypeError naming it."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(kwargs) - names)

@@ -70,7 +70,7 @@ class Field:
                 "decoder": self.decoder, "group": self.group, "view": self.view}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Field":
+    def from_dict(cls, d: Mapping[str, Any]) -> Field:
         if not isinstance(d, Mapping) or not {"name", "role", "type"} <= set(d):
             raise ConfigError(f"a schema field needs name, role and type, got {d!r}")
         return cls(str(d["name"]), str(d["role"]), str(d["type"]), d.get("ext"), d.get("decoder"),
@@ -102,7 +102,7 @@ class ShardEntry:
                 "sha256": self.sha256}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ShardEntry":
+    def from_dict(cls, d: Mapping[str, Any]) -> ShardEntry:
         try:
             entry = cls(str(d["name"]), int(d["samples"]), int(d.get("errors", 0)), int(d["bytes"]), str(d["sha256"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -167,7 +167,7 @@ class SetIndex:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SetIndex":
+    def from_dict(cls, d: Mapping[str, Any]) -> SetIndex:
         """Read an index dict of either format; ``mpq-shards/1`` gets its schema derived (see :func:`_v1_schema`)."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"an index is a JSON object, not {type(d).__name__}")

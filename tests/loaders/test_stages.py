@@ -182,13 +182,21 @@ def test_view_decoder_follows_the_schema_alone():
     dec = ViewDecoder(index, parse_spec("none"), {}, image_format="numpy")
     assert dec.wanted(True) == ("json", "png", "depth.png", "note.txt") and dec.wanted(False) == ("json", "png")
     members = {"json": json.dumps({"codec": "none", "bits": 8, "weather": "fog"}).encode(), "png": _png(rgb),
-               "depth.png": _png(depth), "note.txt": "hello".encode()}
+               "depth.png": _png(depth), "note.txt": b"hello"}
     view, extra = dec(members)
     assert list(view) == ["picture", "bits", "codec"] and np.array_equal(view["picture"], rgb)
     assert torch.equal(extra["depth"], torch.from_numpy(depth)) and extra["note"] == "hello"
     assert extra["weather"] == "fog" and dec.masks == ("depth",)
     with pytest.raises(SampleError, match="no .png payload"):
         dec({"json": members["json"]})
+    # a member listed without a decoder is not decoded, unless the user gives one
+    listed_only = SetIndex(dataset="toy", split="all", codec="none", tag="none", modality="image", shards=(),
+                           schema=(*schema, Field("decoded", "payload", "image", "decoded.png")))
+    plain_view, plain_extra = ViewDecoder(listed_only, parse_spec("none"), {})({**members, "decoded.png": b"x"})
+    assert "decoded" not in plain_view and "decoded.png" not in plain_extra
+    _, user_extra = ViewDecoder(listed_only, parse_spec("none"), {"decoded.png": bytes})({**members,
+                                                                                          "decoded.png": b"x"})
+    assert user_extra["decoded.png"] == b"x"
     with pytest.raises(SampleError, match="record names codec"):
         dec({**members, "json": b'{"codec": "jpeg:quality=5"}'})
 

@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 import audio_fixtures as af  # noqa: E402
 import fixtures as fx  # noqa: E402
 from pipeline import TranscodeConfig, transcode  # noqa: E402
-from pipeline.codecs.spec import parse_spec  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.loaders import load  # noqa: E402
 from pipeline.report import find_sets, summarize  # noqa: E402
@@ -185,7 +184,6 @@ def test_v1_musdb_set_loads_the_same_samples(musdb_out, tmp_path):
 # --------------------------------------------------------------------------- a new source, no loader edit
 
 
-@register
 class DepthFolder(Source):
     """A toy dataset: ``*.png`` images with a ``*.depth.png`` depth map beside each, and a weather tag."""
 
@@ -207,8 +205,14 @@ class DepthFolder(Source):
         return RawSample(read_file(path), {"depth.png": depth}, {"weather": "rain" if "0" in ref.key else "sun"})
 
 
-def test_a_new_attachment_reaches_the_loader(tmp_path):
+def test_a_new_attachment_reaches_the_loader(tmp_path, monkeypatch):
     from PIL import Image
+
+    import pipeline.sources as sources
+
+    sources.source_names()  # the built-in sources, then a registry of this test's own
+    monkeypatch.setattr(sources, "_REGISTRY", dict(sources._REGISTRY))
+    register(DepthFolder)
 
     src = tmp_path / "src"
     src.mkdir()
