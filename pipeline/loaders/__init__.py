@@ -5,33 +5,30 @@ dataset is built, so :func:`manifests` and :func:`hf_data_files` work without it
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .decoders import DECODERS, decoder_table
+from .options import LoadOptions
 from .tables import hf_data_files, hf_features, manifests
 from .wds import wds_decoder, wds_sample_decoder
 
 if TYPE_CHECKING:
-    from .dataset import Loader, ShardDataset
+    from .dataset import ShardDataset
+    from .loader import Loader
 
 
-def load(root: str, dataset: str, split: str, codec: Any = None, *, paired: bool = False,
-         shuffle: bool = False, seed: int = 0, buffer: int = 1000, resampled: bool = False,
-         epoch_size: int | None = None, transform: Callable | None = None,
-         sample_transform: Callable[[dict], Any] | None = None, image_format: str = "tensor",
-         decoders: Mapping[str, Callable[[bytes], Any]] | None = None, decode_payload: bool = False,
-         meta: bool = False, rank: int | None = None, world_size: int | None = None,
-         cache_dir: str | None | bool = None, storage_options: Mapping[str, Any] | None = None,
-         verify: bool = False, on_error: str = "raise") -> "ShardDataset":
+def load(root: str, dataset: str, split: str, codec: Any = None, options: LoadOptions | None = None,
+         **kwargs: Any) -> "ShardDataset":
     """A torch ``IterableDataset`` over the shards of ``root/<dataset>/<split>/<tag>/``.
 
     ``codec``: a setting (``"jpeg:quality=5"``; ``None`` is the uncompressed reference set
     ``none``), a list with ``paired=True`` (each sample once with a view per setting, under
     ``sample["views"][tag]``), or ``{setting: weight}`` (a mixture: one setting per sample drawn
-    from ``(seed, epoch, key)``).
+    from ``(seed, epoch, key)``). The other options are :class:`LoadOptions` fields, given as
+    ``options=LoadOptions(...)`` or as keywords (keywords replace fields of ``options``).
 
-    Samples are dicts: ``__key__``, the task's fields (``image`` as uint8 CHW tensor,
-    ``label``, ``segmentation``, ...), ``bits`` and ``bpp``/``kbps``, and ``codec``.
+    Samples are dicts: ``__key__``, the fields the set index's schema declares (``image`` as
+    uint8 CHW tensor, ``label``, ``segmentation``, ...), ``bits`` and ``bpp``/``kbps``, and ``codec``.
     ``shuffle`` permutes shards and then samples through a ``buffer`` from ``seed`` and the
     epoch; without it every sample comes once per epoch in shard order. ``resampled`` draws
     shards with replacement, endlessly or ``epoch_size`` samples per rank and pass.
@@ -40,25 +37,30 @@ def load(root: str, dataset: str, split: str, codec: Any = None, *, paired: bool
     ``sample_transform`` gets the whole dict. ``rank``/``world_size`` default to
     torch.distributed's when it is initialized. ``root`` may be any fsspec URL: shards are
     fetched once into ``cache_dir`` (``False`` streams them). ``verify`` re-hashes local shards
-    against index.json. ``on_error``: ``raise``, ``skip`` or ``warn`` for a sample that does not
-    decode. ``decoders`` adds entries to the safe decoder table (never for pickle-like members).
+    against index.json. ``on_error``: ``raise``, ``skip``, ``warn`` or ``fn(key, exc)`` for a
+    sample that does not decode (the sample is skipped after ``fn`` returns). ``decoders`` adds
+    entries to the safe decoder table (never for pickle-like members). ``shards``: read only these
+    shard files, whole and in the given order, with no shuffle and no rank or worker split.
+    ``image_format`` (``tensor``, ``numpy``, ``pil``), ``decode_payload`` (decode a learned codec's
+    payload rather than its stored ``.png``) and ``meta`` (the ``.json`` record as ``json``) say
+    how samples are handed out.
     """
     from .dataset import ShardDataset
 
-    return ShardDataset(root, dataset, split, codec, paired=paired, shuffle=shuffle, seed=seed, buffer=buffer,
-                        resampled=resampled, epoch_size=epoch_size, transform=transform,
-                        sample_transform=sample_transform, image_format=image_format, decoders=decoders,
-                        decode_payload=decode_payload, meta=meta, rank=rank, world_size=world_size,
-                        cache_dir=cache_dir, storage_options=storage_options, verify=verify, on_error=on_error)
+    return ShardDataset(root, dataset, split, codec, options, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("ShardDataset", "Loader"):
-        from . import dataset
+    if name == "ShardDataset":
+        from .dataset import ShardDataset
 
-        return getattr(dataset, name)
+        return ShardDataset
+    if name == "Loader":
+        from .loader import Loader
+
+        return Loader
     raise AttributeError(name)
 
 
-__all__ = ["DECODERS", "Loader", "ShardDataset", "decoder_table", "hf_data_files", "hf_features", "load", "manifests",
-           "wds_decoder", "wds_sample_decoder"]
+__all__ = ["DECODERS", "LoadOptions", "Loader", "ShardDataset", "decoder_table", "hf_data_files", "hf_features", "load",
+           "manifests", "wds_decoder", "wds_sample_decoder"]

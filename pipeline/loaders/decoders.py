@@ -206,13 +206,13 @@ UNSAFE = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "npy_pickle", "
 def codec_decoder(spec) -> Decoder | None:
     """The registered codec's own decode for a set's payload, or None when the table already covers it.
 
-    Image payloads with a table entry use that entry (a test checks it gives the codec's pixels
-    for every registered image codec); every other payload goes through its codec.
+    Payloads with a table entry use that entry (a test checks it gives the codec's pixels for
+    every registered image codec and the reference set); every other payload goes through its codec.
     """
     from ..codecs import get_codec, make_codec
 
     cls = get_codec(spec.name)
-    if cls.modality == "image" and cls.extension in DECODERS:
+    if cls.extension in DECODERS:
         return None
     return make_codec(spec).decode
 

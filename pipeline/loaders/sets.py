@@ -7,77 +7,40 @@ when some set recorded errors, ``manifest.parquet`` says which keys each shard h
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ..store import layout
+from ..codecs.spec import CodecSpec
 from ..errors import ConfigError
-from ..codecs.spec import CodecSpec, parse_spec
+from ..store import layout
+from ..store.index import SetIndex, ShardEntry, read_index
+from .options import resolve_spec
 from .storage import Storage
 
 
 @dataclass(frozen=True)
-class ShardEntry:
-    name: str
-    samples: int
-    errors: int
-    bytes: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class CodecSet:
-    """One published codec setting: its spec, folder (relative to the root) and index."""
+    """One published codec setting: its spec, folder (relative to the root) and typed index."""
 
     spec: CodecSpec
     parts: tuple[str, ...]  # (dataset, split, tag)
-    index: dict[str, Any]
-    shards: tuple[ShardEntry, ...]
+    index: SetIndex
+
+    @property
+    def shards(self) -> tuple[ShardEntry, ...]:
+        return self.index.shards
 
     @property
     def modality(self) -> str:
-        return self.index.get("modality", "image")
-
-    @property
-    def extension(self) -> str:
-        from ..codecs import get_codec
-
-        return get_codec(self.spec.name).extension
-
-
-def resolve_spec(codec: str | CodecSpec | None) -> CodecSpec:
-    """``None`` means the uncompressed reference set (``--codec none``)."""
-    return parse_spec("none" if codec is None else codec)
+        return self.index.modality
 
 
 def open_set(storage: Storage, dataset: str, split: str, codec: str | CodecSpec | None) -> CodecSet:
-    """Read and check one set's index.json; a missing set names the sets that exist."""
+    """Read and check one set's index.json (either format); a missing set names the sets that exist."""
     spec = resolve_spec(codec)
-    parts = (dataset, split, spec.tag)
-    if not storage.exists(*parts, layout.INDEX):
-        have = storage.listdir(dataset, split)
-        hint = f" (sets there: {', '.join(have)})" if have else ""
-        what = "the uncompressed reference (write it with --codec none)" if spec.name == "none" else spec.canonical
-        raise ConfigError(f"no complete set for {what} at {storage.display(*parts)}: index.json missing{hint}")
-    try:
-        index = json.loads(storage.read_bytes(*parts, layout.INDEX))
-    except ValueError as exc:
-        raise ConfigError(f"{storage.display(*parts, layout.INDEX)} is not valid JSON: {exc}") from None
-    if index.get("format") != layout.FORMAT:
-        raise ConfigError(f"{storage.display(*parts)}: format {index.get('format')!r}, expected {layout.FORMAT}")
-    if index.get("codec") != spec.canonical:
-        raise ConfigError(f"{storage.display(*parts)} holds {index.get('codec')}, not {spec.canonical}")
-    if (index.get("dataset"), index.get("split")) != (dataset, split):
-        raise ConfigError(f"{storage.display(*parts)} holds {index.get('dataset')}/{index.get('split')}")
-    shards = tuple(ShardEntry(s["name"], int(s["samples"]), int(s.get("errors", 0)), int(s["bytes"]),
-                              s["sha256"]) for s in index["shards"])
-    for s in shards:
-        if "/" in s.name or s.name.startswith(".") or not s.name.endswith((".tar", ".tar.gz")):
-            raise ConfigError(f"{storage.display(*parts)}: bad shard name {s.name!r} in index.json")
-    return CodecSet(spec, parts, index, shards)
+    return CodecSet(spec, (dataset, split, spec.tag), read_index(storage, dataset, split, spec))
 
 
 @dataclass(frozen=True)
@@ -103,7 +66,7 @@ def join_sets(storage: Storage, sets: Sequence[CodecSet]) -> Join:
         return Join(tuple(s.samples for s in first.shards), ((None,) * len(first.shards),))
     for other in sets[1:]:
         for field in ("source", "samples_per_shard", "limit"):
-            if other.index.get(field) != first.index.get(field):
+            if getattr(other.index, field) != getattr(first.index, field):
                 raise ConfigError(f"{other.spec.canonical} and {first.spec.canonical} were written from different "
                                   f"listings ({field} differs): paired views and mixtures need sets of one source "
                                   "listing and shard size")

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any, Iterable, Mapping
 
 from ..store import layout
 from ..errors import ConfigError
+from ..store.index import read_index
 from .sets import open_set
 from .storage import Storage
 
@@ -21,8 +21,6 @@ HF_WEBDATASET = {
     "m4a": "bytes", "ecdc": "bytes",
 }
 
-_TEXT = ("txt", "transcript")
-
 #: columns that identify a row rather than measure it
 _ID = ("key",)
 
@@ -33,7 +31,7 @@ def _set_specs(storage: Storage, dataset: str, split: str, codecs: Iterable[Any]
     found = []
     for tag in storage.listdir(dataset, split):
         if storage.exists(dataset, split, tag, layout.INDEX):
-            found.append(json.loads(storage.read_bytes(dataset, split, tag, layout.INDEX))["codec"])
+            found.append(read_index(storage, dataset, split, tag=tag).codec)
     if not found:
         raise ConfigError(f"no complete codec set found under {storage.display(dataset, split)} "
                           "(a store that cannot list folders, such as HTTP, needs codecs=[...])")
@@ -118,14 +116,15 @@ def hf_features(root: str, dataset: str, split: str, codec: Any = None, *, audio
             if "json" in spans:
                 records.append(strict_json(read_span(fh, spans["json"])))
     features: dict[str, Any] = {}
+    declared = {f.ext: f.type for f in s.index.schema if f.ext}  # what the set index says each member is
     for ext in exts:
         kind = HF_WEBDATASET.get(ext.rsplit(".", 1)[-1], "bytes")
         if ext == "json":
             struct = pa.Table.from_pylist([{"json": r} for r in records]).schema
             features["json"] = datasets.Features.from_arrow_schema(struct)["json"]
-        elif ext == "cls":
+        elif declared.get(ext) == "int":
             features[ext] = datasets.Value("int64")
-        elif ext in _TEXT:
+        elif declared.get(ext) == "text":
             features[ext] = datasets.Value("string")
         elif kind == "image":
             features[ext] = datasets.Image()

@@ -4,17 +4,45 @@ module here and an entry in :data:`MODALITIES`."""
 from __future__ import annotations
 
 import importlib
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
 
 import pyarrow as pa
 
 from ..codecs.base import Codec
 from ..sources.base import RawSample
+from ..store.index import Field
+
+
+@dataclass(frozen=True)
+class ReportAxes:
+    """How reports measure a modality's sets: rate column, quality axis (curves, BD-rate), plotted
+    quality metrics, and what the compression ratio's raw size is, in words."""
+
+    rate: str
+    primary: str
+    qualities: tuple[str, ...]
+    raw: str
 
 
 class Modality(Protocol):
     #: manifest columns this modality adds to the common ones, in order
     COLUMNS: list[tuple[str, pa.DataType]]
+
+    def schema(self, codec: type[Codec], name: str, options: dict[str, Any],
+               tracks: Sequence[str] = ()) -> tuple[Field, ...]:
+        """The fields this modality gives each sample of a set: payload (field ``name``), coded tracks, measures."""
+
+    REPORT: ReportAxes
+
+    def report_raw_bits(self, frame: Any) -> Any:
+        """Uncompressed bits of each manifest row (the compression ratio's numerator)."""
+
+    def report_storage(self, shard_bytes: int, frame: Any) -> dict[str, float]:
+        """The rate of the bytes on disk (shards) over the ok rows, under its column name."""
+
+    def report_extras(self, frame: Any) -> dict[str, float]:
+        """Summary values only this modality has (images: PSNR of the mean MSE)."""
 
     def prepare(self, raw: RawSample, options: dict[str, Any]) -> Any:
         """Decode the source bytes once into what every codec of this modality encodes.

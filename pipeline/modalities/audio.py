@@ -24,9 +24,10 @@ the same setting and stored as ``{key}.{track}.{ext}``, its measures under ``tra
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +39,8 @@ from ..metrics.audio import distortion, pesq_wb, stoi
 from ..codecs.base import AudioCodec, Codec, Encoded
 from ..errors import SampleError
 from ..sources.base import RawSample
+from ..store.index import Field, record
+from . import ReportAxes
 
 COLUMNS = [("sample_rate", pa.int64()), ("channels", pa.int64()), ("num_samples", pa.int64()),
            ("duration", pa.float64()), ("bit_depth", pa.int64()), ("codec_rate", pa.int64()),
@@ -53,6 +56,27 @@ COLUMNS = [("sample_rate", pa.int64()), ("channels", pa.int64()), ("num_samples"
 INF_WHEN_EXACT = ("snr", "si_sdr")
 
 LOSSLESS_EXTENSION = "flac"
+
+#: reports: kbit/s against SNR; raw audio counts as 16-bit PCM
+REPORT = ReportAxes(rate="kbps", primary="snr", qualities=("snr", "si_sdr", "pesq", "stoi"),
+                    raw="16 bits per channel-sample")
+
+
+def _col(frame: Any, name: str) -> np.ndarray:
+    return frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def report_raw_bits(frame: Any) -> np.ndarray:
+    return 16.0 * _col(frame, "channels") * _col(frame, "num_samples")
+
+
+def report_storage(shard_bytes: int, frame: Any) -> dict[str, float]:
+    seconds = float((_col(frame, "num_samples") / _col(frame, "sample_rate")).sum())
+    return {"disk_kbps": 8.0 * shard_bytes / seconds / 1000.0 if seconds > 0 else math.nan}
+
+
+def report_extras(frame: Any) -> dict[str, float]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,26 @@ def prepare(raw: RawSample, options: dict[str, Any] | None = None) -> PreparedAu
                               f"signal {main.num_samples} at {main.rate} Hz")
         tracks.append((name, track))
     return PreparedAudio(main, tuple(tracks))
+
+
+def schema(codec: type[Codec], name: str, options: Mapping[str, Any], tracks: Sequence[str] = ()) -> tuple[Field, ...]:
+    """The payload, coded tracks and measures a set's samples carry.
+
+    The payload decodes to exactly the samples the metrics saw (the reference set's FLAC is
+    checked against the record); tracks coded with the setting are ``coded_stems``; the
+    ``decoded.flac`` members of ``--store-decoded`` are declared but not decoded by the loaders.
+    """
+    reference = codec.lossless and codec.modality == "any"
+    ext = LOSSLESS_EXTENSION if reference else codec.extension
+    fields = [Field(name, "payload", "audio", ext, "flac" if reference else "audio_codec")]
+    if not reference:  # the reference set has them as FLAC already
+        fields += [Field(t, "payload", "audio", f"{t}.{ext}", "audio_codec", "coded_stems") for t in tracks]
+    if options.get("decoded_flac"):
+        fields.append(Field("decoded", "payload", "audio", "decoded.flac"))
+        if not reference:
+            fields += [Field(t, "payload", "audio", f"{t}.decoded.flac", None, "decoded_stems") for t in tracks]
+    return (*fields, *(record(n, t, view=True) for n, t in (("bits", "int"), ("kbps", "float"),
+                                                            ("sample_rate", "int"), ("num_samples", "int"))))
 
 
 def is_lossless_reference(codec: Codec) -> bool:

@@ -1,8 +1,9 @@
 """Images: source bytes -> RGB uint8 (see :mod:`pipeline.media.image`) -> codec -> bits, bpp, PSNR, MS-SSIM."""
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -14,11 +15,52 @@ from ..media.image import MAX_PIXELS, decode_to_rgb
 from ..metrics import deep
 from ..metrics.image import ms_ssim, mse, psnr_from_mse
 from ..sources.base import RawSample
+from ..store.index import Field, record
+from . import ReportAxes
 
 COLUMNS = [("width", pa.int64()), ("height", pa.int64()), ("bits", pa.int64()), ("bpp", pa.float64()),
            ("psnr", pa.float64()), ("mse", pa.float64()), ("ms_ssim", pa.float64()),
            ("target_bpp", pa.float64()), ("chosen_quality", pa.int64()),
            *[(c, pa.float64()) for c in deep.columns("image")]]
+
+
+#: reports: bits per pixel against PSNR; raw images are 24-bit RGB
+REPORT = ReportAxes(rate="bpp", primary="psnr", qualities=("psnr", "ms_ssim"), raw="24 bits per pixel")
+
+
+def _col(frame: Any, name: str) -> np.ndarray:
+    return frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def report_raw_bits(frame: Any) -> np.ndarray:
+    return 24.0 * _col(frame, "width") * _col(frame, "height")
+
+
+def report_storage(shard_bytes: int, frame: Any) -> dict[str, float]:
+    return {"disk_bpp": 8.0 * shard_bytes / float((_col(frame, "width") * _col(frame, "height")).sum())}
+
+
+def report_extras(frame: Any) -> dict[str, float]:
+    """PSNR of the mean MSE (what a dataset-level PSNR usually means), next to the mean of per-image PSNRs."""
+    if "mse" not in frame.columns or not len(frame):
+        return {}
+    mean_mse = float(np.nanmean(_col(frame, "mse")))
+    return {"psnr_mse": math.inf if mean_mse == 0 else 10.0 * math.log10(255.0**2 / mean_mse)}
+
+
+def schema(codec: type[ImageCodec], name: str, options: Mapping[str, Any],
+           tracks: Sequence[str] = ()) -> tuple[Field, ...]:
+    """The payload and measures a set's samples carry: the codec's payload, or first the stored decoded
+    ``.png`` of a codec with ``reconstruction`` (what the metrics saw), then ``bits`` and ``bpp``.
+
+    The codec's payload is declared even when ``bitstream`` is off (its member is then absent), so
+    a loader asked to decode it names the member it lacks.
+    """
+    fields = []
+    if getattr(codec, "reconstruction", False) and options.get("reconstruction", True):
+        fields.append(Field(name, "payload", "image", "png", "png"))
+    fields.append(Field(name, "payload", "image", codec.extension, "codec"))
+    return (*fields, record("bits", "int", view=True), record("bpp", "float", view=True))
 
 
 def prepare(raw: RawSample, options: dict[str, Any] | None = None) -> np.ndarray:

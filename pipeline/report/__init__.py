@@ -25,7 +25,7 @@ from .correlate import correlation_section
 from .load import CodecSet, find_sets
 from .plots import LABELS, curve_points, rd_plot
 from .render import Block, Bullets, Heading, Image, Para, Table, fmt, to_html, to_markdown
-from .tables import (PRIMARY, class_summary, extreme_classes, storage_breakdown, summarize)
+from .tables import (class_summary, extreme_classes, modality_of, primary, storage_breakdown, summarize)
 
 __all__ = ["write_report", "find_sets", "summarize", "class_summary", "storage_breakdown", "bd_rate", "bd_psnr",
            "bd_table", "DEFAULT_REPORT_DIR"]
@@ -86,7 +86,7 @@ def bd_table(summary: Any, anchor: str | None = None):
                           + ", ".join(sorted(set(summary["family"]))))
     for (ds, sp), part in summary.groupby(["dataset", "split"], sort=True):
         unit = part["rate_unit"].iloc[0]
-        metric = PRIMARY[part["modality"].iloc[0]]
+        metric = primary(part["modality"].iloc[0])
         points = curve_points(part, unit, metric)
         families = sorted(set(part["family"]))
         chosen = _anchor_for(families, {f: len(points.get(f, ((), (), []))[0]) for f in families}, anchor)
@@ -134,7 +134,7 @@ def _family_warnings(sets: list[CodecSet], summary: Any) -> list[str]:
         if len(varying) > 1:
             out.append(f"{ds}/{sp} {fam}: its settings differ in {', '.join(varying)}; the {fam} curve mixes them.")
     for (ds, sp), part in summary.groupby(["dataset", "split"], sort=True):
-        metric = PRIMARY[part["modality"].iloc[0]]
+        metric = primary(part["modality"].iloc[0])
         for fam, (_r, q, tags) in curve_points(part, part["rate_unit"].iloc[0], metric).items():
             if len(q) > 1 and not all(b > a for a, b in zip(q, q[1:])):
                 out.append(f"{ds}/{sp} {fam}: {metric} does not rise with rate along {', '.join(tags)}; "
@@ -177,7 +177,7 @@ def _group_blocks(ds: str, sp: str, part: Any, bd: Any, storage: Any, classes: A
             cells.append(fmt(v, digits.get(m, 2)))
         rows.append(cells)
     blocks.append(Table(headers, rows, right=set(range(1, len(headers)))))
-    raw = "24 bits per pixel" if modality == "image" else "16 bits per channel-sample"
+    raw = modality_of(modality).REPORT.raw
     blocks.append(Para(f"{unit}: mean, median and 5th/95th percentiles over ok samples. Quality columns are means "
                        "of per-sample values"
                        + (" (PSNR(mean MSE): from the mean MSE)" if "psnr_mse" in metrics else "")
@@ -232,7 +232,7 @@ def _group_blocks(ds: str, sp: str, part: Any, bd: Any, storage: Any, classes: A
                              "end of archive", "overhead"], rows, right=set(range(1, 10))))
     if (ds, sp) in extremes:
         top, bottom = extremes[(ds, sp)]
-        q = PRIMARY[modality]
+        q = primary(modality)
         blocks.append(Heading("Classes", 3))
         blocks.append(Para(f"Classes ranked by their mean {unit} relative to their setting's mean, averaged over the "
                            f"lossy settings; Δ{q} is the class mean minus the setting mean. All classes and "
@@ -308,7 +308,7 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
         b = bd[(bd["dataset"] == ds) & (bd["split"] == sp)] if len(bd) else bd
         group_anchor = b["anchor"].iloc[0] if len(b) else None
         plots = []
-        candidates = ("psnr", "ms_ssim") if modality == "image" else ("snr", "si_sdr", "pesq", "stoi")
+        candidates = modality_of(modality).REPORT.qualities
         for metric in candidates:
             path = target / f"rd-{ds}-{sp}-{metric}.png"
             if rd_plot(part, unit, metric, path, f"{ds} / {sp}: {metric} against {unit}", group_anchor):

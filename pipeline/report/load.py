@@ -6,44 +6,42 @@ may be missing shards still to come.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..store import layout
 from ..errors import ConfigError
+from ..store import layout
+from ..store.index import LocalRoot, NotASetIndex, SetIndex, read_index
 
 
 @dataclass
 class CodecSet:
-    """One codec setting's output folder: what its index says, and its manifest as a DataFrame."""
+    """One codec setting's output folder: its typed index, and its manifest as a DataFrame."""
 
     dataset: str
     split: str
     tag: str
     folder: Path
-    index: dict[str, Any]
+    index: SetIndex
     manifest: Any  # pandas.DataFrame
 
     @property
     def codec(self) -> str:
-        return self.index["codec"]
+        return self.index.codec
 
     @property
     def family(self) -> str:
         """The curve a setting belongs to: its codec name (all ``jpeg:quality=*`` form the jpeg curve)."""
-        return self.index.get("spec", {}).get("name") or self.codec.partition(":")[0]
+        return self.index.family
 
     @property
     def params(self) -> dict[str, Any]:
-        return dict(self.index.get("spec", {}).get("params", {}))
+        return dict(self.index.spec.get("params", {}))
 
     @property
     def modality(self) -> str:
-        if self.index.get("modality") in ("image", "audio"):
-            return self.index["modality"]
-        return "audio" if "kbps" in self.manifest.columns else "image"  # e.g. "any" (none) in older indexes
+        return self.index.modality
 
 
 def find_sets(out_root: str | Path, dataset: str | None = None,
@@ -56,27 +54,22 @@ def find_sets(out_root: str | Path, dataset: str | None = None,
     root = Path(out_root)
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder")
+    store = LocalRoot(root)
     sets: list[CodecSet] = []
     incomplete: list[Path] = []
     for folder in sorted(p for p in root.glob("*/*/*") if p.is_dir()):
         ds, sp = folder.parent.parent.name, folder.parent.name
         if (dataset is not None and ds != dataset) or (split is not None and sp != split):
             continue
-        index_path = folder / layout.INDEX
-        if not index_path.is_file():
+        if not (folder / layout.INDEX).is_file():
             if (folder / layout.MANIFEST).is_file() or any(folder.glob("*.tar")) or any(folder.glob("*.tar.gz")):
                 incomplete.append(folder)
             continue
         try:
-            index = json.loads(index_path.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"{index_path} is not valid JSON: {exc}") from None
-        if not isinstance(index, dict) or "codec" not in index or "shards" not in index:
+            index = read_index(store, ds, sp, tag=folder.name)
+        except NotASetIndex:
             continue  # some other JSON file that happens to be called index.json
-        if (index.get("dataset"), index.get("split"), index.get("tag")) != (ds, sp, folder.name):
-            raise ConfigError(f"{index_path} describes {index.get('dataset')}/{index.get('split')}/"
-                              f"{index.get('tag')}, not the folder it is in")
-        manifest_path = folder / index.get("manifest", layout.MANIFEST)
+        manifest_path = folder / index.manifest
         if not manifest_path.is_file():
             raise ConfigError(f"{folder} has an index.json but no {manifest_path.name}")
         frame: pd.DataFrame = pq.read_table(manifest_path).to_pandas()

@@ -23,7 +23,7 @@ def curve_points(rows: Any, rate_unit: str, metric: str) -> dict[str, tuple[np.n
     Lossless settings (infinite mean PSNR/SNR) are left out of every curve, MS-SSIM's included,
     and so are settings without a value.
     """
-    from .tables import PRIMARY
+    from .tables import primary
 
     out: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
     rcol, mcol = f"{rate_unit}_mean", f"{metric}_mean"
@@ -34,7 +34,7 @@ def curve_points(rows: Any, rate_unit: str, metric: str) -> dict[str, tuple[np.n
         q = part[mcol].to_numpy(dtype=np.float64)
         keep = np.isfinite(r) & np.isfinite(q) & (r > 0)
         for modality in set(part["modality"]):
-            pcol = f"{PRIMARY[modality]}_mean"
+            pcol = f"{primary(modality)}_mean"
             if pcol in part.columns:
                 lossless = ~np.isfinite(part[pcol].to_numpy(dtype=np.float64))
                 keep &= ~(lossless & (part["modality"] == modality).to_numpy())

@@ -30,12 +30,21 @@ from .load import CodecSet
 
 #: distortion/quality columns, in display order; each is reported where the manifest has it
 METRICS = ("psnr", "ms_ssim", *deep.columns("image"), "snr", "si_sdr", "pesq", "stoi", *deep.columns("audio"))
-#: the quality axis of curves and BD-rate, per modality
-PRIMARY = {"image": "psnr", "audio": "snr"}
-RATE = {"image": "bpp", "audio": "kbps"}
 #: columns that name a sample's class, preferred in this order
 CLASS_NAME_COLUMNS = ("wnid", "class_name")
 PERCENTILES = (5, 95)
+
+
+def modality_of(name: str) -> Any:
+    """The modality module that says how its sets are measured (rate, quality axis, raw size)."""
+    from ..modalities import get_modality
+
+    return get_modality(name)
+
+
+def primary(modality: str) -> str:
+    """The quality axis of curves and BD-rate for a modality's sets (``psnr``, ``snr``)."""
+    return str(modality_of(modality).REPORT.primary)
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -76,10 +85,8 @@ def payload_bits(s: CodecSet, ok: Any) -> np.ndarray:
 
 
 def raw_bits(s: CodecSet, ok: Any) -> np.ndarray:
-    """Uncompressed size: 24 bits per RGB pixel, or 16 bits per channel-sample (PCM) for audio."""
-    if s.modality == "audio":
-        return 16.0 * _column(ok, "channels") * _column(ok, "num_samples")
-    return 24.0 * _column(ok, "width") * _column(ok, "height")
+    """Uncompressed size, as the set's modality counts it (24 bits per RGB pixel, 16 per PCM channel-sample)."""
+    return modality_of(s.modality).report_raw_bits(ok)
 
 
 def metrics_of(frame: Any) -> list[str]:
@@ -91,9 +98,9 @@ def summarize_set(s: CodecSet) -> dict[str, Any]:
     """One row of the summary table: rates, ratio, metrics, errors and storage of one setting."""
     frame = s.manifest
     ok = frame[frame["status"] == "ok"]
-    rate = RATE[s.modality]
-    primary = PRIMARY[s.modality]
-    shard_bytes = sum(int(sh["bytes"]) for sh in s.index["shards"])
+    measure = modality_of(s.modality)
+    rate, quality = measure.REPORT.rate, measure.REPORT.primary
+    shard_bytes = sum(sh.bytes for sh in s.index.shards)
     n_ok = len(ok)
     bits = payload_bits(s, ok) if n_ok else np.zeros(0)
     raw = raw_bits(s, ok) if n_ok else np.zeros(0)
@@ -106,13 +113,11 @@ def summarize_set(s: CodecSet) -> dict[str, Any]:
     row["ratio"] = float(raw.sum() / bits.sum()) if n_ok and bits.sum() > 0 else math.nan
     for m in metrics_of(ok):
         row.update(_stats(m, _column(ok, m)))
-    if primary in ok.columns:
-        row["lossless_samples"] = int(np.isposinf(_column(ok, primary)).sum())
-    if s.modality == "image" and "mse" in ok.columns and n_ok:
-        mean_mse = float(np.nanmean(_column(ok, "mse")))
-        row["psnr_mse"] = math.inf if mean_mse == 0 else 10.0 * math.log10(255.0**2 / mean_mse)
+    if quality in ok.columns:
+        row["lossless_samples"] = int(np.isposinf(_column(ok, quality)).sum())
+    row.update(measure.report_extras(ok))
     # storage: what a loader reads against what the codec produced
-    row["shards"] = len(s.index["shards"])
+    row["shards"] = len(s.index.shards)
     row["shard_bytes"] = shard_bytes
     row["folder_bytes"] = sum(p.stat().st_size for p in s.folder.iterdir() if p.is_file())
     row["payload_bytes_mean"] = float(bits.mean() / 8.0) if n_ok else math.nan
@@ -122,11 +127,8 @@ def summarize_set(s: CodecSet) -> dict[str, Any]:
     row["disk_bytes_per_sample"] = shard_bytes / n_ok if n_ok else math.nan
     row["tar_overhead_pct"] = (100.0 * (row["disk_bytes_per_sample"] / stored - 1.0)
                                if n_ok and stored > 0 else math.nan)
-    if n_ok and s.modality == "image":
-        row["disk_bpp"] = 8.0 * shard_bytes / float((_column(ok, "width") * _column(ok, "height")).sum())
-    elif n_ok:
-        seconds = float((_column(ok, "num_samples") / _column(ok, "sample_rate")).sum())
-        row["disk_kbps"] = 8.0 * shard_bytes / seconds / 1000.0 if seconds > 0 else math.nan
+    if n_ok:
+        row.update(measure.report_storage(shard_bytes, ok))
     return row
 
 
@@ -159,7 +161,7 @@ def class_summary(sets: Iterable[CodecSet]):
         if "label" not in ok.columns or ok["label"].isna().all():
             continue
         ok = ok[ok["label"].notna()].astype({"label": "int64"})  # nullable ints arrive as floats
-        rate = RATE[s.modality]
+        rate = modality_of(s.modality).REPORT.rate
         name = class_column(ok)
         keys = ["label"] + ([name] if name else [])
         cols = [c for c in [rate, *metrics_of(ok)] if c in ok.columns]
@@ -193,7 +195,7 @@ def extreme_classes(classes: Any, summary: Any, count: int = 5):
         srows = summary[(summary["dataset"] == ds) & (summary["split"] == sp)].set_index("codec")
         unit = srows["rate_unit"].iloc[0]
         modality = srows["modality"].iloc[0]
-        q = PRIMARY[modality]
+        q = primary(modality)
         rate_col, q_col = f"{unit}_mean", f"{q}_mean"
         if q_col not in part.columns or q_col not in srows.columns:
             continue
@@ -275,10 +277,10 @@ def storage_breakdown(sets: Iterable[CodecSet], max_shards: int | None = 1):
 
     rows = []
     for s in sets if max_shards != 0 else ():
-        shards = s.index["shards"][: max_shards] if max_shards is not None else s.index["shards"]
+        shards = s.index.shards[: max_shards] if max_shards is not None else s.index.shards
         total: dict[str, int] = {}
         for sh in shards:
-            path = s.folder / sh["name"]
+            path = s.folder / sh.name
             if not path.is_file():
                 continue
             for k, v in tar_breakdown(path).items():

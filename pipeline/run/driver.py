@@ -33,7 +33,9 @@ from ..sources import make_source
 from ..sources.base import Source
 from ..sources.listing import Listing
 from ..codecs.spec import CodecSpec
+from ..store.index import SetIndex, ShardEntry
 from ..store.storage import open_store
+from .schema import sample_schema
 from .task import ShardResult, ShardTask, run_shard
 
 
@@ -276,26 +278,21 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
             other_ext = stem != name and name[len(stem):] != ext
         if stem not in keep or other_ext:
             store.remove(store.child(folder, name))
-    shards = [{"name": stats[t.index]["shard"], "samples": stats[t.index]["samples"],
-               "errors": stats[t.index]["errors"], "bytes": stats[t.index]["bytes"],
-               "sha256": stats[t.index]["sha256"]} for t in tasks]
-    ok = sum(s["samples"] for s in shards)
-    errors = sum(s["errors"] for s in shards)
-    index = {
-        "format": layout.FORMAT, "dataset": config.dataset, "split": source.split,
-        "codec": spec.canonical, "spec": spec.to_dict(), "tag": spec.tag,
-        "modality": source.modality, "source": source.describe(),
-        "samples_per_shard": config.samples_per_shard, "limit": config.limit, "ms_ssim": config.ms_ssim,
-        "versions": versions, "counts": {"listed": listed, "ok": ok, "error": errors},
-        "shards": shards, "manifest": layout.MANIFEST,
-    }
-    if config.shard_compression is not None:  # only when set, so plain-tar indexes stay as they were
-        index["shard_compression"] = config.shard_compression
-    if config.max_pixels is not None:  # likewise: the loaders need $MPQ_MAX_PIXELS at least this high
-        index["max_pixels"] = config.max_pixels
-    store.write_json(store.child(folder, layout.INDEX), index)  # last: its presence means the set is complete
+    shards = tuple(ShardEntry(stats[t.index]["shard"], stats[t.index]["samples"], stats[t.index]["errors"],
+                              stats[t.index]["bytes"], stats[t.index]["sha256"]) for t in tasks)
+    ok = sum(s.samples for s in shards)
+    errors = sum(s.errors for s in shards)
+    index = SetIndex(
+        dataset=config.dataset, split=source.split, codec=spec.canonical, tag=spec.tag, modality=source.modality,
+        shards=shards, schema=sample_schema(source, spec, tasks[0].options if tasks else {}), spec=spec.to_dict(),
+        source=source.describe(), samples_per_shard=config.samples_per_shard, limit=config.limit,
+        ms_ssim=config.ms_ssim, versions=versions, counts={"listed": listed, "ok": ok, "error": errors},
+        manifest=layout.MANIFEST, shard_compression=config.shard_compression,  # (the loaders need
+        max_pixels=config.max_pixels)  # $MPQ_MAX_PIXELS at least max_pixels high)
+    # last: its presence means the set is complete
+    store.write_json(store.child(folder, layout.INDEX), index.to_dict())
     return SetSummary(spec.canonical, spec.tag, folder, len(shards), listed, ok, errors,
-                      sum(s["bytes"] for s in shards), rate, means.mean(rate), quality, means.mean(quality))
+                      sum(s.bytes for s in shards), rate, means.mean(rate), quality, means.mean(quality))
 
 
 def progress_units(tasks: list[ShardTask], settings: int) -> tuple[str, Callable[[ShardTask], int]]:

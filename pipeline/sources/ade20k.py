@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import ConfigError, SampleError
 from .base import RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
 from .listing import Listing, ListingBuilder
+from ..store.index import Field, attachment
 from . import register
 
 _FOLDERS = {"train": "training", "val": "validation"}
@@ -23,6 +24,10 @@ class ADE20K(Source):
     name = "ade20k"
     splits = ("train", "val")
     summary = "ADEChallengeData2016/images/{training,validation}/*.jpg with annotations/*/*.png"
+
+    def fields(self) -> tuple[Field, ...]:
+        """The annotation, copied byte for byte, is a label map: transforms move it with the image."""
+        return (attachment("segmentation", "seg.png", "mask", "label_map"), *super().fields())
 
     def _base(self) -> Path:
         root = Path(self.root)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from ..errors import ConfigError
+from ..store.index import Field, record
 
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .webp .bmp .tif .tiff .gif .ppm .pgm .pbm .pnm .avif .jxl .heic .heif .jp2 .j2k"
@@ -72,6 +73,8 @@ class Source(ABC):
     default_split: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
     options: ClassVar[tuple[SourceOption, ...]] = ()  # the options this source accepts (and the CLI offers)
+    #: the loaded sample's key for the decoded payload when not the modality's (MUSDB: ``mixture``)
+    payload_name: ClassVar[str | None] = None
 
     def __init__(self, root: str | Path, split: str | None = None, **options: Any):
         self.root = str(root)
@@ -103,6 +106,18 @@ class Source(ABC):
     def describe(self) -> dict[str, Any]:
         """What index.json records about where the data came from."""
         return {"name": self.name, "root": self.root, "split": self.split, "options": dict(self.opts)}
+
+    def fields(self) -> tuple[Field, ...]:
+        """What its samples carry besides the payload: attachments and record values (the set's schema).
+
+        Every source may record a ``label``; a source adds the members it copies (``.cls``,
+        ``.seg.png``, ...) and the record values a loader should hand out.
+        """
+        return (record("label", "int"),)
+
+    def tracks(self) -> tuple[str, ...]:
+        """Names of further signals coded with the payload's setting (``{key}.{name}.{ext}``)."""
+        return ()
 
     def label_fields(self, ref: SampleRef) -> dict[str, Any]:
         """Label-like fields known from the listing alone (kept in the manifest)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 
 from ..errors import ConfigError
+from ..store.index import Field, attachment
 from .base import RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
 from .listing import Listing, ListingBuilder
 
@@ -66,6 +67,10 @@ class FolderSource(Source):
         if not len(builder):
             raise ConfigError(f"{self.name}: no {self.what} under {root} ({skipped} other files)")
         return builder.build()
+
+    def fields(self) -> tuple[Field, ...]:
+        """Class folders give a ``.cls`` label (and the record's ``label``)."""
+        return (attachment("label", "cls", "int", "integer"), *super().fields())
 
     def read(self, ref: SampleRef) -> RawSample:
         data = read_file(Path(ref.get("path")))

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ConfigError, SampleError
 from .base import RawSample, SampleRef, Source, SourceOption, sanitize_key
 from .listing import Listing, ListingBuilder
+from ..store.index import Field, attachment
 from . import register
 
 
@@ -42,6 +43,11 @@ class HuggingFace(Source):
                 raise ConfigError("hf: give image_column or audio_column, not both")
             # this instance's samples go through the audio modality (hf alone picks its modality per dataset)
             self.modality = "audio"  # type: ignore[misc]  # a class-level default, set per instance here
+
+    def fields(self) -> tuple[Field, ...]:
+        """A ``--label-column`` gives a ``.cls`` label (and the record's ``label``)."""
+        own = (attachment("label", "cls", "int", "integer"),) if self.opts.get("label_column") else ()
+        return (*own, *super().fields())
 
     def _media_column(self) -> str:
         return self.opts.get("audio_column") or self.opts.get("image_column", "image")

@@ -14,6 +14,7 @@ from typing import Callable
 from ..errors import ConfigError, SampleError
 from .base import IMAGE_EXTENSIONS, RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
 from .listing import Listing, ListingBuilder
+from ..store.index import Field, attachment
 from . import register
 
 
@@ -31,6 +32,9 @@ class ImageNet(Source):
     name = "imagenet"
     splits = ("train", "val")
     summary = "ILSVRC-2012: train/ and val/ with one folder per wnid, or the Kaggle ILSVRC/Data/CLS-LOC layout"
+
+    def fields(self) -> tuple[Field, ...]:
+        return (attachment("label", "cls", "int", "integer"), *super().fields())
 
     def _layout(self) -> tuple[Path, Path | None, Path | None]:
         """(split folder, LOC_val_solution.csv, LOC_synset_mapping.txt)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import ConfigError, SampleError
 from .base import RawSample, SampleRef, Source, file_stamp, read_file, text_stamp
 from .listing import Listing, ListingBuilder
+from ..store.index import Field, attachment, record
 from . import register
 
 SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360",
@@ -41,6 +42,11 @@ class LibriSpeech(Source):
     modality = "audio"
     splits = SUBSETS
     summary = "LibriSpeech read speech (FLAC, 16 kHz) with transcripts, speaker and chapter ids; split = subset"
+
+    def fields(self) -> tuple[Field, ...]:
+        """The transcript (a ``.txt`` member, and in each view's record), speaker and chapter ids."""
+        return (record("transcript", "text", view=True), attachment("transcript", "txt", "text", "text"),
+                *super().fields(), record("speaker_id", "int"), record("chapter_id", "int"))
 
     def subset_dir(self) -> Path:
         root = Path(self.root)

@@ -16,6 +16,7 @@ from ..errors import ConfigError, SampleError
 from ..values import parse_bool
 from .base import RawSample, SampleRef, Source, SourceOption, file_stamp, read_file, sanitize_key
 from .listing import Listing, ListingBuilder
+from ..store.index import Field, attachment, record
 from . import register
 
 STEMS = ("drums", "bass", "other", "vocals")
@@ -38,11 +39,20 @@ class MUSDB(Source):
     splits = ("train", "test")
     summary = "MUSDB18-HQ (WAV folders) or MUSDB18 (.stem.mp4): mixture coded, stems kept as FLAC"
     options = (SourceOption("encode_stems", "send the four stems through the codec too", flag=True),)
+    payload_name = "mixture"
 
     def __init__(self, root, split=None, **options):
         super().__init__(root, split, **options)
         self.encode_stems = parse_bool(self.opts.get("encode_stems", False), what="musdb: option encode_stems")
         self.opts["encode_stems"] = self.encode_stems
+
+    def fields(self) -> tuple[Field, ...]:
+        """The lossless stems as named signals (``sample["stems"]``) and the track name."""
+        return (*(attachment(stem, f"{stem}.flac", "audio", "flac", "stems") for stem in STEMS),
+                *super().fields(), record("track", "text"))
+
+    def tracks(self) -> tuple[str, ...]:
+        return tuple(STEMS) if self.encode_stems else ()
 
     def list(self) -> Listing:
         folder = Path(self.root) / self.split

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..codecs.spec import CodecSpec
 
+#: the format of shards, their stats and plans (a set's index.json has its own: ``store.index.FORMAT``)
 FORMAT = "mpq-shards/1"
 
 

@@ -1,0 +1,165 @@
+"""The decoding stage: a set's members into sample fields, driven by its index's schema.
+
+Each :class:`~pipeline.store.index.Field` names its member, its decoder (resolved here to the
+safe table of :mod:`.decoders`, the codec's own decode, or the audio restorer of :mod:`.audio`)
+and its type, which says how the value is handed out (images as CHW tensors, audio as
+``(channels, n)``, label maps as integer tensors). No dataset or modality is named here.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..errors import SampleError
+from ..store.index import Field, SetIndex
+from .decoders import Decoder, decoder_table, png_rgb, strict_json
+
+#: field types handed out like the payload of an image or audio set
+SIGNALS = ("image", "audio")
+
+
+class WithRecord:
+    """A decoder that needs the sample's record (audio: the lengths and rates to restore)."""
+
+    needs_record = True
+
+    def __init__(self, fn: Callable[[bytes, Mapping[str, Any]], Any]):
+        self.fn = fn
+
+    def __call__(self, data: bytes, record: Mapping[str, Any]) -> Any:
+        return self.fn(data, record)
+
+
+def run_decoder(decoder: Decoder, members: Mapping[str, bytes], ext: str,
+                record: Mapping[str, Any] | None = None) -> Any:
+    """Decode one member; whatever a parser raises on bad bytes becomes a SampleError naming the member."""
+    try:
+        if getattr(decoder, "needs_record", False):
+            return decoder(members[ext], record or {})  # type: ignore[call-arg]  # WithRecord takes the record
+        return decoder(members[ext])
+    except SampleError as exc:
+        raise SampleError(f".{ext}: {exc}") from None
+    except Exception as exc:
+        raise SampleError(f".{ext}: {type(exc).__name__}: {exc}") from exc
+
+
+def convert(value: Any, type_: str, image_format: str) -> Any:
+    """A decoded value as handed out: by the field's type, never by dataset."""
+    import torch
+
+    if not isinstance(value, np.ndarray):
+        return value
+    if type_ == "audio":  # (n, channels) -> (channels, n), torchaudio's layout
+        out = np.ascontiguousarray(value.T)
+        return out if image_format == "numpy" else torch.from_numpy(out)
+    if type_ == "image":
+        if value.ndim == 3:
+            if image_format == "numpy":
+                return value
+            if image_format == "pil":
+                from PIL import Image
+
+                return Image.fromarray(value)
+            return torch.from_numpy(value).permute(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if value.dtype not in (np.uint8, np.int16, np.int32, np.int64, np.bool_):  # label maps and other arrays
+        value = value.astype(np.int64)
+    return torch.from_numpy(value)
+
+
+class ViewDecoder:
+    """How one set's members become fields, worked out once per process (not per sample)."""
+
+    def __init__(self, index: SetIndex, spec: Any, user: Mapping[str, Decoder], *, decode_payload: bool = False,
+                 meta: bool = False, image_format: str = "tensor"):
+        self.canonical, self.meta, self.image_format = index.codec, meta, image_format
+        self._spec, self._user, self._restorer = spec, dict(user), None
+        main = index.payload
+        self.payload_name, self.payload_type = main.name, main.type
+        payload = [f for f in index.fields("payload") if f.group is None and f.name == main.name and f.decoder]
+        coded = [f for f in payload if f.decoder != "png"] or payload
+        self.missing = f"no .{coded[-1].ext} payload"
+        if decode_payload:  # the coded payload, not stored decoded pixels
+            payload = [f for f in payload if f.decoder != "png"]
+        self.payload = [(f, self._resolve(f)) for f in payload]
+        self.coded = [(f, self._resolve(f)) for f in index.fields("payload") if f.group is not None and f.decoder]
+        self.view_records = [f.name for f in index.fields("record", view=True)]
+        self.attachments = [(f, self._resolve(f)) for f in index.fields("attachment") if f.decoder]
+        self.records = [f.name for f in index.fields("record", view=False)]
+        self.json = self._user.get("json", strict_json)
+        # a user entry for a member we decode replaces our decoder; others (a member the schema lists
+        # without a decoder, such as --store-decoded's .decoded.flac, or one it does not list) add a field
+        declared = {f.ext for f in index.schema if f.ext and f.decoder} | {"json"}
+        self.user = [(ext, fn) for ext, fn in self._user.items() if ext not in declared]
+        self.view_members = tuple(dict.fromkeys(["json", *(f.ext for f, _ in self.payload + self.coded)]))
+        self.sample_members = tuple(dict.fromkeys([*(f.ext for f, _ in self.attachments), *self._user]))
+        self.view_groups = tuple(dict.fromkeys(f.group for f, _ in self.coded if f.type in SIGNALS))
+        self.sample_groups = tuple(dict.fromkeys(f.group for f, _ in self.attachments
+                                                 if f.group and f.type in SIGNALS))
+        self.masks = tuple(dict.fromkeys(f.name for f, _ in self.attachments if f.type == "mask" and not f.group))
+
+    def _resolve(self, f: Field) -> Decoder:
+        if f.ext is None or f.decoder is None:
+            raise SampleError(f"field {f.name!r} is not a decoded member")
+        if f.decoder == "audio_codec":
+            if self._restorer is None:
+                from . import audio
+
+                self._restorer = WithRecord(audio.payload_decoder(self._spec)[1])
+            return self._restorer
+        if f.decoder == "flac":
+            from . import audio
+
+            return WithRecord(lambda data, record: audio.reference(audio.flac_audio(data), record))
+        if f.decoder == "png":
+            return png_rgb  # stored decoded pixels: the lossless PNG the metrics were computed on
+        if f.decoder == "codec":
+            return decoder_table(self._spec, self._user)[f.ext]
+        return decoder_table(None, self._user).get(f.ext) or decoder_table(None)[_SAFE[f.decoder]]
+
+    def wanted(self, with_sample_fields: bool) -> tuple[str, ...]:
+        """Member extensions to read: the view's (payload, record), and the sample's (attachments) if asked."""
+        return self.view_members + (self.sample_members if with_sample_fields else
+                                    tuple(e for e in self._user if e not in self.view_members))
+
+    def __call__(self, members: Mapping[str, bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(view fields: payload, measures, codec; sample fields: attachments, record values)."""
+        if "json" not in members:
+            raise SampleError("no .json record")
+        record = run_decoder(self.json, members, "json")
+        if not isinstance(record, dict) or record.get("codec") != self.canonical:
+            raise SampleError(f"record names codec {record.get('codec') if isinstance(record, dict) else None!r}, "
+                              f"the set is {self.canonical}")
+        for f, fn in self.payload:
+            if f.ext in members:
+                payload = run_decoder(fn, members, f.ext, record)
+                break
+        else:
+            raise SampleError(self.missing)
+        view: dict[str, Any] = {self.payload_name: convert(payload, self.payload_type, self.image_format)}
+        view.update((name, record[name]) for name in self.view_records if name in record)
+        view["codec"] = self.canonical
+        if self.meta:
+            view["json"] = record
+        for f, fn in self.coded:
+            if f.ext in members:
+                view.setdefault(f.group, {})[f.name] = convert(run_decoder(fn, members, f.ext, record), f.type,
+                                                               self.image_format)
+        extra: dict[str, Any] = {}
+        for f, fn in self.attachments:
+            if f.ext in members:
+                value = convert(run_decoder(fn, members, f.ext, record), f.type, self.image_format)
+                if f.group:
+                    extra.setdefault(f.group, {})[f.name] = value
+                else:
+                    extra[f.name] = value
+        extra.update((n, record[n]) for n in self.records if n not in extra and record.get(n) is not None)
+        for ext, fn in self.user:
+            if ext in members:
+                extra[ext] = run_decoder(fn, members, ext)
+        return view, extra
+
+
+#: the safe table's entry behind each plain decoder name (the table is keyed by member extension)
+_SAFE = {"label_map": "seg.png", "integer": "cls", "text": "txt"}
