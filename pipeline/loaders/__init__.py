@@ -5,7 +5,7 @@ dataset is built, so :func:`manifests` and :func:`hf_data_files` work without it
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .decoders import DECODERS, decoder_table
 from .tables import hf_data_files, hf_features, manifests
@@ -21,7 +21,9 @@ def load(root: str, dataset: str, split: str, codec: Any = None, *, paired: bool
          decoders: Mapping[str, Callable[[bytes], Any]] | None = None, decode_payload: bool = False,
          meta: bool = False, rank: int | None = None, world_size: int | None = None,
          cache_dir: str | None | bool = None, storage_options: Mapping[str, Any] | None = None,
-         verify: bool = False, on_error: str = "raise") -> "ShardDataset":
+         verify: bool = False,
+         on_error: str | Callable[[str, Exception], None] = "raise",
+         shards: Sequence[str] | None = None) -> "ShardDataset":
     """A torch ``IterableDataset`` over the shards of ``root/<dataset>/<split>/<tag>/``.
 
     ``codec``: a setting (``"jpeg:quality=5"``; ``None`` is the uncompressed reference set
@@ -40,7 +42,9 @@ def load(root: str, dataset: str, split: str, codec: Any = None, *, paired: bool
     torch.distributed's when it is initialized. ``root`` may be any fsspec URL: shards are
     fetched once into ``cache_dir`` (``False`` streams them). ``verify`` re-hashes local shards
     against index.json. ``on_error``: ``raise``, ``skip`` or ``warn`` for a sample that does not
-    decode. ``decoders`` adds entries to the safe decoder table (never for pickle-like members).
+    decode, or a callable ``on_error(key, exc)`` called for it (the sample is skipped). ``shards``:
+    read only these shard file names, whole and in the order given (no rank or worker split, no
+    shuffle): the unit of work of ``mpq eval``. ``decoders`` adds entries to the safe decoder table (never for pickle-like members).
     """
     from .dataset import ShardDataset
 
@@ -48,7 +52,8 @@ def load(root: str, dataset: str, split: str, codec: Any = None, *, paired: bool
                         resampled=resampled, epoch_size=epoch_size, transform=transform,
                         sample_transform=sample_transform, image_format=image_format, decoders=decoders,
                         decode_payload=decode_payload, meta=meta, rank=rank, world_size=world_size,
-                        cache_dir=cache_dir, storage_options=storage_options, verify=verify, on_error=on_error)
+                        cache_dir=cache_dir, storage_options=storage_options, verify=verify, on_error=on_error,
+                        shards=shards)
 
 
 def __getattr__(name: str) -> Any:

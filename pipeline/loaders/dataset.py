@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Iterator, Mapping
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -72,11 +73,12 @@ class ShardDataset(IterableDataset):
                  decoders: Mapping[str, Decoder] | None = None, decode_payload: bool = False,
                  meta: bool = False, rank: int | None = None, world_size: int | None = None,
                  cache_dir: str | None | bool = None, storage_options: Mapping[str, Any] | None = None,
-                 verify: bool = False, on_error: str = "raise"):
+                 verify: bool = False, on_error: str | Callable[[str, Exception], None] = "raise",
+                 shards: Sequence[str] | None = None):
         super().__init__()
         if image_format not in IMAGE_FORMATS:
             raise ConfigError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}")
-        if on_error not in ON_ERROR:
+        if not callable(on_error) and on_error not in ON_ERROR:
             raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
         if buffer < 0 or (epoch_size is not None and epoch_size < 0):
             raise ConfigError("buffer and epoch_size must not be negative")
@@ -95,6 +97,13 @@ class ShardDataset(IterableDataset):
         self.verify, self.on_error = verify, on_error
         self.storage = Storage(root, cache_dir=cache_dir, storage_options=storage_options)
         self.sets: list[CodecSet] = [open_set(self.storage, dataset, split, s) for s in self.specs]
+        self.only_shards = None if shards is None else tuple(shards)
+        if self.only_shards is not None:
+            if len(self.sets) > 1:
+                raise ConfigError("shards= names the shard files of one set; it does not combine with several")
+            self.sets = [_only_shards(s, self.only_shards) for s in self.sets]
+            if self.shuffle:
+                raise ConfigError("shards= reads the named shards whole and in order: no shuffle or resampling")
         modalities = {s.modality for s in self.sets}
         if len(modalities) != 1:
             raise ConfigError(f"settings of different modalities: {sorted(modalities)}")
@@ -103,7 +112,7 @@ class ShardDataset(IterableDataset):
         self.counts = self.join.counts
         self.offsets = smp.offsets(self.counts)
         self.total = int(self.offsets[-1])
-        drank, dworld = _dist_layout()
+        drank, dworld = _dist_layout() if self.only_shards is None else (0, 1)
         self.world_size = int(world_size if world_size is not None else dworld)
         self.rank = int(rank if rank is not None else (drank if world_size is None else 0))
         if not 0 <= self.rank < self.world_size:
@@ -205,7 +214,7 @@ class ShardDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, nw = (info.id, info.num_workers) if info is not None and self.only_shards is None else (0, 1)
         slot = smp.Slot(self.rank, self.world_size, worker, nw)
         resume, self._resume = self._resume, None
         if resume is not None:
@@ -274,6 +283,9 @@ class ShardDataset(IterableDataset):
             try:
                 sample = self._decode(key, views, epoch)
             except Exception as exc:
+                if callable(self.on_error):  # the caller records the failure (mpq eval: an error row)
+                    self.on_error(key, exc)
+                    continue
                 if self.on_error == "raise":
                     if isinstance(exc, SampleError):
                         raise SampleError(f"{key}: {exc}") from None
@@ -477,6 +489,15 @@ class ShardDataset(IterableDataset):
                               f"for its {len(args)} inputs")
         for (d, k), value in zip(slots + masks, out):
             d[k] = _plain(value)
+
+
+def _only_shards(codec_set: CodecSet, names: Sequence[str]) -> CodecSet:
+    """The set restricted to the named shard files, in the order given (an unknown name raises)."""
+    by_name = {s.name: s for s in codec_set.shards}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ConfigError(f"{'/'.join(codec_set.parts)}: no shard named {missing[0]!r} in index.json")
+    return dataclasses.replace(codec_set, shards=tuple(by_name[n] for n in names))
 
 
 class _ViewPlan:
