@@ -66,7 +66,7 @@ def speech_out(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.fixture(scope="session")
 def musdb_out(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("eval-musdb")
-    afx.build_musdb_hq(base / "src", "test", seconds=2.0)
+    afx.build_musdb_hq(base / "src", "test", seconds=1.0)
     run_transcode("musdb", base / "src", base / "out", "test", ("none", "opus:kbps=32"))
     return base / "out"
 
