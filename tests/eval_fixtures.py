@@ -56,7 +56,8 @@ def corrupt_member(shard: Path, key: str, ext: str) -> None:
 
 
 def part_mtimes(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Modification times of every file under ``folder``, by relative path."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def rows_of(path: Path) -> list[dict]:

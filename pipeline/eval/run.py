@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..store import layout
 from .config import EvalConfig
 from .models import get_model_kind
 from .sets import EvalSet, find_sets
@@ -74,7 +75,8 @@ def _shard_tasks(config: EvalConfig, s: EvalSet, parts: Path, resources: dict | 
         if left is not None and left <= 0:
             break
         take = n if left is None else min(n, left)
-        out.append(EvalShardTask(config.to_dict(), s.codec, name, str(parts / f"{name}.parquet"), take,
+        part = parts / f"{layout.strip_shard_ext(name)}.parquet"
+        out.append(EvalShardTask(config.to_dict(), s.codec, name, str(part), take,
                                  None if take == n else take, resources))
         if left is not None:
             left -= take
