@@ -64,3 +64,11 @@ def rows_of(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
+
+
+def fresh_copy(out: Path, dst: Path) -> Path:
+    """A private copy of finished sets without any evaluation results (tests share session sets)."""
+    import shutil
+
+    shutil.copytree(out, dst, ignore=shutil.ignore_patterns("eval", "_report"))
+    return dst

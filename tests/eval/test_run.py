@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eval_fixtures import corrupt_member, part_mtimes, rows_of
+from eval_fixtures import corrupt_member, fresh_copy, part_mtimes, rows_of
 from pipeline.cli import main
 from pipeline.eval import EvalConfig, evaluate
 
@@ -16,8 +16,7 @@ NAME = "classify-torchvision_resnet18"
 @pytest.fixture
 def out(imagenet_out, tmp_path) -> Path:
     """A private copy of the finished imagenet sets (tests here modify them)."""
-    shutil.copytree(imagenet_out, tmp_path / "out")
-    return tmp_path / "out"
+    return fresh_copy(imagenet_out, tmp_path / "out")
 
 
 def _config(out: Path, weights: Path, **kw) -> EvalConfig:

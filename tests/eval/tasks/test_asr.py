@@ -1,11 +1,9 @@
 """asr: word errors by hand, corpus WER against jiwer and torchmetrics, pocketsphinx on synthesized speech."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from eval_fixtures import rows_of
+from eval_fixtures import fresh_copy, rows_of
 from pipeline.eval import EvalConfig, evaluate
 from pipeline.eval.tasks import get_task
 from pipeline.eval.tasks.asr import normalize, word_errors
@@ -37,11 +35,12 @@ def test_corpus_wer_is_summed_edits_over_summed_words():
 
 
 @pytest.mark.slow
-def test_pocketsphinx_on_spoken_sentences(speech_out):
+def test_pocketsphinx_on_spoken_sentences(speech_out, tmp_path):
     """Real recognition: espeak-ng readings of known sentences; the default model is pocketsphinx."""
     import jiwer
 
     out, texts = speech_out
+    out = fresh_copy(out, tmp_path / "out")
     config = EvalConfig.create(str(out), "librispeech", "dev-clean", "asr", "pocketsphinx", batch_size=4)
     result = evaluate(config)
     assert not result.failed and {d["tag"] for d in result.published} == {"none", "opus-k12"}

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from eval_fixtures import rows_of
+from eval_fixtures import fresh_copy, rows_of
 from pipeline.eval import EvalConfig, evaluate
 from pipeline.eval.tasks import get_task
 
@@ -19,7 +19,8 @@ def test_aggregate_by_hand():
     assert got == {"top1": pytest.approx(1 / 3), "top5": pytest.approx(2 / 3), "loss": pytest.approx(2.0)}
 
 
-def test_run_rows_match_bare_model_and_torchmetrics(imagenet_out, resnet_weights):
+def test_run_rows_match_bare_model_and_torchmetrics(imagenet_out, resnet_weights, tmp_path):
+    imagenet_out = fresh_copy(imagenet_out, tmp_path / "out")
     import torch
     import torchmetrics
     import torchvision

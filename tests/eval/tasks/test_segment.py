@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval_fixtures import rows_of
+from eval_fixtures import fresh_copy, rows_of
 from pipeline.eval import EvalConfig, evaluate
 from pipeline.eval.tasks import get_task
 from pipeline.eval.tasks.segment import confusion_counts
@@ -31,7 +31,8 @@ def test_dataset_miou_is_not_mean_of_image_ious():
     assert agg["classes_scored"] == 2
 
 
-def test_run_against_torchmetrics(ade_out, segformer_dir):
+def test_run_against_torchmetrics(ade_out, segformer_dir, tmp_path):
+    ade_out = fresh_copy(ade_out, tmp_path / "out")
     import torch
     import torchmetrics
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from eval_fixtures import rows_of
+from eval_fixtures import fresh_copy, rows_of
 from pipeline.eval import EvalConfig, evaluate
 from pipeline.eval.tasks import get_task
 from pipeline.eval.tasks.separate import METRICS, STEMS, bss_medians
@@ -59,7 +59,8 @@ def test_aggregate_is_median_over_tracks():
 
 
 @pytest.mark.slow
-def test_umx_on_musdb_sets(musdb_out, umx_weights):
+def test_umx_on_musdb_sets(musdb_out, umx_weights, tmp_path):
+    musdb_out = fresh_copy(musdb_out, tmp_path / "out")
     import museval
 
     from pipeline.eval.models import loaded
