@@ -102,8 +102,9 @@ class ShardDataset(IterableDataset):
             if len(self.sets) > 1:
                 raise ConfigError("shards= names the shard files of one set; it does not combine with several")
             self.sets = [_only_shards(s, self.only_shards) for s in self.sets]
-            if self.shuffle:
-                raise ConfigError("shards= reads the named shards whole and in order: no shuffle or resampling")
+            if self.shuffle or rank is not None or world_size is not None:
+                raise ConfigError("shards= reads the named shards whole and in order: no shuffle, resampling "
+                                  "or rank split")
         modalities = {s.modality for s in self.sets}
         if len(modalities) != 1:
             raise ConfigError(f"settings of different modalities: {sorted(modalities)}")
