@@ -36,7 +36,7 @@ class ModelSpec:
     @property
     def tag(self) -> str:
         """A filesystem-safe form: ``hf:google/vit-base`` -> ``hf_google_vit-base``."""
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.canonical.replace(":", "_")).strip("_.") or "model"
+        return re.sub(r"[^A-Za-z0-9.-]+", "_", self.canonical).strip("_.") or "model"
 
 
 @dataclass(frozen=True)
