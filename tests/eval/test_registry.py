@@ -80,3 +80,14 @@ def test_config_round_trip_and_checks():
             EvalConfig.create("OUT", "imagenet", "val", "classify", "timm:resnet18", **kw)
     with pytest.raises(ConfigError, match="unknown task"):
         EvalConfig.create("OUT", "imagenet", "val", "detect", "timm:resnet18")
+
+
+def test_readme_names_every_task_and_model_kind():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Evaluation"):]
+    for task in task_names():
+        assert f"| `{task}` |" in section, task
+    for kind in model_kinds():
+        assert f"`{kind}" in section, kind
