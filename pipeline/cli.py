@@ -273,6 +273,21 @@ def report(out: str, dataset: str | None, split: str | None, report_dir: str | N
     click.echo(f"report: {folder / 'report.html'}  (also report.md, summary.csv, bdrate.csv, plots) in {folder}")
 
 
+def _eval_summary(planned) -> None:
+    """One line per set with its figures, read back from the published JSON files."""
+    import json
+
+    from .eval.run import result_paths
+
+    for s in planned.sets:
+        path = result_paths(s, planned.config)[2]
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text())
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in doc["figures"].items() if isinstance(v, (int, float)))
+        click.echo(f"  {doc['tag']:<24} ok {doc['samples']:>6}  error {doc['errors']:>4}  {figures}")
+
+
 def _task_choices() -> list[str]:
     from .eval.tasks import task_names
 
@@ -338,11 +353,9 @@ def eval_(out: str, dataset: str, split: str, task: str, model: str | None, code
                 result = evaluate(config, executor, progress=not no_progress, planned=planned)
     except ConfigError as exc:
         _fail(str(exc))
-    click.echo(f"{len(planned.sets)} sets; shard units run {result.shards_run}, already done "
-               f"{result.shards_cached}; {time.perf_counter() - start:.1f} s")
-    for doc in result.published:
-        figures = ", ".join(f"{k} {v:.4g}" for k, v in doc["figures"].items() if isinstance(v, (int, float)))
-        click.echo(f"  {doc['tag']:<24} ok {doc['samples']:>6}  error {doc['errors']:>4}  {figures}")
+    click.echo(f"{len(planned.sets)} sets, {len(planned.todo)} to evaluate; shard units run {result.shards_run}, "
+               f"already done {result.shards_cached}; {time.perf_counter() - start:.1f} s")
+    _eval_summary(planned)
     for f in result.failed:
         click.echo(f"  FAILED {f}", err=True)
     if result.failed:

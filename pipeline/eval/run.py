@@ -174,7 +174,12 @@ def _versions() -> dict[str, str]:
 
 def evaluate(config: EvalConfig, executor: cf.Executor | None = None, *,
              progress: bool | Callable[[int, int], None] = False, planned: EvalPlan | None = None) -> EvalResult:
-    """Run an evaluation; finished sets are skipped, finished parts reused (see the module doc)."""
+    """Run an evaluation; finished sets are skipped, finished parts reused (see the module doc).
+
+    ``executor``: any ``concurrent.futures.Executor`` (:func:`pipeline.run.cluster.dask_executor` for
+    Dask; default: this process). ``progress``: a tqdm bar (True) or ``progress(done, total)`` in samples.
+    A unit that fails as a whole is listed in ``failed`` and its set is not published.
+    """
     from ..run.driver import InlineExecutor
 
     plan = planned if planned is not None else plan_eval(config)
@@ -189,24 +194,8 @@ def evaluate(config: EvalConfig, executor: cf.Executor | None = None, *,
         bar = tqdm(total=total, unit="sample", desc=f"eval {config.dataset}/{config.split}", smoothing=0.1,
                    dynamic_ncols=True)
     futures = {executor.submit(run_eval_shard, t): t for t in plan.tasks}
-    failed_sets: set[str] = set()
-    done = 0
     try:
-        for fut in cf.as_completed(futures):
-            t = futures[fut]
-            try:
-                out: ShardOutcome = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a whole unit failed: report it, publish nothing of its set
-                result.failed.append(f"{t.codec} {t.shard}: {type(exc).__name__}: {exc}")
-                failed_sets.add(t.codec)
-                continue
-            result.shards_cached += out.cached
-            result.shards_run += not out.cached
-            done += t.samples
-            if bar is not None:
-                bar.update(t.samples)
-            elif callable(progress):
-                progress(done, total)
+        failed_sets = _collect(futures, result, bar, progress if callable(progress) else None, total)
     except BaseException:
         for fut in futures:
             fut.cancel()
@@ -218,3 +207,26 @@ def evaluate(config: EvalConfig, executor: cf.Executor | None = None, *,
         if s.tag in plan.todo and s.codec not in failed_sets:
             result.published.append(publish_set(plan, s))
     return result
+
+
+def _collect(futures: dict[cf.Future, EvalShardTask], result: EvalResult, bar: Any,
+             progress: Callable[[int, int], None] | None, total: int) -> set[str]:
+    """Wait for the units, count them, advance the progress; returns the codecs of failed units."""
+    failed: set[str] = set()
+    done = 0
+    for fut in cf.as_completed(futures):
+        t = futures[fut]
+        try:
+            out: ShardOutcome = fut.result()
+        except Exception as exc:  # noqa: BLE001 - a whole unit failed: report it, publish nothing of its set
+            result.failed.append(f"{t.codec} {t.shard}: {type(exc).__name__}: {exc}")
+            failed.add(t.codec)
+            continue
+        result.shards_cached += out.cached
+        result.shards_run += not out.cached
+        done += t.samples
+        if bar is not None:
+            bar.update(t.samples)
+        elif progress is not None:
+            progress(done, total)
+    return failed

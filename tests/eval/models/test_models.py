@@ -1,0 +1,70 @@
+"""Model kinds other than torchvision: timm and transformers classifiers, weights checks before work."""
+from __future__ import annotations
+
+import pytest
+
+from eval_fixtures import fresh_copy, rows_of
+from pipeline.errors import MissingWeightsError
+from pipeline.eval import EvalConfig, evaluate, plan_eval
+
+
+def _samples(out):
+    from pipeline.loaders import load
+
+    return list(load(str(out), "imagenet", "val", None, image_format="numpy"))
+
+
+def test_timm_with_a_state_dict(imagenet_out, tmp_path):
+    import timm
+    import torch
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    out = fresh_copy(imagenet_out, tmp_path / "out")
+    torch.manual_seed(2)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    torch.save(net.state_dict(), tmp_path / "timm.pt")
+    config = EvalConfig.create(str(out), "imagenet", "val", "classify", "timm:resnet18",
+                               weights=str(tmp_path / "timm.pt"), codecs=["none"])
+    doc = evaluate(config).published[0]
+    rows = rows_of(out / "imagenet" / "val" / "none" / "eval" / "classify-timm_resnet18.parquet")
+    tf = create_transform(**resolve_data_config({}, model=net))
+    with torch.no_grad():
+        logits = net(torch.stack([tf(Image.fromarray(s["image"])) for s in _samples(out)]))
+    assert [r["pred"] for r in rows] == logits.argmax(1).tolist()
+    assert doc["model"]["library"] == "timm" and doc["model"]["version"] == timm.__version__
+
+
+def test_transformers_classifier_from_a_folder(imagenet_out, tmp_path):
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    out = fresh_copy(imagenet_out, tmp_path / "out")
+    torch.manual_seed(3)
+    folder = tmp_path / "tiny-vit"
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, num_labels=3)
+    ViTForImageClassification(cfg).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    config = EvalConfig.create(str(out), "imagenet", "val", "classify", f"hf:{folder}", codecs=["none"])
+    doc = evaluate(config).published[0]
+    rows = rows_of(out / "imagenet" / "val" / "none" / "eval" / f"{config.name}.parquet")
+    model = ViTForImageClassification.from_pretrained(folder).eval()
+    proc = ViTImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        logits = model(**proc(images=[s["image"] for s in _samples(out)], return_tensors="pt")).logits
+    assert [r["pred"] for r in rows] == logits.argmax(1).tolist()
+    assert doc["model"]["weights"].endswith("model.safetensors") and len(doc["model"]["weights_sha256"]) == 64
+
+
+@pytest.mark.parametrize("model, task, expect", [
+    ("hf:someone/not-cached-model", "classify", "models--someone--not-cached-model"),
+    ("umxhq", "separate", r"-[0-9a-f]{8}\.pth is expected in .*hub/checkpoints"),
+    ("htdemucs", "separate", "955717e8-8726e21a.th"),
+])
+def test_offline_missing_weights_name_file_and_folder(tmp_path, monkeypatch, model, task, expect):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    config = EvalConfig.create(str(tmp_path), "x", "y", task, model, offline=True)
+    with pytest.raises(MissingWeightsError, match=expect) as err:
+        plan_eval(config)
+    assert "is expected in" in str(err.value) and "\n" not in str(err.value)
