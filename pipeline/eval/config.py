@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
@@ -54,7 +54,6 @@ class EvalConfig:
     device: str = "cpu"
     limit: int | None = None  # the first N samples of each set, in shard order
     offline: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def create(cls, out: str, dataset: str, split: str, task: str, model: str | ModelSpec, *,
@@ -82,7 +81,6 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["codecs"] = list(self.codecs)
-        d["options"] = dict(self.options)
         return d
 
     @classmethod
@@ -90,5 +88,4 @@ class EvalConfig:
         d = dict(d)
         d["model"] = ModelSpec(**d["model"])
         d["codecs"] = tuple(d.get("codecs", ()))
-        d["options"] = dict(d.get("options", {}))
         return cls(**d)

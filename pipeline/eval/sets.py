@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..codecs.spec import parse_spec
+from ..codecs.spec import parse_specs
 from ..errors import ConfigError
 from ..store import layout
 
@@ -100,8 +100,7 @@ def find_sets(out: str | Path, dataset: str, split: str, codecs: Sequence[str] =
     base = Path(out) / dataset / split
     if codecs:
         tags = []
-        for c in codecs:
-            spec = parse_spec(c)
+        for spec in (sp for c in codecs for sp in parse_specs(c)):  # sweeps expand, as in transcode
             if _read_index(base / spec.tag) is None:
                 raise ConfigError(f"no finished set for {spec.canonical} at {base / spec.tag} (index.json missing)")
             tags.append(spec.tag)

@@ -116,3 +116,12 @@ def test_cli_run_prints_figures(out, resnet_weights, capsys):
     text = capsys.readouterr().out
     assert code == 0 and "jpeg-q10" in text and "top1" in text
     assert (out / "imagenet" / "val" / "none" / "eval" / f"{NAME}.json").is_file()
+
+
+def test_codec_selection_adds_the_reference_and_expands_sweeps(out, resnet_weights):
+    from pipeline.eval import plan_eval
+
+    plan = plan_eval(_config(out, resnet_weights, codecs=["jpeg:quality=10"]))
+    assert [s.tag for s in plan.sets] == ["none", "jpeg-q10"]
+    with pytest.raises(Exception, match="no finished set for jpeg:quality=20"):
+        plan_eval(_config(out, resnet_weights, codecs=["jpeg:quality=10,20"]))
