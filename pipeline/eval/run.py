@@ -111,7 +111,7 @@ def _prepare_parts(plan: EvalPlan) -> None:
     for s in plan.sets:
         if s.tag not in plan.todo:
             continue
-        parts, rows, json_path = result_paths(s, plan.config)
+        parts, _, json_path = result_paths(s, plan.config)
         json_path.unlink(missing_ok=True)  # a half-run set never looks finished
         stamp_file = parts / "stamp"
         if parts.is_dir() and (not stamp_file.is_file() or stamp_file.read_text() != plan.stamps[s.tag]):
@@ -139,7 +139,7 @@ def publish_set(plan: EvalPlan, s: EvalSet) -> dict[str, Any]:
     from .unit import schema
 
     config, task_cls = plan.config, get_task(plan.config.task)
-    parts, rows_path, json_path = result_paths(s, config)
+    _, rows_path, json_path = result_paths(s, config)
     names = [Path(t.part) for t in plan.tasks if t.codec == s.codec]
     table = pa.concat_tables([pq.read_table(p) for p in names]) if names else schema(task_cls).empty_table()
     _atomic_write(rows_path, lambda p: pq.write_table(table, p))
@@ -161,14 +161,14 @@ def _nan(value: Any) -> Any:
 def _versions() -> dict[str, str]:
     from .. import __version__
 
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"mpq-pipeline": __version__, "python": sys.version.split()[0]}
     for lib in ("torch", "torchvision", "torchmetrics", "jiwer", "museval"):
         try:
-            from importlib.metadata import version
-
             out[lib] = version(lib)
-        except Exception:  # noqa: BLE001 - not installed
-            pass
+        except PackageNotFoundError:  # not installed: not recorded
+            continue
     return out
 
 

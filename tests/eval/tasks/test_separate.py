@@ -40,7 +40,7 @@ def test_frame_median_not_mean():
     refs, est = _noisy([20, 5, 25])
     got = bss_medians(refs, est, RATE)
     stems = ["bass", "vocals"]
-    sdr, isr, sir, sar = museval.evaluate(np.stack([refs[s].T for s in stems]), np.stack([est[s].T for s in stems]),
+    sdr, isr, _, _ = museval.evaluate(np.stack([refs[s].T for s in stems]), np.stack([est[s].T for s in stems]),
                                           win=RATE, hop=RATE)
     for i, s in enumerate(stems):
         assert sdr.shape[1] == 3
@@ -79,7 +79,7 @@ def test_umx_on_musdb_sets(musdb_out, umx_weights, tmp_path):
         rate = sample["sample_rate"]
         n = sample["stems"]["vocals"].shape[1]
         ref = np.stack([sample["stems"][s].T for s in STEMS])
-        sdr, isr, sir, sar = museval.evaluate(ref, np.stack([est[s][:, :n].T for s in STEMS]), win=rate, hop=rate)
+        sdr, _, _, sar = museval.evaluate(ref, np.stack([est[s][:, :n].T for s in STEMS]), win=rate, hop=rate)
         first = rows[0]
         assert first["key"] == sample["__key__"]
         for i, s in enumerate(STEMS):
