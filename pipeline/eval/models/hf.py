@@ -107,12 +107,19 @@ class _HFSegmenter(_HFImage):
 
 
 class _HFSpeech:
+    """Whisper (sequence to sequence) or CTC models (wav2vec2) through the transformers ASR pipeline."""
+
     def __init__(self, name: str, device: str, kw: dict[str, Any]):
         import transformers
 
-        self.pipe = transformers.pipeline("automatic-speech-recognition", model=name, device=device,
-                                          model_kwargs=kw)
-        self.rate = int(self.pipe.feature_extractor.sampling_rate)
+        config = transformers.AutoConfig.from_pretrained(name, **kw)
+        auto = (transformers.AutoModelForSpeechSeq2Seq if getattr(config, "is_encoder_decoder", False)
+                else transformers.AutoModelForCTC)
+        processor = transformers.AutoProcessor.from_pretrained(name, **kw)
+        self.pipe = transformers.pipeline("automatic-speech-recognition", model=auto.from_pretrained(name, **kw),
+                                          tokenizer=processor.tokenizer,
+                                          feature_extractor=processor.feature_extractor, device=device)
+        self.rate = int(processor.feature_extractor.sampling_rate)
 
     def transcribe(self, items: Sequence[tuple[Any, int]]) -> list[str]:
         return [str(self.pipe({"raw": _to_rate(a, r, self.rate), "sampling_rate": self.rate})["text"])

@@ -68,3 +68,55 @@ def test_offline_missing_weights_name_file_and_folder(tmp_path, monkeypatch, mod
     with pytest.raises(MissingWeightsError, match=expect) as err:
         plan_eval(config)
     assert "is expected in" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_transformers_ctc_speech_model(speech_out, tmp_path):
+    """A tiny random wav2vec2 (CTC) folder: hypotheses equal the transformers pipeline's own output."""
+    import json
+
+    import torch
+    import transformers as tr
+
+    out = fresh_copy(speech_out[0], tmp_path / "out")
+    folder = tmp_path / "tiny-w2v"
+    folder.mkdir()
+    vocab = {"<pad>": 0, "|": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")}}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tok = tr.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                                  word_delimiter_token="|")
+    fe = tr.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True)
+    tr.Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok).save_pretrained(folder)
+    torch.manual_seed(4)
+    cfg = tr.Wav2Vec2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8),
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0)
+    tr.Wav2Vec2ForCTC(cfg).save_pretrained(folder)
+    config = EvalConfig.create(str(out), "librispeech", "dev-clean", "asr", f"hf:{folder}", codecs=["none"])
+    doc = evaluate(config).published[0]
+    rows = rows_of(out / "librispeech" / "dev-clean" / "none" / "eval" / f"{config.name}.parquet")
+    pipe = tr.pipeline("automatic-speech-recognition", model=str(folder))
+    from pipeline.loaders import load
+
+    samples = list(load(str(out), "librispeech", "dev-clean", None, image_format="numpy"))
+    assert [r["hypothesis"] for r in rows] == [pipe({"raw": s["audio"].mean(0), "sampling_rate": 16000})["text"]
+                                               for s in samples]
+    words = sum(r["ref_words"] for r in rows)
+    edits = sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in rows)
+    assert doc["figures"]["wer"] == pytest.approx(edits / words) and words == doc["figures"]["ref_words"]
+
+
+@pytest.mark.slow
+def test_htdemucs_with_a_state_dict(musdb_out, tmp_path):
+    import torch
+    from demucs.htdemucs import HTDemucs
+
+    out = fresh_copy(musdb_out, tmp_path / "out")
+    torch.manual_seed(5)
+    torch.save(HTDemucs(sources=["drums", "bass", "other", "vocals"]).state_dict(), tmp_path / "htd.pt")
+    config = EvalConfig.create(str(out), "musdb", "test", "separate", "htdemucs", weights=str(tmp_path / "htd.pt"),
+                               codecs=["none"], limit=1)
+    doc = evaluate(config).published[0]
+    rows = rows_of(out / "musdb" / "test" / "none" / "eval" / "separate-htdemucs.parquet")
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert doc["figures"]["stems"]["vocals"]["sdr"] == pytest.approx(rows[0]["vocals_sdr"])
+    assert doc["model"]["library"] == "demucs" and doc["limit"] == 1
