@@ -87,13 +87,14 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     """Every check that can fail before work: task, model and weights, sets, fields; then the units."""
     task_cls = get_task(config.task)
     kind = get_model_kind(config.model.kind)
-    model = kind.preflight(config)
+    kind.check(config)
     sets = find_sets(config.out, config.dataset, config.split, config.codecs)
     for s in sets:
         lacking = task_cls.missing_fields(s.fields)
         if lacking:
             raise ConfigError(f"task {config.task} does not fit {config.dataset}/{config.split}: it needs sample "
                               f"fields {', '.join(task_cls.requires)}; set {s.tag} has {', '.join(sorted(s.fields))}")
+    model = kind.preflight(config)  # last: it may download weights (never with --offline)
     resources = {"GPU": 1} if kind.uses_torch and config.device.startswith("cuda") else None
     stamps, todo, tasks = {}, [], []
     for s in sets:

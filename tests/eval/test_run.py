@@ -125,3 +125,13 @@ def test_codec_selection_adds_the_reference_and_expands_sweeps(out, resnet_weigh
     assert [s.tag for s in plan.sets] == ["none", "jpeg-q10"]
     with pytest.raises(Exception, match="no finished set for jpeg:quality=20"):
         plan_eval(_config(out, resnet_weights, codecs=["jpeg:quality=10,20"]))
+
+
+def test_a_failed_download_is_one_line(out, capsys, monkeypatch, tmp_path):
+    """No network here: fetching default weights fails before any work, naming the URL and the folder."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    code = main(["eval", str(out), "--dataset", "imagenet", "--split", "val", "--task", "classify",
+                 "--model", "torchvision:resnet18", "--workers", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot download the weights" in err
+    assert str(tmp_path / "torch-home") in err and not list(out.rglob("eval"))

@@ -81,6 +81,26 @@ def hub_checkpoint(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
 
 
+def hub_fetch(url: str, offline: bool, what: str) -> Path:
+    """The torch hub file of ``url``: downloaded once here, before any work, unless ``offline``.
+
+    Fetching in the client means workers find the file (on a shared home) instead of each
+    downloading it, and the result records the hash of the weights actually used.
+    """
+    import torch
+
+    path = hub_checkpoint(url)
+    if not path.is_file():
+        if offline:
+            raise missing(path, what)
+        try:
+            torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True)
+        except Exception as exc:  # noqa: BLE001 - no network, a proxy, a bad file: one line, before any work
+            raise ConfigError(f"cannot download the weights for {what} from {url} into {path.parent}: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return path
+
+
 def load_state_dict(path: str | Path) -> dict[str, Any]:
     """A state dict of tensors only (``weights_only=True``: nothing is unpickled)."""
     import torch

@@ -11,7 +11,7 @@ from typing import Any
 
 from ...errors import ConfigError
 from . import register_model
-from .base import ModelKind, hub_checkpoint, load_state_dict, missing, torch_device
+from .base import ModelKind, hub_checkpoint, hub_fetch, load_state_dict, missing, torch_device
 
 STEMS = ("drums", "bass", "other", "vocals")
 HTDEMUCS_SIG = "955717e8"  # demucs/remote/htdemucs.yaml: the single model of the htdemucs bag
@@ -65,10 +65,7 @@ class _OpenUnmix(ModelKind):
     def weights_file(cls, config: Any) -> Path | None:
         if config.weights:
             return Path(config.weights)
-        files = [hub_checkpoint(u) for u in cls._urls()]
-        for f in files:
-            if config.offline and not f.is_file():
-                raise missing(f, cls.name)
+        files = [hub_fetch(u, config.offline, cls.name) for u in cls._urls()]
         return files[-1] if files else None  # the vocals model stands for the set
 
     @classmethod

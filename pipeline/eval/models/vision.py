@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 from ...errors import ConfigError
 from . import register_model
-from .base import ModelKind, hub_checkpoint, load_state_dict, missing, torch_device
+from .base import ModelKind, hub_fetch, load_state_dict, torch_device
 
 
 def _num_classes(state: dict[str, Any]) -> int | None:
@@ -57,10 +57,7 @@ class TorchVision(ModelKind):
     def weights_file(cls, config: Any) -> Path | None:
         if config.weights:
             return Path(config.weights)
-        path = hub_checkpoint(cls._weights_enum(config).url)
-        if config.offline and not path.is_file():
-            raise missing(path, config.model.canonical)
-        return path
+        return hub_fetch(cls._weights_enum(config).url, config.offline, config.model.canonical)
 
     @classmethod
     def check(cls, config: Any) -> None:

@@ -5,7 +5,7 @@ import pytest
 
 from eval_fixtures import fresh_copy, rows_of
 from pipeline.errors import MissingWeightsError
-from pipeline.eval import EvalConfig, evaluate, plan_eval
+from pipeline.eval import EvalConfig, evaluate
 
 
 def _samples(out):
@@ -64,9 +64,11 @@ def test_transformers_classifier_from_a_folder(imagenet_out, tmp_path):
 ])
 def test_offline_missing_weights_name_file_and_folder(tmp_path, monkeypatch, model, task, expect):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    from pipeline.eval.models import get_model_kind
+
     config = EvalConfig.create(str(tmp_path), "x", "y", task, model, offline=True)
     with pytest.raises(MissingWeightsError, match=expect) as err:
-        plan_eval(config)
+        get_model_kind(config.model.kind).preflight(config)
     assert "is expected in" in str(err.value) and "\n" not in str(err.value)
 
 
