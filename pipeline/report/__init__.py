@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import ConfigError
 from .bdrate import METHODS, MIN_POINTS, bd_psnr, bd_rate
 from .correlate import correlation_section
+from .eval import eval_bd, eval_blocks, eval_table, find_results
 from .load import CodecSet, find_sets
 from .plots import LABELS, curve_points, rd_plot
 from .render import Block, Bullets, Heading, Image, Para, Table, fmt, to_html, to_markdown
@@ -286,7 +287,7 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
     storage = storage_breakdown(sets, None if breakdown_shards is None else max(0, breakdown_shards))
     target = Path(report_dir) if report_dir is not None else out_root / DEFAULT_REPORT_DIR
     target.mkdir(parents=True, exist_ok=True)
-    for old in target.glob("rd-*.png"):  # plots of a previous report for other selections
+    for old in [*target.glob("rd-*.png"), *target.glob("eval-*.png")]:  # plots of a previous report
         old.unlink()
 
     blocks: list[Block] = [Heading("Rate-distortion report", 1),
@@ -318,15 +319,24 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
         group_sets = [s for s in sets if (s.dataset, s.split) == (ds, sp)]
         blocks += _group_blocks(ds, sp, part, bd, storage, classes, extremes, _errors(group_sets), plots)
     blocks += correlation_section(sets, target)  # correlation.csv, auc.csv: where sets have eval files
+    ev = eval_table(find_results(out_root, dataset, split), summary)  # mpq eval results, when there are any
+    ev_bd = eval_bd(ev, anchor)
+    ev_blocks, ev_plots = eval_blocks(ev, ev_bd, target)
+    blocks += ev_blocks
+    plot_files += ev_plots
     blocks += [Heading("Method", 2), Bullets(METHOD_NOTES)]
 
     summary.to_csv(target / "summary.csv", index=False)
     bd.to_csv(target / "bdrate.csv", index=False)
     classes.to_csv(target / "classes.csv", index=False)
     storage.to_csv(target / "storage.csv", index=False)
+    if len(ev):
+        ev.to_csv(target / "eval.csv", index=False)
+        ev_bd.to_csv(target / "eval_bdrate.csv", index=False)
     doc = {"out_root": str(out_root), "dataset": dataset, "split": split, "settings": _records(summary),
            "bd_rate": _records(bd), "storage": _records(storage), "warnings": warnings,
-           "incomplete": [str(p) for p in incomplete], "plots": plot_files, "method": METHOD_NOTES}
+           "incomplete": [str(p) for p in incomplete], "plots": plot_files, "method": METHOD_NOTES,
+           "eval": _records(ev), "eval_bd_rate": _records(ev_bd)}
     (target / "summary.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     (target / "report.md").write_text(to_markdown(blocks))
     (target / "report.html").write_text(to_html(blocks, f"Rate-distortion report: {out_root.name}"))

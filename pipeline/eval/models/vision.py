@@ -1,0 +1,129 @@
+"""Image classifiers from torchvision and timm, with their own preprocessing."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ...errors import ConfigError
+from . import register_model
+from .base import ModelKind, hub_fetch, load_state_dict, torch_device
+
+
+def _num_classes(state: dict[str, Any]) -> int | None:
+    """Output classes of a classifier state dict: rows of its last 2-D weight (the head)."""
+    heads = [v for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
+    return int(heads[-1].shape[0]) if heads else None
+
+
+class Classifier:
+    """Batches of HxWx3 uint8 images -> logits, through the model's own preprocessing."""
+
+    def __init__(self, net: Any, preprocess: Callable[[Any], Any], device: str):
+        import torch
+
+        self.net = net.eval().to(device)
+        self.preprocess = preprocess
+        self.device = device
+        self.no_grad = torch.inference_mode
+
+    def inputs(self, images: Sequence[Any]) -> Any:
+        import torch
+
+        return torch.stack([self.preprocess(im) for im in images])
+
+    def logits(self, images: Sequence[Any]) -> Any:
+        with self.no_grad():
+            return self.net(self.inputs(images).to(self.device))
+
+
+@register_model
+class TorchVision(ModelKind):
+    """``torchvision:NAME``: ``torchvision.models.get_model``; default weights from the torch hub cache."""
+
+    name = "torchvision"
+    tasks = ("classify",)
+    library = "torchvision"
+
+    @classmethod
+    def _weights_enum(cls, config: Any) -> Any:
+        import torchvision
+
+        try:
+            return torchvision.models.get_model_weights(config.model.name).DEFAULT
+        except ValueError:
+            raise ConfigError(f"torchvision has no model {config.model.name!r}") from None
+
+    @classmethod
+    def weights_file(cls, config: Any) -> Path | None:
+        if config.weights:
+            return Path(config.weights)
+        return hub_fetch(cls._weights_enum(config).url, config.offline, config.model.canonical)
+
+    @classmethod
+    def check(cls, config: Any) -> None:
+        super().check(config)
+        cls._weights_enum(config)
+
+    @classmethod
+    def load(cls, config: Any) -> Classifier:
+        import torch
+        import torchvision
+
+        name, default = config.model.name, cls._weights_enum(config)
+        if config.weights:
+            state = load_state_dict(config.weights)
+            net = torchvision.models.get_model(name, weights=None, num_classes=_num_classes(state) or 1000)
+            net.load_state_dict(state)
+        else:
+            net = torchvision.models.get_model(name, weights=default)
+        transform = default.transforms()  # resize, centre crop, scale to [0, 1], normalize
+
+        def preprocess(image: Any) -> Any:
+            return transform(torch.from_numpy(image).permute(2, 0, 1))
+
+        return Classifier(net, preprocess, torch_device(config))
+
+
+@register_model
+class Timm(ModelKind):
+    """``timm:NAME``: ``timm.create_model`` (pretrained weights from the Hugging Face cache)."""
+
+    name = "timm"
+    tasks = ("classify",)
+    library = "timm"
+
+    @classmethod
+    def weights_file(cls, config: Any) -> Path | None:
+        if config.weights:
+            return Path(config.weights)
+        import timm
+
+        if not timm.is_model(config.model.name):
+            raise ConfigError(f"timm has no model {config.model.name!r}")
+        cfg = timm.models.get_pretrained_cfg(config.model.name)
+        hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if hub:
+            from .hf import cached_file
+
+            return cached_file(hub, "model.safetensors", config.offline, config.model.canonical)
+        return None
+
+    @classmethod
+    def load(cls, config: Any) -> Classifier:
+        import timm
+        from timm.data import create_transform, resolve_data_config
+
+        if config.weights:
+            state = load_state_dict(config.weights)
+            net = timm.create_model(config.model.name, pretrained=False, num_classes=_num_classes(state) or 1000)
+            net.load_state_dict(state)
+        else:
+            net = timm.create_model(config.model.name, pretrained=True)
+        transform = create_transform(**resolve_data_config({}, model=net))
+
+        def preprocess(image: Any) -> Any:
+            from PIL import Image
+
+            return transform(Image.fromarray(image))
+
+        return Classifier(net, preprocess, torch_device(config))

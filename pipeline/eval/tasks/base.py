@@ -1,0 +1,59 @@
+"""What every evaluation task declares and does; the tasks live one per module beside this one."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Sequence
+
+OK, ERROR = "ok", "error"
+
+
+class Task:
+    """One kind of machine perception: its inputs, per-sample columns and aggregate figures.
+
+    ``requires``: sample fields a set must have (decided from the set's fields, not its dataset
+    name). ``models``: model kinds that can do the task; ``default_model`` when none is given.
+    ``columns``: (name, pyarrow type factory name) of the per-sample columns after key/status/error.
+    ``definitions``: the exact meaning of each aggregate figure (written into the result JSON).
+    ``primary``: the figure the report plots; ``higher_is_better`` orients its BD-rate.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    default_model: ClassVar[str | None] = None
+    definitions: ClassVar[Mapping[str, str]] = {}
+    primary: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+
+    @classmethod
+    def columns(cls) -> list[tuple[str, Any]]:
+        """(name, pyarrow type) of the per-sample columns."""
+        raise NotImplementedError
+
+    @classmethod
+    def missing_fields(cls, fields: frozenset[str]) -> list[str]:
+        return [f for f in cls.requires if f not in fields]
+
+    def prepare(self, sample: Mapping[str, Any]) -> Any:
+        """One sample's model input (raises on a sample that cannot be evaluated: an error row)."""
+        raise NotImplementedError
+
+    def run(self, model: Any, items: Sequence[Any]) -> list[dict[str, Any]]:
+        """Per-sample columns for a batch of prepared inputs, in order."""
+        raise NotImplementedError
+
+    @classmethod
+    def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The aggregate figures, from the rows with status ok only."""
+        raise NotImplementedError
+
+
+def ok_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in rows if r.get("status") == OK]
+
+
+def as_numpy(x: Any) -> Any:
+    """A tensor or array as a numpy array (the loader may give either)."""
+    import numpy as np
+
+    if hasattr(x, "numpy"):
+        return x.numpy()
+    return np.asarray(x)

@@ -1,0 +1,64 @@
+"""Image classification: top-1, top-5 and cross-entropy per sample, fractions and mean over the set."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from . import register_task
+from .base import Task, as_numpy, ok_rows
+
+
+@register_task
+class Classify(Task):
+    name = "classify"
+    requires = ("image", "label")
+    default_model = None
+    primary = "top1"
+    definitions = {
+        "top1": "fraction of ok samples whose highest-scoring class is the label (mean of correct1)",
+        "top5": "fraction of ok samples whose label is among the 5 highest-scoring classes (mean of correct5)",
+        "loss": "mean over ok samples of the cross-entropy of the model's logits against the label (nats)",
+    }
+
+    @classmethod
+    def columns(cls) -> list[tuple[str, Any]]:
+        import pyarrow as pa
+
+        return [("label", pa.int64()), ("pred", pa.int64()), ("top5", pa.list_(pa.int64())),
+                ("correct1", pa.bool_()), ("correct5", pa.bool_()), ("loss", pa.float64())]
+
+    def prepare(self, sample: Mapping[str, Any]) -> tuple[Any, int]:
+        label = sample.get("label")
+        if label is None:
+            raise ValueError("no label")
+        image = as_numpy(sample["image"])
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+        return image, int(label)
+
+    def run(self, model: Any, items: Sequence[tuple[Any, int]]) -> list[dict[str, Any]]:
+        import torch
+        import torch.nn.functional as F
+
+        logits = model.logits([im for im, _ in items]).float().cpu()
+        labels = torch.tensor([lab for _, lab in items], dtype=torch.long)
+        if int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
+            raise ValueError(f"a label is outside the model's {logits.shape[1]} classes")
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        rows = []
+        for i, lab in enumerate(labels.tolist()):
+            t5 = top[i].tolist()
+            rows.append({"label": lab, "pred": t5[0], "top5": t5, "correct1": t5[0] == lab,
+                         "correct5": lab in t5, "loss": float(loss[i])})
+        return rows
+
+    @classmethod
+    def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        good = ok_rows(rows)
+        n = len(good)
+        if not n:
+            return {"top1": None, "top5": None, "loss": None}
+        return {"top1": sum(bool(r["correct1"]) for r in good) / n,
+                "top5": sum(bool(r["correct5"]) for r in good) / n,
+                "loss": sum(float(r["loss"]) for r in good) / n}

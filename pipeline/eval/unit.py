@@ -1,0 +1,131 @@
+"""The unit of work: one shard of one set evaluated into a part file of per-sample rows.
+
+Picklable and idempotent, like transcode's shard task: the part is written under a temporary name
+and renamed, so a part that exists is complete and a rerun skips it. A sample that fails to
+decode, to prepare or to run becomes an error row and the shard goes on.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config import EvalConfig
+from .tasks.base import ERROR, OK
+
+
+@dataclass(frozen=True)
+class EvalShardTask:
+    """Evaluate shard ``shard`` of the set ``codec``; ``limit``: only its first N samples."""
+
+    config: Mapping[str, Any]  # EvalConfig.to_dict(): run settings travel with the task
+    codec: str
+    shard: str
+    part: str  # the part file's final path
+    samples: int  # samples this task accounts for (progress)
+    limit: int | None = None
+    resources: Mapping[str, float] | None = field(default=None)  # {"GPU": 1}: routed by pipeline.run.cluster
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    part: str
+    cached: bool
+    ok: int = 0
+    errors: int = 0
+
+
+def schema(task_cls: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("key", pa.string()), ("status", pa.string()), ("error", pa.string()),
+                      *task_cls.columns()])
+
+
+def rows_table(task_cls: Any, rows: list[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
+    sch = schema(task_cls)
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in sch} for r in rows], schema=sch)
+
+
+def _error(key: str, exc: BaseException) -> dict[str, Any]:
+    return {"key": key, "status": ERROR, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def evaluate_samples(task: Any, model: Any, samples: Any, batch_size: int, decode_errors: list,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows for the samples of an iterable, in order; ``decode_errors`` fills with (key, exc) as it goes."""
+    rows: list[dict[str, Any]] = []
+    batch: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        try:
+            outs = task.run(model, [item for _, item in batch])
+            pairs = list(zip((i for i, _ in batch), outs))
+        except Exception:  # noqa: BLE001 - find the failing samples one by one
+            pairs = []
+            for i, item in batch:
+                try:
+                    pairs.append((i, task.run(model, [item])[0]))
+                except Exception as exc:  # noqa: BLE001 - an error row, the shard goes on
+                    rows[i].update(_error(rows[i]["key"], exc))
+        for i, out in pairs:
+            rows[i].update(out)
+        batch.clear()
+
+    def take_errors() -> None:
+        while decode_errors:
+            key, exc = decode_errors.pop(0)
+            rows.append(_error(key, exc))
+
+    for sample in samples:
+        take_errors()
+        if limit is not None and len(rows) >= limit:
+            break
+        key = str(sample["__key__"])
+        try:
+            item = task.prepare(sample)
+        except Exception as exc:  # noqa: BLE001
+            rows.append(_error(key, exc))
+            continue
+        rows.append({"key": key, "status": OK, "error": None})
+        batch.append((len(rows) - 1, item))
+        if len(batch) >= batch_size:
+            flush()
+    take_errors()
+    flush()
+    return rows[:limit] if limit is not None else rows
+
+
+def run_eval_shard(t: EvalShardTask) -> ShardOutcome:
+    """Evaluate one shard into its part file (skipped when the part exists)."""
+    import pyarrow.parquet as pq
+
+    from ..loaders import load
+    from .models import loaded
+    from .tasks import get_task
+
+    part = Path(t.part)
+    if part.is_file():
+        return ShardOutcome(t.part, True)
+    config = EvalConfig.from_dict(t.config)
+    task_cls = get_task(config.task)
+    model = loaded(config)
+    decode_errors: list[tuple[str, Exception]] = []
+    ds = load(config.out, config.dataset, config.split, t.codec, shards=[t.shard], image_format="numpy",
+              on_error=lambda key, exc: decode_errors.append((key, exc)))
+    rows = evaluate_samples(task_cls(), model, ds, config.batch_size, decode_errors, t.limit)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        pq.write_table(rows_table(task_cls, rows), tmp)
+        os.replace(tmp, part)
+    finally:
+        tmp.unlink(missing_ok=True)
+    ok = sum(r["status"] == OK for r in rows)
+    return ShardOutcome(t.part, False, ok, len(rows) - ok)

@@ -1,0 +1,181 @@
+"""Task figures against rate: the ``mpq eval`` results joined to the rate of each set.
+
+For every (dataset, split, task, model) with results: a table of the task's figure per setting
+with its mean bpp or kbps and the change from the lossless reference ``none``, one plot per
+codec family (PNG), and a machine BD-rate: the percent rate change of a family against the
+anchor family at equal task figure (:func:`pipeline.report.bdrate.bd_rate`, at least
+:data:`~pipeline.report.bdrate.MIN_POINTS` points per family, else a reason). Figures where lower
+is better (WER) are negated for the BD-rate, so that quality rises with rate.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .bdrate import MIN_POINTS, bd_rate
+from .render import Block, Heading, Image, Para, Table, fmt
+
+EVAL_COLUMNS = ["dataset", "split", "task", "model", "figure", "higher_is_better", "family", "codec", "tag",
+                "rate_unit", "rate", "value", "reference", "delta", "samples", "errors"]
+EVAL_BD_COLUMNS = ["dataset", "split", "task", "model", "figure", "anchor", "family", "anchor_points", "points",
+                   "bd_rate_cubic", "bd_rate_pchip", "reason"]
+
+
+def _figure(task: str) -> tuple[str | None, bool]:
+    """The task's primary figure and its direction, from the task registry (None: an unknown task)."""
+    from ..errors import ConfigError
+    from ..eval.tasks import get_task
+
+    try:
+        cls = get_task(task)
+    except ConfigError:
+        return None, True
+    return cls.primary, cls.higher_is_better
+
+
+def find_results(out_root: Path, dataset: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+    """Every finished evaluation JSON under ``OUT/D/S/<tag>/eval/``."""
+    found = []
+    for path in sorted(Path(out_root).glob("*/*/*/eval/*.json")):
+        ds, sp = path.parts[-5], path.parts[-4]
+        if (dataset and ds != dataset) or (split and sp != split):
+            continue
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and str(doc.get("format", "")).startswith("mpq-eval/"):
+            found.append(doc)
+    return found
+
+
+def eval_table(results: list[dict[str, Any]], summary: Any) -> Any:
+    """One row per result: the task figure, the set's mean rate, the change from ``none``."""
+    import pandas as pd
+
+    rates = {}
+    for r in summary.to_dict(orient="records") if len(summary) else []:
+        rates[(r["dataset"], r["split"], r["tag"])] = (r["family"], r["rate_unit"], r.get(f"{r['rate_unit']}_mean"))
+    rows = []
+    for doc in results:
+        figure, higher = _figure(doc["task"])
+        if figure is None:
+            continue
+        family, unit, rate = rates.get((doc["dataset"], doc["split"], doc["tag"]), (doc["codec"].split(":")[0], "", None))
+        rows.append({"dataset": doc["dataset"], "split": doc["split"], "task": doc["task"], "model": doc["model"]["name"],
+                     "figure": figure, "higher_is_better": higher, "family": family, "codec": doc["codec"],
+                     "tag": doc["tag"], "rate_unit": unit, "rate": _num(rate), "value": _num(doc["figures"].get(figure)),
+                     "samples": doc["samples"], "errors": doc["errors"]})
+    frame = pd.DataFrame(rows, columns=[c for c in EVAL_COLUMNS if c not in ("reference", "delta")])
+    keys = ["dataset", "split", "task", "model"]
+    ref = frame[frame["tag"] == "none"].set_index(keys)["value"].to_dict() if len(frame) else {}
+    frame["reference"] = [ref.get(tuple(r[k] for k in keys), math.nan) for r in frame.to_dict(orient="records")]
+    frame["delta"] = frame["value"] - frame["reference"]
+    return frame.sort_values(keys + ["family", "rate", "tag"], kind="stable")[EVAL_COLUMNS].reset_index(drop=True)
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _points(part: Any) -> dict[str, tuple[list[float], list[float]]]:
+    """Per lossy family: (rates, figures oriented so that higher is better), finite points only."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for r in part.to_dict(orient="records"):
+        if r["family"] == "none" or not (math.isfinite(r["rate"]) and math.isfinite(r["value"]) and r["rate"] > 0):
+            continue
+        q = r["value"] if r["higher_is_better"] else -r["value"]
+        rates, qs = out.setdefault(r["family"], ([], []))
+        rates.append(r["rate"])
+        qs.append(q)
+    return out
+
+
+def eval_bd(table: Any, anchor: str | None = None) -> Any:
+    """Machine BD-rate of each lossy family against the anchor (default: jpeg, else the most points)."""
+    import pandas as pd
+
+    rows = []
+    for (ds, sp, task, model), part in table.groupby(["dataset", "split", "task", "model"], sort=True):
+        pts = _points(part)
+        if not pts:
+            continue
+        chosen = anchor if anchor in pts else ("jpeg" if "jpeg" in pts else sorted(pts, key=lambda f: (-len(pts[f][0]), f))[0])
+        ra, qa = pts[chosen]
+        for fam, (rt, qt) in sorted(pts.items()):
+            if fam == chosen:
+                continue
+            row = {"dataset": ds, "split": sp, "task": task, "model": model, "figure": part["figure"].iloc[0],
+                   "anchor": chosen, "family": fam, "anchor_points": len(ra), "points": len(rt)}
+            reasons = []
+            for method in ("cubic", "pchip"):
+                res = bd_rate(ra, qa, rt, qt, method)
+                row[f"bd_rate_{method}"] = res.value
+                if res.reason and res.reason not in reasons:
+                    reasons.append(res.reason)
+            if min(len(ra), len(rt)) < MIN_POINTS:
+                reasons = [f"{min(len(ra), len(rt))} points in the smaller family; at least {MIN_POINTS} needed"]
+            row["reason"] = "; ".join(reasons)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=EVAL_BD_COLUMNS)
+
+
+def eval_plot(part: Any, path: Path, title: str, anchor: str | None) -> bool:
+    """The task figure against rate, one curve per lossy family (through the report's RD plot)."""
+    import pandas as pd
+
+    from .plots import rd_plot
+
+    r0 = part.iloc[0]
+    unit, figure = r0["rate_unit"], r0["figure"]
+    if not unit:
+        return False
+    modality = "image" if unit == "bpp" else "audio"  # curve_points looks up the modality's RD metric (absent here)
+    frame = pd.DataFrame({"family": part["family"], "tag": part["tag"], "modality": modality,
+                          f"{unit}_mean": part["rate"], f"{figure}_mean": part["value"]})
+    return rd_plot(frame[frame["family"] != "none"], unit, figure, path, title, anchor)
+
+
+def eval_blocks(table: Any, bd: Any, target: Path) -> tuple[list[Block], list[str]]:
+    """Report blocks (tables, plots, BD-rates) for every task with results, and the plot file names."""
+    blocks: list[Block] = []
+    plots: list[str] = []
+    if not len(table):
+        return blocks, plots
+    blocks.append(Heading("Machine perception (mpq eval)", 2))
+    for (ds, sp, task, model), part in table.groupby(["dataset", "split", "task", "model"], sort=True):
+        figure, unit = part["figure"].iloc[0], part["rate_unit"].iloc[0] or "rate"
+        b = bd[(bd["dataset"] == ds) & (bd["split"] == sp) & (bd["task"] == task) & (bd["model"] == model)] \
+            if len(bd) else bd
+        anchor = b["anchor"].iloc[0] if len(b) else None
+        blocks.append(Heading(f"{ds} / {sp}: {task} with `{model}`", 3))
+        rows = [[f"`{r['codec']}`", fmt(r["rate"], 4 if unit == "bpp" else 2), fmt(r["value"], 4),
+                 fmt(r["delta"], 4), fmt(r["samples"], thousands=True), fmt(r["errors"], thousands=True)]
+                for r in part.to_dict(orient="records")]
+        blocks.append(Table(["setting", f"{unit} mean", figure, "change from none", "samples", "errors"], rows,
+                            right={1, 2, 3, 4, 5}))
+        name = f"eval-{ds}-{sp}-{task}-{_safe(model)}.png"
+        if eval_plot(part, target / name, f"{ds} / {sp}: {task} {figure} ({model}) against {unit}", anchor):
+            blocks.append(Image(target / name, f"{figure} against {unit}, one curve per codec family"))
+            plots.append(name)
+        if len(b):
+            better = "higher" if part["higher_is_better"].iloc[0] else "lower"
+            blocks.append(Table(["family", "points / anchor", "BD-rate cubic", "BD-rate pchip", "note"],
+                                [[r["family"], f"{r['points']} / {r['anchor_points']}", fmt(r["bd_rate_cubic"], 2, pct=True),
+                                  fmt(r["bd_rate_pchip"], 2, pct=True), r["reason"] or ""]
+                                 for r in b.to_dict(orient="records")], right={1, 2, 3}))
+            blocks.append(Para(f"Machine BD-rate against {anchor}: percent rate change at equal {figure} "
+                               f"({better} is better); negative means fewer bits for the same machine figure. "
+                               f"At least {MIN_POINTS} points per family."))
+    return blocks, plots
+
+
+def _safe(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
