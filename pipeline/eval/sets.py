@@ -1,22 +1,19 @@
 """Which finished sets exist under ``OUT/D/S`` and what their samples hold.
 
-The one place evaluation learns about sets: their spec and index.json, their shard names and
-sample counts, and the sample fields (``image``, ``label``, ``segmentation``, ``audio``,
-``transcript``, ``mixture``, ``stems``). Fields come from the set index when it declares them,
-else from the first sample of the first shard (its member names and its ``.json`` record), so
-whether a task fits a set never depends on the dataset's name.
+The one place evaluation learns about sets, and only through their typed index
+(:func:`pipeline.store.index.read_index`): spec, shard names and sample counts, and the sample
+fields (``image``, ``label``, ``segmentation``, ``audio``, ``transcript``, ``mixture``, ``stems``)
+that the index's schema declares, so whether a task fits a set never depends on the dataset's name.
 """
 from __future__ import annotations
 
-import json
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from ..codecs.spec import parse_specs
 from ..errors import ConfigError
-from ..store import layout
+from ..store.index import LocalRoot, NotASetIndex, SetIndex, read_index
 
 EVAL_DIR = "eval"
 
@@ -42,80 +39,45 @@ class EvalSet:
         return self.folder / EVAL_DIR
 
 
-def _read_index(folder: Path) -> dict[str, Any] | None:
-    path = folder / layout.INDEX
-    if not path.is_file():
-        return None
+def sample_fields(index: SetIndex) -> frozenset[str]:
+    """The fields a loaded sample of this set has: each schema field under its name, or its group's
+    (MUSDB's reference stems come together as ``stems``)."""
+    return frozenset(f.group or f.name for f in index.schema)
+
+
+def _open(root: LocalRoot, dataset: str, split: str, tag: str) -> SetIndex | None:
+    """The set's index, or None for a folder that holds no finished set (an unfinished run, a report)."""
     try:
-        index = json.loads(path.read_text())
-    except ValueError:
+        return read_index(root, dataset, split, tag=tag)
+    except NotASetIndex:
         return None
-    return index if index.get("format") == layout.FORMAT else None
-
-
-def sample_fields(folder: Path, index: dict[str, Any]) -> frozenset[str]:
-    """The fields a loaded sample of this set has (see the module doc)."""
-    if isinstance(index.get("fields"), (list, dict)):  # a typed index declares them
-        return frozenset(index["fields"])
-    from ..loaders import tasks as lt
-
-    modality = index.get("modality", "image")
-    found = {lt.payload_field(index.get("dataset", ""), modality)}
-    shards = index.get("shards") or []
-    if not shards:
-        return frozenset(found)
-    exts, record = _first_sample(folder / shards[0]["name"])
-    for ext in exts:
-        if ext in lt.ATTACHMENT_FIELDS:
-            found.add(lt.ATTACHMENT_FIELDS[ext])
-        elif ext.endswith(".flac") and ext.count(".") == 1 and modality == "audio":
-            found.add("stems")
-    for name in ("label", "transcript", "sample_rate"):
-        if record.get(name) is not None:
-            found.add(name)
-    return frozenset(found)
-
-
-def _first_sample(path: Path) -> tuple[list[str], dict[str, Any]]:
-    """Member extensions and the ``.json`` record of the first sample of a shard."""
-    exts: list[str] = []
-    record: dict[str, Any] = {}
-    key = None
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            k, _, ext = member.name.partition(".")
-            if key is None:
-                key = k
-            if k != key:
-                break
-            exts.append(ext)
-            if ext == "json":
-                fh = tar.extractfile(member)
-                record = json.loads(fh.read()) if fh is not None else {}
-    return exts, record
+    except ConfigError:
+        if not root.exists(dataset, split, tag, "index.json"):
+            return None
+        raise
 
 
 def find_sets(out: str | Path, dataset: str, split: str, codecs: Sequence[str] = ()) -> list[EvalSet]:
     """The finished sets of ``dataset/split`` (only ``codecs`` when given, ``none`` first when present)."""
     base = Path(out) / dataset / split
+    root = LocalRoot(out)
     if codecs:
         tags = []
         for spec in (sp for c in codecs for sp in parse_specs(c)):  # sweeps expand, as in transcode
-            if _read_index(base / spec.tag) is None:
-                raise ConfigError(f"no finished set for {spec.canonical} at {base / spec.tag} (index.json missing)")
+            read_index(root, dataset, split, spec)  # a missing set stops here, naming the sets there
             tags.append(spec.tag)
-        if "none" not in tags and _read_index(base / "none") is not None:
+        if "none" not in tags and _open(root, dataset, split, "none") is not None:
             tags.insert(0, "none")  # every result has its lossless baseline
     else:
         tags = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
     found = []
     for tag in dict.fromkeys(tags):
-        index = _read_index(base / tag)
-        if index is None or (index.get("dataset"), index.get("split")) != (dataset, split):
+        index = _open(root, dataset, split, tag)
+        if index is None:
             continue
-        shards = tuple((s["name"], int(s["samples"])) for s in index["shards"])
-        found.append(EvalSet(base / tag, index["codec"], tag, index.get("modality", "image"), shards,
-                             sample_fields(base / tag, index), tuple(s["sha256"] for s in index["shards"])))
+        shards = tuple((s.name, s.samples) for s in index.shards)
+        found.append(EvalSet(base / tag, index.codec, tag, index.modality, shards, sample_fields(index),
+                             tuple(s.sha256 for s in index.shards)))
     if not found:
         raise ConfigError(f"no finished sets under {base} (write them with mpq transcode)")
     found.sort(key=lambda s: (s.tag != "none", s.tag))

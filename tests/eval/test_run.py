@@ -92,7 +92,7 @@ def test_batch_size_does_not_change_rows(out, resnet_weights, tmp_path):
     (["--task", "classify", "--model", "torchvision:resnet18", "--offline"], "resnet18-f37072fd.pth is expected in"),
     (["--task", "classify", "--model", "torchvision:resnet18", "--weights", "/no/such.pt"], "/no/such.pt"),
     (["--task", "classify", "--model", "pocketsphinx"], "cannot do task classify"),
-    (["--task", "classify", "--model", "torchvision:resnet18", "--codec", "webp:quality=5"], "no finished set"),
+    (["--task", "classify", "--model", "torchvision:resnet18", "--codec", "webp:quality=5"], "no complete set"),
     (["--task", "classify"], "no default model"),
 ])
 def test_bad_input_exits_2_with_one_line(out, args, words, capsys, monkeypatch, tmp_path):
@@ -123,7 +123,7 @@ def test_codec_selection_adds_the_reference_and_expands_sweeps(out, resnet_weigh
 
     plan = plan_eval(_config(out, resnet_weights, codecs=["jpeg:quality=10"]))
     assert [s.tag for s in plan.sets] == ["none", "jpeg-q10"]
-    with pytest.raises(Exception, match="no finished set for jpeg:quality=20"):
+    with pytest.raises(Exception, match="no complete set for jpeg:quality=20"):
         plan_eval(_config(out, resnet_weights, codecs=["jpeg:quality=10,20"]))
 
 
