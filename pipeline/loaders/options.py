@@ -60,6 +60,9 @@ class LoadOptions:
                 raise ConfigError("shards takes a list of shard file names, not one string")
             if self.shuffle or self.resampled:
                 raise ConfigError("shards= reads the listed shards in order: it takes no shuffle or resampled")
+            if self.rank is not None or self.world_size is not None:
+                raise ConfigError("shards= reads every listed shard whole: it takes no rank or world_size (no shuffle, "
+                                  "no split)")
             object.__setattr__(self, "shards", tuple(str(s) for s in self.shards))
 
     @classmethod

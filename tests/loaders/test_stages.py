@@ -282,9 +282,10 @@ def test_shards_reads_the_listed_shards_whole_in_order(out):
     wanted = [names[2], names[0]]
     expect = [n.partition(".")[0] for w in wanted for n, _ in read_tar(folder(out, "jpeg:quality=10") / w)
               if n.endswith(".json")]
-    for rank in range(2):  # no rank (or worker) split: whoever iterates reads them all
-        ds = load(out, "imagefolder", "all", "jpeg:quality=10", shards=wanted, rank=rank, world_size=2)
-        assert [s["__key__"] for s in ds] == expect and len(ds) == len(expect)
+    ds = load(out, "imagefolder", "all", "jpeg:quality=10", shards=wanted)  # no rank or worker split
+    assert [s["__key__"] for s in ds] == expect and len(ds) == len(expect)
+    with pytest.raises(ConfigError, match="no rank or world_size"):  # an explicit split is refused, not ignored
+        load(out, "imagefolder", "all", "jpeg:quality=10", shards=wanted, rank=1, world_size=2)
     paired = load(out, "imagefolder", "all", ["none", "jpeg:quality=10"], paired=True, shards=wanted)
     assert [s["__key__"] for s in paired] == expect
     ds = load(out, "imagefolder", "all", "jpeg:quality=10", shards=wanted)
