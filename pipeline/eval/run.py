@@ -123,7 +123,7 @@ def _prepare_parts(plan: EvalPlan) -> None:
         stamp_file.write_text(plan.stamps[s.tag])
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)

@@ -8,6 +8,7 @@ them. The stages themselves are in :mod:`.stages`; resume state in :mod:`.resume
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -178,9 +179,9 @@ class ShardDataset(IterableDataset):
         """Read ``seq`` (global positions) in order and emit it in ``order``, the first ``skip`` unread."""
         for key, views in stages.reorder(self._read(seq, set(order[:skip]), epoch), order, skip):
             self._progress[2] += 1  # counted before the yield: a batch collated now includes it
-            ok, sample = stages.guarded(key, lambda k=key, v=views: self._decode(k, v), self.options.on_error)
-            if ok:
-                yield sample
+            outcome = stages.guarded(key, partial(self._decode, key, views), self.options.on_error)
+            if outcome[0]:
+                yield outcome[1]
 
     def _read(self, seq: np.ndarray, skipped: set[int], epoch: int) -> Iterator[tuple[int, tuple[str, list]]]:
         """(read index, (key, views)) for the positions of ``seq`` not in ``skipped``, in order."""

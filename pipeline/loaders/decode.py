@@ -7,7 +7,7 @@ and its type, which says how the value is handed out (images as CHW tensors, aud
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Union
 
 import numpy as np
 
@@ -22,8 +22,6 @@ SIGNALS = ("image", "audio")
 class WithRecord:
     """A decoder that needs the sample's record (audio: the lengths and rates to restore)."""
 
-    needs_record = True
-
     def __init__(self, fn: Callable[[bytes, Mapping[str, Any]], Any]):
         self.fn = fn
 
@@ -31,12 +29,24 @@ class WithRecord:
         return self.fn(data, record)
 
 
-def run_decoder(decoder: Decoder, members: Mapping[str, bytes], ext: str,
+#: what a field is decoded with: a plain decoder of the member's bytes, or one that also reads the record
+FieldDecoder = Union[Decoder, WithRecord]
+
+
+class Member(NamedTuple):
+    """A field read from a tar member: the field, its member extension and its resolved decoder."""
+
+    field: Field
+    ext: str
+    fn: FieldDecoder
+
+
+def run_decoder(decoder: FieldDecoder, members: Mapping[str, bytes], ext: str,
                 record: Mapping[str, Any] | None = None) -> Any:
     """Decode one member; whatever a parser raises on bad bytes becomes a SampleError naming the member."""
     try:
-        if getattr(decoder, "needs_record", False):
-            return decoder(members[ext], record or {})  # type: ignore[call-arg]  # WithRecord takes the record
+        if isinstance(decoder, WithRecord):
+            return decoder(members[ext], record or {})
         return decoder(members[ext])
     except SampleError as exc:
         raise SampleError(f".{ext}: {exc}") from None
@@ -74,7 +84,8 @@ class ViewDecoder:
     def __init__(self, index: SetIndex, spec: Any, user: Mapping[str, Decoder], *, decode_payload: bool = False,
                  meta: bool = False, image_format: str = "tensor"):
         self.canonical, self.meta, self.image_format = index.codec, meta, image_format
-        self._spec, self._user, self._restorer = spec, dict(user), None
+        self._spec, self._user = spec, dict(user)
+        self._restorer: WithRecord | None = None
         main = index.payload
         self.payload_name, self.payload_type = main.name, main.type
         payload = [f for f in index.fields("payload") if f.group is None and f.name == main.name and f.decoder]
@@ -82,41 +93,47 @@ class ViewDecoder:
         self.missing = f"no .{coded[-1].ext} payload"
         if decode_payload:  # the coded payload, not stored decoded pixels
             payload = [f for f in payload if f.decoder != "png"]
-        self.payload = [(f, self._resolve(f)) for f in payload]
-        self.coded = [(f, self._resolve(f)) for f in index.fields("payload") if f.group is not None and f.decoder]
+        self.payload = [self._resolve(f) for f in payload]
+        # (group, member) of the tracks coded with the setting (MUSDB's coded stems)
+        self.coded = [(f.group, self._resolve(f)) for f in index.fields("payload") if f.group is not None and f.decoder]
         self.view_records = [f.name for f in index.fields("record", view=True)]
-        self.attachments = [(f, self._resolve(f)) for f in index.fields("attachment") if f.decoder]
+        self.attachments = [self._resolve(f) for f in index.fields("attachment") if f.decoder]
         self.records = [f.name for f in index.fields("record", view=False)]
         self.json = self._user.get("json", strict_json)
         # a user entry for a member we decode replaces our decoder; others (a member the schema lists
         # without a decoder, such as --store-decoded's .decoded.flac, or one it does not list) add a field
         declared = {f.ext for f in index.schema if f.ext and f.decoder} | {"json"}
         self.user = [(ext, fn) for ext, fn in self._user.items() if ext not in declared]
-        self.view_members = tuple(dict.fromkeys(["json", *(f.ext for f, _ in self.payload + self.coded)]))
-        self.sample_members = tuple(dict.fromkeys([*(f.ext for f, _ in self.attachments), *self._user]))
-        self.view_groups = tuple(dict.fromkeys(f.group for f, _ in self.coded if f.type in SIGNALS))
-        self.sample_groups = tuple(dict.fromkeys(f.group for f, _ in self.attachments
-                                                 if f.group and f.type in SIGNALS))
-        self.masks = tuple(dict.fromkeys(f.name for f, _ in self.attachments if f.type == "mask" and not f.group))
+        self.view_members = tuple(dict.fromkeys(["json", *(m.ext for m in self.payload),
+                                                 *(m.ext for _, m in self.coded)]))
+        self.sample_members = tuple(dict.fromkeys([*(m.ext for m in self.attachments), *self._user]))
+        self.view_groups = tuple(dict.fromkeys(group for group, m in self.coded if m.field.type in SIGNALS))
+        self.sample_groups = tuple(dict.fromkeys(m.field.group for m in self.attachments
+                                                 if m.field.group and m.field.type in SIGNALS))
+        self.masks = tuple(dict.fromkeys(m.field.name for m in self.attachments
+                                         if m.field.type == "mask" and not m.field.group))
 
-    def _resolve(self, f: Field) -> Decoder:
+    def _resolve(self, f: Field) -> Member:
         if f.ext is None or f.decoder is None:
             raise SampleError(f"field {f.name!r} is not a decoded member")
-        if f.decoder == "audio_codec":
+        return Member(f, f.ext, self._decoder(f.ext, f.decoder))
+
+    def _decoder(self, ext: str, decoder: str) -> FieldDecoder:
+        if decoder == "audio_codec":
             if self._restorer is None:
                 from . import audio
 
                 self._restorer = WithRecord(audio.payload_decoder(self._spec)[1])
             return self._restorer
-        if f.decoder == "flac":
+        if decoder == "flac":
             from . import audio
 
             return WithRecord(lambda data, record: audio.reference(audio.flac_audio(data), record))
-        if f.decoder == "png":
+        if decoder == "png":
             return png_rgb  # stored decoded pixels: the lossless PNG the metrics were computed on
-        if f.decoder == "codec":
-            return decoder_table(self._spec, self._user)[f.ext]
-        return decoder_table(None, self._user).get(f.ext) or decoder_table(None)[_SAFE[f.decoder]]
+        if decoder == "codec":
+            return decoder_table(self._spec, self._user)[ext]
+        return decoder_table(None, self._user).get(ext) or decoder_table(None)[_SAFE[decoder]]
 
     def wanted(self, with_sample_fields: bool) -> tuple[str, ...]:
         """Member extensions to read: the view's (payload, record), and the sample's (attachments) if asked."""
@@ -131,9 +148,9 @@ class ViewDecoder:
         if not isinstance(record, dict) or record.get("codec") != self.canonical:
             raise SampleError(f"record names codec {record.get('codec') if isinstance(record, dict) else None!r}, "
                               f"the set is {self.canonical}")
-        for f, fn in self.payload:
-            if f.ext in members:
-                payload = run_decoder(fn, members, f.ext, record)
+        for m in self.payload:
+            if m.ext in members:
+                payload = run_decoder(m.fn, members, m.ext, record)
                 break
         else:
             raise SampleError(self.missing)
@@ -142,14 +159,14 @@ class ViewDecoder:
         view["codec"] = self.canonical
         if self.meta:
             view["json"] = record
-        for f, fn in self.coded:
-            if f.ext in members:
-                view.setdefault(f.group, {})[f.name] = convert(run_decoder(fn, members, f.ext, record), f.type,
+        for group, (f, ext, fn) in self.coded:
+            if ext in members:
+                view.setdefault(group, {})[f.name] = convert(run_decoder(fn, members, ext, record), f.type,
                                                                self.image_format)
         extra: dict[str, Any] = {}
-        for f, fn in self.attachments:
-            if f.ext in members:
-                value = convert(run_decoder(fn, members, f.ext, record), f.type, self.image_format)
+        for f, ext, fn in self.attachments:
+            if ext in members:
+                value = convert(run_decoder(fn, members, ext, record), f.type, self.image_format)
                 if f.group:
                     extra.setdefault(f.group, {})[f.name] = value
                 else:

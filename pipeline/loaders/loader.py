@@ -35,6 +35,8 @@ class Loader(DataLoader):
     from there. It sets the dataset's epoch at every pass and advances it when a pass ends.
     """
 
+    dataset: ShardDataset  # checked in __init__: only a ShardDataset knows its workers' positions
+
     def __init__(self, dataset: ShardDataset, *args: Any, **kwargs: Any):
         if not isinstance(dataset, ShardDataset):
             raise TypeError("Loader takes a pipeline.loaders dataset (from load())")
@@ -61,8 +63,9 @@ class Loader(DataLoader):
             return sum(n // self.batch_size for n in per)
         return sum(math.ceil(n / self.batch_size) for n in per)
 
-    def __iter__(self) -> Iterator[Any]:
-        ds: ShardDataset = self.dataset
+    # DataLoader's own iterator class is internal to torch; callers only iterate what this returns
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        ds = self.dataset
         resume = ds._resume
         epoch = resume.epoch if resume is not None else ds.epoch
         ds.set_epoch(epoch)
@@ -78,11 +81,13 @@ class Loader(DataLoader):
         return self._track(it, epoch)
 
     def _track(self, it: Iterator[Any], epoch: int) -> Iterator[Any]:
-        ds: ShardDataset = self.dataset
+        ds = self.dataset
         for worker, progress, batch in it:
             if worker < 0:
                 progress = ds._progress
             if progress is not None and progress[0] == epoch:
+                if self._consumed is None:
+                    raise ConfigError("load_state_dict() was called during a pass: call it before iter()")
                 self._consumed[progress[1]] = progress[2]
                 self._next = (progress[1] + 1) % self._workers
             yield batch
@@ -92,7 +97,7 @@ class Loader(DataLoader):
     def state_dict(self, *, gather: bool = False) -> dict[str, Any]:
         """Where this rank's training loop is. ``gather=True`` (call it on every rank together)
         collects all ranks' positions, so the state can resume on another number of ranks."""
-        ds: ShardDataset = self.dataset
+        ds = self.dataset
         epoch = self._epoch if self._epoch is not None else (ds._resume.epoch if ds._resume is not None else ds.epoch)
         consumed = self._consumed if self._consumed is not None else [0] * self._workers
         next_worker = self._next

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -185,7 +185,7 @@ def reorder(items: Iterator[tuple[int, T]], order: Sequence[int], skip: int) -> 
 # ---------------------------------------------------------------------- 6. error policy
 
 
-def guarded(key: str, fn: Callable[[], T], on_error: Any) -> tuple[bool, T | None]:
+def guarded(key: str, fn: Callable[[], T], on_error: Any) -> tuple[Literal[True], T] | tuple[Literal[False], None]:
     """(True, fn()) or, when it raises and the policy is not ``raise``, (False, None) after the policy ran.
 
     ``on_error``: ``raise`` (a SampleError gets the key in front), ``skip``, ``warn`` or a

@@ -20,7 +20,7 @@ does not know (pickle-like ones included) stay bytes.
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -233,6 +233,7 @@ class WdsSampleDecoder:
 
             spec = parse_spec(canonical)
             cls = get_codec(spec.name)
+            fn: Callable[..., Any]  # audio decoders also take the record, image decoders the bytes only
             if cls.modality == "audio" or (cls.modality == "any" and has_flac):
                 from . import audio
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import pyarrow as pa
 
@@ -29,7 +29,7 @@ class Modality(Protocol):
     #: manifest columns this modality adds to the common ones, in order
     COLUMNS: list[tuple[str, pa.DataType]]
 
-    def schema(self, codec: type[Codec], name: str, options: dict[str, Any],
+    def schema(self, codec: type[Codec], name: str, options: Mapping[str, Any],
                tracks: Sequence[str] = ()) -> tuple[Field, ...]:
         """The fields this modality gives each sample of a set: payload (field ``name``), coded tracks, measures."""
 

@@ -73,7 +73,7 @@ class ImageNet(Source):
         subdirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
         if subdirs:  # one folder per wnid
             for d in subdirs:
-                self._scan(builder, d, split_dir, lambda stem, wnid=d.name: wnid, index)
+                self._scan(builder, d, split_dir, _same_label(d.name), index)
         else:  # flat val folder with LOC_val_solution.csv
             solution: dict[str, str] = {}
             if csv_path is not None:
@@ -115,3 +115,8 @@ class ImageNet(Source):
 
     def label_fields(self, ref: SampleRef) -> dict:
         return {"label": ref.label, "wnid": ref.get("wnid")}
+
+
+def _same_label(wnid: str) -> Callable[[str], str | None]:
+    """The label of every image in a class folder: the folder's wnid, whatever the file's stem."""
+    return lambda _stem: wnid

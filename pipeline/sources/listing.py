@@ -209,6 +209,7 @@ class Listing(Sequence[SampleRef]):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other))
         return NotImplemented
 
+    # unhashable like the list it compares equal to; object declares __hash__ as a method
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:

@@ -242,7 +242,8 @@ def read_index(storage: SetStore, dataset: str, split: str, codec: Any = None, *
     from ..codecs.spec import parse_spec
 
     spec = None if tag is not None else parse_spec("none" if codec is None else codec)
-    parts = (dataset, split, tag if spec is None else spec.tag)
+    folder = tag if tag is not None else spec.tag if spec is not None else ""
+    parts = (dataset, split, folder)
     if not storage.exists(*parts, layout.INDEX):
         have = storage.listdir(dataset, split)
         hint = f" (sets there: {', '.join(have)})" if have else ""

@@ -47,7 +47,10 @@ def tar_members(data: bytes) -> dict[str, dict[str, bytes]]:
         for info in tar:
             if info.isfile():
                 key, _, ext = info.name.partition(".")
-                out.setdefault(key, {})[ext] = tar.extractfile(info).read()
+                member = tar.extractfile(info)
+                if member is None:  # a regular file always has one; tarfile's type cannot say so
+                    raise ValueError(f"tar member {info.name} cannot be read")
+                out.setdefault(key, {})[ext] = member.read()
     return out
 
 
@@ -66,6 +69,8 @@ def stale_keys(source: Any, refs: Iterable[Any], rows: Sequence[dict[str, Any]],
         recorded, key = row.get("source_sha256"), row.get("key")
         if recorded is None:  # never read (an error row): nothing recorded to compare
             continue
+        if not isinstance(key, str):
+            raise ValueError(f"a row records source_sha256 {recorded} but no sample key")
         ref = by_key.get(key)
         try:
             raw = source.read(ref) if ref is not None else None

@@ -6,7 +6,7 @@ Hub ids are read from the Hugging Face cache; with ``--offline`` nothing is down
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from ...errors import ConfigError
 from . import register_model
@@ -122,8 +122,9 @@ class _HFSpeech:
         self.rate = int(processor.feature_extractor.sampling_rate)
 
     def transcribe(self, items: Sequence[tuple[Any, int]]) -> list[str]:
-        return [str(self.pipe({"raw": _to_rate(a, r, self.rate), "sampling_rate": self.rate})["text"])
-                for a, r in items]
+        # one input gives one dict; the stubs of transformers' pipeline say a list of them
+        return [str(cast(dict[str, Any], self.pipe({"raw": _to_rate(a, r, self.rate), "sampling_rate": self.rate}))
+                    ["text"]) for a, r in items]
 
 
 def _to_rate(audio: Any, rate: int, target: int) -> Any:

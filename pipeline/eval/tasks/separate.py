@@ -73,5 +73,5 @@ class Separate(Task):
                 v = np.asarray([r[f"{s}_{m}"] for r in good if r.get(f"{s}_{m}") is not None], dtype=np.float64)
                 v = v[np.isfinite(v)]
                 stems[s][m] = float(np.median(v)) if len(v) else None
-        sdrs = [stems[s]["sdr"] for s in STEMS if stems[s]["sdr"] is not None]
+        sdrs = [v for v in (stems[s]["sdr"] for s in STEMS) if v is not None]
         return {"stems": stems, "sdr": float(np.mean(sdrs)) if sdrs else None}

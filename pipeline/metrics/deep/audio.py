@@ -40,6 +40,8 @@ def package_dir() -> Path:
 def _models_module() -> Any:
     """``cdpam/models.py`` on its own (torch only), without running ``cdpam/__init__``."""
     spec = importlib.util.spec_from_file_location("_mpq_cdpam_models", package_dir() / "models.py")
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"cannot load {package_dir() / 'models.py'} as a module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
