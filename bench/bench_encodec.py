@@ -4,7 +4,7 @@ Each measurement runs in a fresh process (peak resident memory, ``VmHWM``, is pe
 builds the 24 kHz model with random weights (seeded; codebooks drawn from its own embeddings, as
 the tests do: compute does not depend on the weight values), synthesizes speech-like audio of the
 given length, then encodes and decodes it either with the model's own ``encode``/``decode`` (one
-pass over the whole signal) or through :class:`pipeline.codecs.encodec.ChunkedModel` (what the
+pass over the whole signal) or through :class:`pipeline.codecs.encodec_stream.ChunkedModel` (what the
 codec runs), and reports seconds and the peak memory over what the built model already held. It
 also counts the codes the two ways disagree on (float-rounding ties only).
 
@@ -43,7 +43,7 @@ def measure(seconds: float, mode: str, device: str, threads: int, kbps: float) -
     import audio_fixtures as af
     from encodec.model import EncodecModel
 
-    from pipeline.codecs.encodec import ChunkedModel
+    from pipeline.codecs.encodec_stream import ChunkedModel
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

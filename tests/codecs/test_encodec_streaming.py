@@ -64,7 +64,7 @@ def coded(net, request):
     """One-pass and chunked embeddings, codes and decodes of a signal at 24 kbit/s (all 32 codebooks)."""
     import torch
 
-    from pipeline.codecs.encodec import ChunkedModel
+    from pipeline.codecs.encodec_stream import ChunkedModel
 
     wav = _speech(request.param, 1)
     net.set_target_bandwidth(24.0)
@@ -139,7 +139,7 @@ def test_signal_within_one_chunk_is_coded_as_before(net):
     """Up to one chunk the chunked model performs the very operations of the one-pass model: bit-identical."""
     import torch
 
-    from pipeline.codecs.encodec import ChunkedModel
+    from pipeline.codecs.encodec_stream import ChunkedModel
 
     net.set_target_bandwidth(6.0)
     for samples in (CHUNK, CHUNK - 77):
@@ -185,7 +185,7 @@ def test_memory_is_bounded_by_the_chunk(net):
     """No layer ever holds more than one chunk (plus a few samples of context) of a signal 4.5 chunks long."""
     import torch
 
-    from pipeline.codecs.encodec import MIN_CHUNK_FRAMES, ChunkedModel
+    from pipeline.codecs.encodec_stream import MIN_CHUNK_FRAMES, ChunkedModel
 
     chunk = MIN_CHUNK_FRAMES * HOP  # the smallest chunk allowed: the cheapest test
     wav = _speech(4 * chunk + chunk // 2, 3)
@@ -205,18 +205,19 @@ def test_chunks_are_whole_frames(net):
 
     from encodec.model import EncodecModel
 
-    from pipeline.codecs import encodec as enc_mod
+    from pipeline.codecs import encodec_stream as stream_mod
 
-    assert enc_mod.chunk_samples(net) == round(enc_mod.CHUNK_SECONDS * RATE / HOP) * HOP
-    assert enc_mod.chunk_samples(net, 0.5) == 38 * HOP  # 37.5 frames, rounded
-    assert enc_mod.chunk_samples(net, 0.001) == enc_mod.MIN_CHUNK_FRAMES * HOP
-    for bad in (CHUNK + 1, (enc_mod.MIN_CHUNK_FRAMES - 1) * HOP):
+    assert stream_mod.chunk_samples(net) == round(stream_mod.CHUNK_SECONDS * RATE / HOP) * HOP
+    assert stream_mod.chunk_samples(net, 0.5) == 38 * HOP  # 37.5 frames, rounded
+    assert stream_mod.chunk_samples(net, 0.001) == stream_mod.MIN_CHUNK_FRAMES * HOP
+    for bad in (CHUNK + 1, (stream_mod.MIN_CHUNK_FRAMES - 1) * HOP):
         with pytest.raises(ValueError, match="whole number of frames"):
-            enc_mod.ChunkedModel(net, chunk=bad)
+            stream_mod.ChunkedModel(net, chunk=bad)
     # the 48 kHz model is segmented and not causal: it runs as it is (its own 1 s segments)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert enc_mod.streamable(net) and not enc_mod.streamable(EncodecModel.encodec_model_48khz(pretrained=False))
+        assert stream_mod.streamable(net)
+        assert not stream_mod.streamable(EncodecModel.encodec_model_48khz(pretrained=False))
 
 
 # ------------------------------------------------------------------ through the codec and EnCodec's file
@@ -251,13 +252,14 @@ def checkpoints(tmp_path_factory, net) -> tuple[Path, str, str]:
 def _use(mp, checkpoints) -> None:
     """$MPQ_WEIGHTS_DIR at the random checkpoints, the codec's tables naming them, 0.4 s chunks."""
     import pipeline.codecs.encodec as enc_mod
+    import pipeline.codecs.encodec_stream as stream_mod
 
     folder, model, lm = checkpoints
     mp.setenv("MPQ_WEIGHTS_DIR", str(folder))
     mp.setenv("MPQ_DEVICE", "cpu")
     mp.setitem(enc_mod.CHECKPOINTS, "24khz", model)
     mp.setitem(enc_mod.LM_CHECKPOINTS, "24khz", lm)
-    mp.setattr(enc_mod, "CHUNK_SECONDS", CHUNK_SECONDS)
+    mp.setattr(stream_mod, "CHUNK_SECONDS", CHUNK_SECONDS)
 
 
 def _one_pass_file(codec, x: np.ndarray, lm: bool) -> bytes:

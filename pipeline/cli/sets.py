@@ -1,0 +1,55 @@
+"""``mpq report`` and ``mpq verify``: read the finished sets under an output folder."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import ConfigError
+from .base import cli, fail
+
+
+@cli.command()
+@click.argument("out")
+@click.option("--dataset", default=None, help="only this dataset [default: every dataset under OUT]")
+@click.option("--split", default=None, help="only this split [default: every split]")
+@click.option("--out", "report_dir", default=None, help="report folder [default: OUT/_report]")
+@click.option("--anchor", default=None,
+              help="codec family the BD-rates are measured against [default: jpeg where present]")
+@click.option("--breakdown-shards", type=int, default=1, show_default=True,
+              help="tar files per setting whose headers are read for the storage breakdown (0: none, -1: all)")
+def report(out: str, dataset: str | None, split: str | None, report_dir: str | None, anchor: str | None,
+           breakdown_shards: int) -> None:
+    """Rate-distortion report of the finished sets under OUT: tables, RD plots, BD-rates, storage."""
+    from ..report import write_report
+
+    try:
+        folder = write_report(out, dataset=dataset, split=split, report_dir=report_dir, anchor=anchor,
+                              breakdown_shards=None if breakdown_shards < 0 else breakdown_shards)
+    except ConfigError as exc:
+        fail(str(exc))
+    click.echo(f"report: {folder / 'report.html'}  (also report.md, summary.csv, bdrate.csv, plots) in {folder}")
+
+
+@cli.command()
+@click.argument("out")
+@click.option("--dataset", default=None, help="only this dataset [default: every dataset under OUT]")
+@click.option("--split", default=None, help="only this split [default: every split]")
+@click.option("--sources", default=None,
+              help="source root: also rehash every sample's source and compare it with its recorded source_sha256")
+def verify(out: str, dataset: str | None, split: str | None, sources: str | None) -> None:
+    """Check the finished sets under OUT without writing: shards, manifests, and (--sources) the sources.
+
+    Lists what is stale or damaged and exits with 1 when anything is.
+    """
+    from ..store.verify import verify_output
+
+    report = verify_output(out, dataset=dataset, split=split, sources=sources)
+    for problem in report.problems:
+        click.echo(f"  {problem}")
+    checked = f"{report.sets} sets, {report.shards} shards" + (
+        f", {report.sources_checked} sources rehashed" if sources else "")
+    if not report.clean:
+        click.echo(f"{len(report.problems)} problems in {checked}", err=True)
+        sys.exit(1)
+    click.echo(f"clean: {checked}")
