@@ -25,7 +25,8 @@ from .correlate import correlation_section
 from .eval import eval_bd, eval_blocks, eval_table, find_results
 from .load import CodecSet, find_sets
 from .plots import LABELS, curve_points, rd_plot
-from .render import Block, Bullets, Heading, Image, Para, Table, fmt, to_html, to_markdown
+from .render import Block, Bullets, Heading, Para, to_html, to_markdown
+from .sections import group_blocks
 from .tables import (class_summary, extreme_classes, modality_of, primary, storage_breakdown, summarize)
 
 __all__ = ["write_report", "find_sets", "summarize", "class_summary", "storage_breakdown", "bd_rate", "bd_psnr",
@@ -155,103 +156,6 @@ def _records(frame: Any) -> list[dict[str, Any]]:
     return [{k: _json_safe(v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
 
 
-def _group_blocks(ds: str, sp: str, part: Any, bd: Any, storage: Any, classes: Any, extremes: dict,
-                  errors: list[tuple[str, int, int]], plots: list[tuple[Path, str]]) -> list[Block]:
-    unit = part["rate_unit"].iloc[0]
-    modality = part["modality"].iloc[0]
-    metrics = [m for m in ("psnr", "psnr_mse", "ms_ssim", "snr", "si_sdr", "pesq", "stoi")
-               if f"{m}_mean" in part.columns and part[f"{m}_mean"].notna().any()
-               or (m == "psnr_mse" and m in part.columns and part[m].notna().any())]
-    names = {"psnr": "PSNR dB", "psnr_mse": "PSNR(mean MSE)", "ms_ssim": "MS-SSIM", "snr": "SNR dB",
-             "si_sdr": "SI-SDR dB", "pesq": "PESQ", "stoi": "STOI"}
-    digits = {"ms_ssim": 4, "stoi": 4, "pesq": 3}
-    blocks: list[Block] = [Heading(f"{ds} / {sp} ({modality}, {len(part)} settings)", 2),
-                           Heading("Rate and quality", 3)]
-    headers = ["setting", "ok", "errors", f"{unit} mean", "median", "p05", "p95", "ratio"] + [names[m] for m in metrics]
-    rows = []
-    for r in part.to_dict(orient="records"):
-        cells = [f"`{r['codec']}`", fmt(r["ok"], thousands=True), fmt(r["errors"], thousands=True)]
-        cells += [fmt(r.get(f"{unit}_{s}"), 4 if unit == "bpp" else 2) for s in ("mean", "median", "p05", "p95")]
-        cells.append(fmt(r["ratio"], 1))
-        for m in metrics:
-            v = r.get(m) if m == "psnr_mse" else r.get(f"{m}_mean")
-            cells.append(fmt(v, digits.get(m, 2)))
-        rows.append(cells)
-    blocks.append(Table(headers, rows, right=set(range(1, len(headers)))))
-    raw = modality_of(modality).REPORT.raw
-    blocks.append(Para(f"{unit}: mean, median and 5th/95th percentiles over ok samples. Quality columns are means "
-                       "of per-sample values"
-                       + (" (PSNR(mean MSE): from the mean MSE)" if "psnr_mse" in metrics else "")
-                       + f". Ratio: raw ({raw}) over payload bits, summed over samples."))
-    if plots:
-        blocks.append(Heading("Rate-distortion curves", 3))
-        blocks += [Image(p, alt) for p, alt in plots]
-    if bd is not None and len(bd):
-        b = bd[(bd["dataset"] == ds) & (bd["split"] == sp)]
-        if len(b):
-            anchor = b["anchor"].iloc[0]
-            q = b["quality"].iloc[0]
-            qn = names.get(q, q).replace(" dB", "")
-            blocks.append(Heading(f"BD-rate against {anchor}", 3))
-            rows = [[r["family"], f"{r['points']} / {r['anchor_points']}", fmt(r["bd_rate_cubic"], 2, pct=True),
-                     fmt(r["bd_rate_pchip"], 2, pct=True), fmt(r["bd_quality_cubic"], 3),
-                     fmt(r["bd_quality_pchip"], 3),
-                     (f"{fmt(r['quality_low'])} – {fmt(r['quality_high'])}"
-                      if math.isfinite(r["quality_low"]) else "–"), r["reason"] or ""]
-                    for r in b.to_dict(orient="records")]
-            blocks.append(Table(["family", "points / anchor", "BD-rate cubic", "BD-rate pchip", f"BD-{qn} cubic dB",
-                                 f"BD-{qn} pchip dB", f"{qn} interval dB", "note"], rows, right={1, 2, 3, 4, 5}))
-            blocks.append(Para(f"Negative BD-rate: the family needs fewer bits than {anchor} for the same mean {qn}. "
-                               f"Computed from the per-setting means in the table above; at least {MIN_POINTS} "
-                               "points per family."))
-    blocks.append(Heading("Storage", 3))
-    rows = []
-    for r in part.to_dict(orient="records"):
-        disk_rate = r.get("disk_bpp") if unit == "bpp" else r.get("disk_kbps")
-        rows.append([f"`{r['tag']}`", fmt(r["shards"], thousands=True), fmt(r["shard_bytes"] / 1e6, 2),
-                     fmt(r["folder_bytes"] / 1e6, 2), fmt(r["disk_bytes_per_sample"], thousands=True),
-                     fmt(r["stored_payload_bytes_mean"], thousands=True), fmt(r["tar_overhead_pct"], 1, pct=True),
-                     fmt(disk_rate, 4 if unit == "bpp" else 2)])
-    blocks.append(Table(["set", "shards", "shards MB", "folder MB", "disk B/sample", "payload B/sample",
-                         "tar overhead", f"{unit} on disk"], rows, right=set(range(1, 8))))
-    st = storage[(storage["dataset"] == ds) & (storage["split"] == sp)] if len(storage) else storage
-    if len(st):
-        rows = [[f"`{r['tag']}`", fmt(r["samples"], thousands=True), fmt(r["members_per_sample"], 1),
-                 fmt(r["payload_per_sample"], thousands=True), fmt(r["header_per_sample"], thousands=True),
-                 fmt(r["payload_pad_per_sample"] + r["json_pad_per_sample"] + r["other_pad_per_sample"],
-                     thousands=True),
-                 fmt(r["json_per_sample"], thousands=True), fmt(r["other_per_sample"], thousands=True),
-                 fmt(r["end_per_sample"], 1), fmt(r["overhead_pct"], 1, pct=True)]
-                for r in st.to_dict(orient="records")]
-        total = part.set_index("tag")["shards"]
-        every = all(r["shards_read"] == total[r["tag"]] for r in st.to_dict(orient="records"))
-        k = int(st["shards_read"].max())
-        which = "every shard" if every else "the first shard" if k == 1 else f"the first {k} shards"
-        blocks.append(Para(f"Tar layout (bytes per sample, from the tar headers of {which} of each set; "
-                           "`mpq report --breakdown-shards -1` reads them all):"))
-        blocks.append(Table(["set", "samples", "members", "payload", "headers", "padding", "json", "labels etc.",
-                             "end of archive", "overhead"], rows, right=set(range(1, 10))))
-    if (ds, sp) in extremes:
-        top, bottom = extremes[(ds, sp)]
-        q = primary(modality)
-        blocks.append(Heading("Classes", 3))
-        blocks.append(Para(f"Classes ranked by their mean {unit} relative to their setting's mean, averaged over the "
-                           f"lossy settings; Δ{q} is the class mean minus the setting mean. All classes and "
-                           "settings: `classes.csv`."))
-        for title, frame in (("most bits", top), ("fewest bits", bottom)):
-            rows = [[str(r["class"]), fmt(r["label"], 0), fmt(r["n"], thousands=True), fmt(r["rel_rate"], 3),
-                     fmt(r["quality_delta"], 2)] for r in frame.to_dict(orient="records")]
-            blocks.append(Para(f"Classes with the {title}:"))
-            blocks.append(Table(["class", "label", "samples", f"relative {unit}", f"Δ{q} dB"], rows,
-                                right={1, 2, 3, 4}))
-    if errors:
-        blocks.append(Heading("Errors", 3))
-        blocks.append(Table(["error", "samples", "settings"],
-                            [[e[:160], fmt(n, thousands=True), fmt(k, thousands=True)] for e, n, k in errors],
-                            right={1, 2}))
-    return blocks
-
-
 def _errors(sets: list[CodecSet], limit: int = 10) -> list[tuple[str, int, int]]:
     """Distinct error messages: (message, distinct samples, settings affected), most frequent first."""
     seen: dict[str, tuple[set[str], set[str]]] = {}
@@ -290,34 +194,16 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
     for old in [*target.glob("rd-*.png"), *target.glob("eval-*.png")]:  # plots of a previous report
         old.unlink()
 
-    blocks: list[Block] = [Heading("Rate-distortion report", 1),
-                           Para(f"{len(sets)} finished codec settings under `{out_root}`"
-                                + (f" ({dataset or 'all datasets'}, {split or 'all splits'})"
-                                   if dataset or split else "")
-                                + ". Machine-readable figures: `summary.csv`, `summary.json`, `bdrate.csv`, "
-                                  "`classes.csv`, `storage.csv`.")]
-    if incomplete:
-        blocks.append(Para("Unfinished sets (no index.json yet; not summarised): "
-                           + ", ".join(f"`{p.relative_to(out_root)}`" for p in incomplete)))
+    blocks = _intro(out_root, len(sets), dataset, split, incomplete)
     warnings = _family_warnings(sets, summary)
     if warnings:
         blocks.append(Bullets(warnings))
     plot_files: list[str] = []
     for (ds, sp), part in summary.groupby(["dataset", "split"], sort=True):
-        modality = part["modality"].iloc[0]
-        unit = part["rate_unit"].iloc[0]
-        b = bd[(bd["dataset"] == ds) & (bd["split"] == sp)] if len(bd) else bd
-        group_anchor = b["anchor"].iloc[0] if len(b) else None
-        plots = []
-        candidates = modality_of(modality).REPORT.qualities
-        for metric in candidates:
-            path = target / f"rd-{ds}-{sp}-{metric}.png"
-            if rd_plot(part, unit, metric, path, f"{ds} / {sp}: {metric} against {unit}", group_anchor):
-                plots.append((path, f"{LABELS.get(metric, metric)} against {LABELS.get(unit, unit)}; "
-                                    "one curve per codec family, lossless settings left out"))
-                plot_files.append(path.name)
+        plots = _rd_plots(ds, sp, part, bd, target)
+        plot_files += [path.name for path, _ in plots]
         group_sets = [s for s in sets if (s.dataset, s.split) == (ds, sp)]
-        blocks += _group_blocks(ds, sp, part, bd, storage, classes, extremes, _errors(group_sets), plots)
+        blocks += group_blocks(ds, sp, part, bd, storage, extremes, _errors(group_sets), plots)
     blocks += correlation_section(sets, target)  # correlation.csv, auc.csv: where sets have eval files
     ev = eval_table(find_results(out_root, dataset, split), summary)  # mpq eval results, when there are any
     ev_bd = eval_bd(ev, anchor)
@@ -326,13 +212,11 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
     plot_files += ev_plots
     blocks += [Heading("Method", 2), Bullets(METHOD_NOTES)]
 
-    summary.to_csv(target / "summary.csv", index=False)
-    bd.to_csv(target / "bdrate.csv", index=False)
-    classes.to_csv(target / "classes.csv", index=False)
-    storage.to_csv(target / "storage.csv", index=False)
+    tables = {"summary": summary, "bdrate": bd, "classes": classes, "storage": storage}
     if len(ev):
-        ev.to_csv(target / "eval.csv", index=False)
-        ev_bd.to_csv(target / "eval_bdrate.csv", index=False)
+        tables.update(eval=ev, eval_bdrate=ev_bd)
+    for name, frame in tables.items():
+        frame.to_csv(target / f"{name}.csv", index=False)
     doc = {"out_root": str(out_root), "dataset": dataset, "split": split, "settings": _records(summary),
            "bd_rate": _records(bd), "storage": _records(storage), "warnings": warnings,
            "incomplete": [str(p) for p in incomplete], "plots": plot_files, "method": METHOD_NOTES,
@@ -341,3 +225,32 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
     (target / "report.md").write_text(to_markdown(blocks))
     (target / "report.html").write_text(to_html(blocks, f"Rate-distortion report: {out_root.name}"))
     return target
+
+
+def _intro(out_root: Path, settings: int, dataset: str | None, split: str | None,
+           incomplete: list[Path]) -> list[Block]:
+    """The title, what was read, and the sets that are not finished yet."""
+    blocks: list[Block] = [Heading("Rate-distortion report", 1),
+                           Para(f"{settings} finished codec settings under `{out_root}`"
+                                + (f" ({dataset or 'all datasets'}, {split or 'all splits'})"
+                                   if dataset or split else "")
+                                + ". Machine-readable figures: `summary.csv`, `summary.json`, `bdrate.csv`, "
+                                  "`classes.csv`, `storage.csv`.")]
+    if incomplete:
+        blocks.append(Para("Unfinished sets (no index.json yet; not summarised): "
+                           + ", ".join(f"`{p.relative_to(out_root)}`" for p in incomplete)))
+    return blocks
+
+
+def _rd_plots(ds: str, sp: str, part: Any, bd: Any, target: Path) -> list[tuple[Path, str]]:
+    """The rate-distortion plots of one dataset/split that could be drawn, with their alt texts."""
+    unit = part["rate_unit"].iloc[0]
+    b = bd[(bd["dataset"] == ds) & (bd["split"] == sp)] if len(bd) else bd
+    group_anchor = b["anchor"].iloc[0] if len(b) else None
+    plots = []
+    for metric in modality_of(part["modality"].iloc[0]).REPORT.qualities:
+        path = target / f"rd-{ds}-{sp}-{metric}.png"
+        if rd_plot(part, unit, metric, path, f"{ds} / {sp}: {metric} against {unit}", group_anchor):
+            plots.append((path, f"{LABELS.get(metric, metric)} against {LABELS.get(unit, unit)}; "
+                                "one curve per codec family, lossless settings left out"))
+    return plots

@@ -331,12 +331,7 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     unit, weight = progress_units(tasks, len(config.codecs))
     total = sum(weight(t) for t in tasks)
     result = RunResult(config, listed, getattr(source, "skipped", 0))
-    store = open_store(config.out)
-    for spec in config.codecs:
-        folder = store.set_folder(config.dataset, source.split, spec.tag)
-        # the index is rewritten last; remove it so a half-run set never looks complete
-        store.remove(store.child(folder, layout.INDEX))
-        store.remove_temps(folder)  # leftovers of a killed run, also next to shards that are complete
+    _reset_sets(config, source.split)
     executor = executor or InlineExecutor()
     bar = None
     if progress is True:
@@ -345,14 +340,59 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
         bar = tqdm(total=total, unit=unit, desc=f"{config.dataset}/{source.split}", smoothing=0.1,
                    dynamic_ncols=True)
     done = 0
-    stats: dict[str, dict[int, dict[str, Any]]] = {s.tag: {} for s in config.codecs}
-    row_keys: dict[str, set[str]] = {s.tag: set() for s in config.codecs}
+
+    def advance(task: ShardTask) -> None:
+        nonlocal done
+        done += weight(task)
+        if bar is not None:
+            bar.update(weight(task))
+        elif callable(progress):
+            progress(done, total)
+
+    futures = _submit(executor, tasks)
+    try:
+        stats, row_keys = _collect(futures, result, [s.tag for s in config.codecs], advance)
+    finally:
+        if bar is not None:
+            bar.close()
+    if result.failed:
+        return result
+    versions = _library_versions(config.codecs)
+    for spec in config.codecs:
+        result.sets.append(_publish_set(config, source, spec, tasks, stats[spec.tag], versions[spec.canonical],
+                                        row_keys[spec.tag]))
+    return result
+
+
+def _reset_sets(config: TranscodeConfig, split: str) -> None:
+    """Before a run: each set's index goes (it is rewritten last, so a half-run set never looks
+    complete), and so do temporary leftovers of a killed run, also next to shards that are complete."""
+    store = open_store(config.out)
+    for spec in config.codecs:
+        folder = store.set_folder(config.dataset, split, spec.tag)
+        store.remove(store.child(folder, layout.INDEX))
+        store.remove_temps(folder)
+
+
+def _submit(executor: cf.Executor, tasks: list[ShardTask]) -> dict[cf.Future, ShardTask]:
+    """Submit every shard; an in-process run stops at the first one whose output cannot be written."""
     futures: dict[cf.Future, ShardTask] = {}
     for t in tasks:
         fut = executor.submit(run_shard, t)
         futures[fut] = t
         if fut.done() and not fut.cancelled() and isinstance(fut.exception(), OutputError):
             break  # an in-process run: no point encoding the other shards for an unwritable output
+    return futures
+
+
+def _collect(futures: dict[cf.Future, ShardTask], result: RunResult, tags: list[str],
+             advance: Callable[[ShardTask], None]) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, set[str]]]:
+    """Shard results as they complete, counted into ``result``: (stats per set and shard, row keys per set).
+
+    A failed task is recorded and the rest go on; an unwritable output (or an interrupt) cancels the rest.
+    """
+    stats: dict[str, dict[int, dict[str, Any]]] = {tag: {} for tag in tags}
+    row_keys: dict[str, set[str]] = {tag: set() for tag in tags}
     try:
         for fut in cf.as_completed(futures):
             task = futures[fut]
@@ -370,22 +410,9 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
             for tag, st in res.stats.items():  # keep the figures, not the rows (they stay in _stats.json)
                 row_keys[tag].update(k for r in st["rows"] for k in r)
                 stats[tag][task.index] = {k: v for k, v in st.items() if k != "rows"}
-            done += weight(task)
-            if bar is not None:
-                bar.update(weight(task))
-            elif callable(progress):
-                progress(done, total)
+            advance(task)
     except BaseException:
         for fut in futures:
             fut.cancel()
         raise
-    finally:
-        if bar is not None:
-            bar.close()
-    if result.failed:
-        return result
-    versions = _library_versions(config.codecs)
-    for spec in config.codecs:
-        result.sets.append(_publish_set(config, source, spec, tasks, stats[spec.tag], versions[spec.canonical],
-                                        row_keys[spec.tag]))
-    return result
+    return stats, row_keys
