@@ -144,7 +144,8 @@ def _config_from_options(dataset: str, root: str, values: dict[str, Any]) -> Tra
 def transcode(dataset: str, root: str, workers: int | None, scheduler: str | None, cluster_file: str | None,
               isolate: bool, no_progress: bool, **options: Any) -> None:
     """Transcode DATASET stored at ROOT with one or more codec settings."""
-    from ..run.driver import check_output, plan
+    from ..run.checks import check_output
+    from ..run.driver import plan
 
     try:
         config = _config_from_options(dataset, root, options)

@@ -82,6 +82,32 @@ _ALLOWED = {
 
 def parse_cluster_config(data: Any, *, where: str = "cluster configuration") -> ClusterConfig:
     """Validate a mapping (the YAML document) into a ClusterConfig; raises ConfigError, one line."""
+    kind = _kind(data, where)
+    resources, options, adapt = _mappings(data, where)
+    address, scheduler_file = data.get("address"), data.get("scheduler_file")
+    if kind == "scheduler":
+        if bool(address) == bool(scheduler_file):
+            raise ConfigError(f"{where}: kind scheduler needs address (tcp://host:8786) or scheduler_file")
+        if address and "://" not in str(address):
+            raise ConfigError(f"{where}: address must look like tcp://host:8786 (got {address!r})")
+    dashboard = data.get("dashboard", ":8787")
+    if not isinstance(dashboard, str):
+        raise ConfigError(f"{where}: dashboard must be an address such as ':8787'")
+    workers = _count(data, "workers", None, where)
+    gpu_workers = _count(data, "gpu_workers", 0, where) or 0
+    if kind == "kubernetes":
+        image = options.get("image")
+        if not image and "custom_cluster_spec" not in options:
+            raise ConfigError(f"{where}: kubernetes needs options.image, an image with mpq-pipeline installed")
+    return ClusterConfig(kind=kind, workers=workers, gpu_workers=gpu_workers, resources=dict(resources),
+                         address=str(address) if address else None,
+                         scheduler_file=str(scheduler_file) if scheduler_file else None,
+                         adapt=dict(adapt) if adapt is not None else None, options=dict(options),
+                         dashboard=dashboard, path=where)
+
+
+def _kind(data: Any, where: str) -> str:
+    """The document's kind, once its keys are known ones and apply to that kind."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping with 'kind: {'|'.join(KINDS)}'")
     kind = data.get("kind")
@@ -94,15 +120,20 @@ def parse_cluster_config(data: Any, *, where: str = "cluster configuration") -> 
     if wrong:
         raise ConfigError(f"{where}: {wrong[0]!r} does not apply to kind {kind} "
                           f"(it takes {', '.join(sorted(_ALLOWED[kind]))})")
+    return str(kind)
 
-    def count(name: str, default: int | None) -> int | None:
-        v = data.get(name, default)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ConfigError(f"{where}: {name} must be a whole number of 0 or more (got {v!r})")
-        return v
 
+def _count(data: Mapping[str, Any], name: str, default: int | None, where: str) -> int | None:
+    v = data.get(name, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigError(f"{where}: {name} must be a whole number of 0 or more (got {v!r})")
+    return v
+
+
+def _mappings(data: Mapping[str, Any], where: str) -> tuple[Mapping[str, Any], Mapping[str, Any], Mapping | None]:
+    """(resources, options, adapt), each checked: positive amounts, keyword names, worker counts."""
     resources = data.get("resources") or {}
     if not isinstance(resources, Mapping) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
@@ -118,26 +149,7 @@ def parse_cluster_config(data: Any, *, where: str = "cluster configuration") -> 
             raise ConfigError(f"{where}: adapt takes minimum and maximum worker counts")
         if adapt.get("minimum", 0) > adapt.get("maximum", adapt.get("minimum", 0)):
             raise ConfigError(f"{where}: adapt minimum is above its maximum")
-    address, scheduler_file = data.get("address"), data.get("scheduler_file")
-    if kind == "scheduler":
-        if bool(address) == bool(scheduler_file):
-            raise ConfigError(f"{where}: kind scheduler needs address (tcp://host:8786) or scheduler_file")
-        if address and "://" not in str(address):
-            raise ConfigError(f"{where}: address must look like tcp://host:8786 (got {address!r})")
-    dashboard = data.get("dashboard", ":8787")
-    if not isinstance(dashboard, str):
-        raise ConfigError(f"{where}: dashboard must be an address such as ':8787'")
-    workers = count("workers", None)
-    gpu_workers = count("gpu_workers", 0) or 0
-    if kind == "kubernetes":
-        image = options.get("image")
-        if not image and "custom_cluster_spec" not in options:
-            raise ConfigError(f"{where}: kubernetes needs options.image, an image with mpq-pipeline installed")
-    return ClusterConfig(kind=kind, workers=workers, gpu_workers=gpu_workers, resources=dict(resources),
-                         address=str(address) if address else None,
-                         scheduler_file=str(scheduler_file) if scheduler_file else None,
-                         adapt=dict(adapt) if adapt is not None else None, options=dict(options),
-                         dashboard=dashboard, path=where)
+    return resources, options, adapt
 
 
 def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from ..store import layout
 from ..codecs import get_codec
 from ..codecs.runtime import use
+from .checks import check_conflicts, check_deep_metrics, check_output
 from .config import TranscodeConfig
 from ..errors import ConfigError, OutputError
 from ..modalities import get_modality
@@ -123,7 +124,7 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
         if get_codec(spec.name).modality not in (source.modality, "any"):  # "any": the lossless reference
             raise ConfigError(f"{spec.name} is an {get_codec(spec.name).modality} codec; "
                               f"{config.dataset} is an {source.modality} dataset")
-    _check_deep_metrics(config, source.modality)
+    check_deep_metrics(config, source.modality)
     refs = source.list()
     if config.limit is not None:
         refs = refs[: config.limit]
@@ -156,43 +157,10 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
     return source, tasks
 
 
-def _check_deep_metrics(config: TranscodeConfig, modality: str) -> None:
-    """Each deep metric fits the dataset, and its backbone is present (or downloaded now): before any work."""
-    from ..metrics.deep import get_metric
-
-    for name in config.deep_metrics:
-        metric = get_metric(name)
-        if metric.modality != modality:
-            raise ConfigError(f"{name} is an {metric.modality} metric; {config.dataset} is an {modality} dataset")
-        metric.check(config.weights_dir, config.offline)
-
-
 def _codec_families() -> tuple[str, ...]:
     from .. import codecs
 
     return tuple(getattr(codecs, "_FAMILIES", ()))
-
-
-def _check_conflicts(config: TranscodeConfig, source: Source) -> None:
-    """Refuse to mix two settings in one folder (a tag whose index records another spec)."""
-    store = open_store(config.out)
-    for spec in config.codecs:
-        folder = store.set_folder(config.dataset, source.split, spec.tag)
-        index = store.child(folder, layout.INDEX)
-        if store.is_file(index):
-            try:
-                recorded = json.loads(store.read_bytes(index)).get("codec")
-            except ValueError:
-                continue
-            if recorded != spec.canonical:
-                raise ConfigError(f"{folder} holds {recorded}, not {spec.canonical}")
-
-
-def check_output(config: TranscodeConfig, source: Source) -> None:
-    """Each set's folder can be written (a probe written and deleted); raises OutputError, one line."""
-    store = open_store(config.out)
-    for spec in config.codecs:
-        store.check_writable(store.set_folder(config.dataset, source.split, spec.tag))
 
 
 def _library_versions(specs: Iterable[CodecSpec]) -> dict[str, dict[str, str]]:
@@ -325,7 +293,7 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     source, tasks = planned if planned is not None else plan(config)
     if isolate:
         tasks = [dataclasses.replace(t, isolate=True) for t in tasks]
-    _check_conflicts(config, source)
+    check_conflicts(config, source)
     check_output(config, source)
     listed = sum(len(t.refs) for t in {t.index: t for t in tasks}.values())  # keys are unique in a listing
     unit, weight = progress_units(tasks, len(config.codecs))
