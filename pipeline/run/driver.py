@@ -71,8 +71,10 @@ class SetSummary:
     quality_mean: float | None = None  # +inf when a sample is lossless, as in the report
 
 
-#: (rate, quality) columns a run summary averages, per modality (the report's curves use the same)
-SUMMARY_COLUMNS = {"image": ("bpp", "psnr"), "audio": ("kbps", "snr")}
+def summary_columns(modality: str) -> tuple[str, str]:
+    """(rate, quality) columns a run summary averages: the modality's declared report axes, as the report uses."""
+    axes = get_modality(modality).REPORT
+    return axes.rate, axes.primary
 
 
 class _Means:
@@ -251,7 +253,7 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     listed = 0
     buf = pa.BufferOutputStream()
     writer = None
-    rate, quality = SUMMARY_COLUMNS.get(source.modality, ("bpp", "psnr"))
+    rate, quality = summary_columns(source.modality)
     means = _Means((rate, quality))
     for t in tasks:
         name = layout.shard_name(config.dataset, source.split, spec, t.index)
