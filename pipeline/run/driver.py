@@ -140,9 +140,8 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
             options[name] = True
     if config.max_pixels is not None:  # images: the source pixel limit, only when set
         options["max_pixels"] = config.max_pixels
-    if config.deep_metrics:  # deep similarity metrics, and where their backbones are (not part of the plan)
+    if config.deep_metrics:  # deep similarity metrics (their weights folder travels in the task's runtime)
         options["deep"] = list(config.deep_metrics)
-        options.update({k: v for k, v in (("weights_dir", config.weights_dir), ("offline", config.offline)) if v})
     # codecs registered from outside the package: workers and child processes import these first
     builtin = set(_codec_families())
     modules = tuple(sorted({get_codec(s.name).__module__ for s in config.codecs} - builtin - {"__main__"}))
