@@ -166,13 +166,9 @@ def transcode(dataset: str, root: str, workers: int | None, scheduler: str | Non
         config = _config_from_options(dataset, root, options)
         planned = plan(config)  # every configuration error surfaces here, before any cluster starts
         source = planned[0]
-        cluster = None
-        if cluster_file:
-            from .run.cluster import load_cluster_config
+        from .run.cluster import cluster_option
 
-            if scheduler:
-                raise ConfigError("give --cluster or --scheduler, not both")
-            cluster = load_cluster_config(cluster_file)
+        cluster = cluster_option(cluster_file, scheduler)
     except ConfigError as exc:
         _fail(str(exc))
     if workers is not None and workers < 0:
@@ -390,12 +386,9 @@ def eval_(out: str, dataset: str, split: str, task: str, model: str | None, code
         config = EvalConfig.create(out, dataset, split, task, model, codecs=codecs, weights=weights,
                                    batch_size=batch_size, device=device, limit=limit, offline=offline)
         planned = plan_eval(config)  # every check happens here, before any cluster starts
-        if cluster_file:
-            from .run.cluster import load_cluster_config
+        from .run.cluster import cluster_option
 
-            if scheduler:
-                raise ConfigError("give --cluster or --scheduler, not both")
-            cluster = load_cluster_config(cluster_file)
+        cluster = cluster_option(cluster_file, scheduler)
     except ConfigError as exc:
         _fail(str(exc))
     start = time.perf_counter()
