@@ -142,15 +142,12 @@ class WdsDecoder:
         model, a learned ``.bin``'s spec); otherwise the bare family decodes it. A test decodes every
         registered audio family.
         """
-        from ..codecs import get_codec
+        from ..codecs import runnable_codec
         from ..codecs.spec import CodecSpec, parse_spec
 
         named = cls.stream_spec(data)
         spec = parse_spec(named) if named is not None else CodecSpec(cls.name)
-        family = get_codec(spec.name)
-        reason = family.unavailable()
-        if reason:
-            raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
+        family = runnable_codec(spec.name)
         with self._lock:
             if spec.canonical not in self._codecs:
                 self._codecs[spec.canonical] = family(spec)
