@@ -25,8 +25,9 @@ class OutputError(Exception):
 def env_count(name: str, what: str, environ: Mapping[str, str] | None = None) -> int | None:
     """A positive whole number from the environment variable ``name`` (None when unset or empty).
 
-    Settings that reach worker processes through their environment are checked where they are
-    read, so a typo stops with one clear line instead of a default silently taking over.
+    Only user-level defaults and local settings are read so (a run's config reads its defaults on the
+    client; the loaders their pixel limit): checked where read, so a typo stops with one clear line
+    instead of a default silently taking over.
     """
     raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:

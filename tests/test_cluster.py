@@ -217,3 +217,15 @@ def test_cli_cluster_option(tmp_path, capsys):
     assert main([*args, "--cluster", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "workers must be a whole number" in err[0]
+
+
+def test_cluster_option_is_one_check_for_every_command(tmp_path):
+    """``mpq transcode`` and ``mpq eval`` read --cluster through one function: a file, or a scheduler, not both."""
+    from pipeline.run.cluster import cluster_option
+
+    cfg = tmp_path / "local.yaml"
+    cfg.write_text("kind: local\nworkers: 2\n")
+    assert cluster_option(None, "tcp://127.0.0.1:1") is None
+    assert cluster_option(cfg, None) == load_cluster_config(cfg)
+    with pytest.raises(ConfigError, match="not both"):
+        cluster_option(cfg, "tcp://127.0.0.1:1")

@@ -97,3 +97,16 @@ def test_demo_sweeps_two_families_and_reports(tmp_path, capsys, monkeypatch):
     assert "shards written 0" in text and f"next: mpq report {out} --dataset imagenet --split val" in text
     assert not (report / "report.html").exists()
     check(summary_lines(text), out, "imagenet", "val", "bpp", "psnr")
+
+
+def test_summary_columns_are_the_modalities_report_axes(monkeypatch):
+    """The printed summary averages what each modality declares for its report, nothing kept beside it."""
+    from pipeline.modalities import MODALITIES, ReportAxes, get_modality
+    from pipeline.run import driver
+
+    for name in MODALITIES:
+        axes = get_modality(name).REPORT
+        assert driver.summary_columns(name) == (axes.rate, axes.primary)
+    image = get_modality("image")
+    monkeypatch.setattr(image, "REPORT", ReportAxes(rate="bits", primary="ms_ssim", qualities=("ms_ssim",), raw="x"))
+    assert driver.summary_columns("image") == ("bits", "ms_ssim")

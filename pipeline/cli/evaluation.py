@@ -72,12 +72,9 @@ def eval_(out: str, dataset: str, split: str, task: str, model: str | None, code
         config = EvalConfig.create(out, dataset, split, task, model, codecs=codecs, weights=weights,
                                    batch_size=batch_size, device=device, limit=limit, offline=offline)
         planned = plan_eval(config)  # every check happens here, before any cluster starts
-        if cluster_file:
-            from ..run.cluster import load_cluster_config
+        from ..run.cluster import cluster_option
 
-            if scheduler:
-                raise ConfigError("give --cluster or --scheduler, not both")
-            cluster = load_cluster_config(cluster_file)
+        cluster = cluster_option(cluster_file, scheduler)
     except ConfigError as exc:
         fail(str(exc))
     start = time.perf_counter()

@@ -151,13 +151,9 @@ def transcode(dataset: str, root: str, workers: int | None, scheduler: str | Non
         config = _config_from_options(dataset, root, options)
         planned = plan(config)  # every configuration error surfaces here, before any cluster starts
         source = planned[0]
-        cluster = None
-        if cluster_file:
-            from ..run.cluster import load_cluster_config
+        from ..run.cluster import cluster_option
 
-            if scheduler:
-                raise ConfigError("give --cluster or --scheduler, not both")
-            cluster = load_cluster_config(cluster_file)
+        cluster = cluster_option(cluster_file, scheduler)
     except ConfigError as exc:
         fail(str(exc))
     if workers is not None and workers < 0:

@@ -55,9 +55,18 @@ def get_codec(name: str) -> type[Codec]:
         raise ConfigError(f"unknown codec {name!r} (known: {', '.join(codec_names())})") from None
 
 
+def runnable_codec(name: str) -> type[Codec]:
+    """The codec class registered under ``name``, refused with one line when it cannot run here (a missing library)."""
+    cls = get_codec(name)
+    reason = cls.unavailable()
+    if reason:
+        raise ConfigError(f"codec {name} cannot run here: {reason}")
+    return cls
+
+
 def make_codec(spec) -> Codec:
     """An instance of the codec for a parsed spec."""
     return get_codec(spec.name)(spec)
 
 
-__all__ = ["Codec", "Encoded", "ImageCodec", "codec_names", "get_codec", "make_codec", "register"]
+__all__ = ["Codec", "Encoded", "ImageCodec", "codec_names", "get_codec", "make_codec", "register", "runnable_codec"]

@@ -78,6 +78,20 @@ class Codec(ABC):
         """Why this codec cannot run here (missing library or plugin), or None when it can."""
         return None
 
+    @classmethod
+    def stream_spec(cls, payload: bytes) -> str | None:
+        """The setting that decodes ``payload`` read alone (no set, no record: webdataset interop).
+
+        None: the bare family decodes it (libavcodec, Pillow read everything from the stream). A codec
+        whose decoder is built per setting names it from the stream's header (EnCodec's model, a
+        learned ``.bin``'s spec, which may name another family sharing the extension).
+        """
+        return None
+
+    def decode_stream(self, payload: bytes) -> Any:
+        """A payload read alone, as a member handler hands it out: what :meth:`decode` gives."""
+        return self.decode(payload)
+
     @classmethod  # noqa: B027 - an optional hook, not abstract: most codecs need nothing before work
     def preflight(cls, spec: CodecSpec) -> None:
         """Check what one setting needs before any work (a learned codec's weights); raise ConfigError."""
@@ -132,6 +146,21 @@ class AudioCodec(Codec):
 
         ``Encoded.bits`` is the measured payload (see each codec), ``info['container_bytes']`` the file size.
         """
+
+    @classmethod
+    def stream_rate(cls, payload: bytes) -> int | None:
+        """The sample rate the stream was made from when its decoder gives another (Opus: always 48 kHz)."""
+        return None
+
+    def decode_stream(self, payload: bytes) -> np.ndarray:
+        """The whole decoded stream (no record to cut it) as float32 ``(n, channels)`` at :meth:`stream_rate`."""
+        samples, rate = self.decode(payload)
+        wanted = self.stream_rate(payload)
+        if wanted is not None and wanted != rate:
+            from ..media.audio import resample
+
+            samples = resample(samples, rate, wanted, length=round(samples.shape[0] * wanted / rate))
+        return np.asarray(samples, dtype=np.float32)
 
     @abstractmethod
     def decode(self, payload: bytes) -> tuple[np.ndarray, int]:

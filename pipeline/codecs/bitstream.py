@@ -153,17 +153,12 @@ def decode_bytes(data: bytes, *, record: Mapping[str, Any] | None = None, device
     ``record`` is the sample's ``.json``: when given, the device and library versions it records
     are compared with this decoder's, and a :class:`CrossDeviceWarning` names any difference.
     """
-    from . import get_codec
+    from . import runnable_codec
     from .spec import parse_spec
 
     stream = unpack(data)
     spec = parse_spec(stream.spec)
-    cls = get_codec(spec.name)
-    reason = cls.unavailable()
-    if reason:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
+    cls = runnable_codec(spec.name)
     # only learned codecs write .bin streams, and they all take a device
     codec = cls(spec, device=device)  # type: ignore[call-arg]
     if record is not None:

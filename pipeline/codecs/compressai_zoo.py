@@ -175,6 +175,10 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
         payload = bitstream.pack(self.spec.canonical, (h, w), groups)
         return Encoded(payload, self.extension, info=self.environment())
 
+    @classmethod
+    def stream_spec(cls, payload: bytes) -> str | None:
+        return bitstream.unpack(payload).spec  # the .bin header names its setting
+
     def decode(self, payload: bytes) -> np.ndarray:
         import torch
 

@@ -42,7 +42,7 @@ import numpy as np
 from . import devices, weights
 from ..errors import ConfigError, SampleError
 from .params import Param
-from .spec import CodecSpec
+from .spec import CodecSpec, build_spec
 from . import register
 from .base import AudioCodec, Encoded
 from .encodec_stream import ChunkedModel
@@ -171,6 +171,20 @@ class EnCodec(devices.LazyDevice, AudioCodec):
     @classmethod
     def preflight(cls, spec: CodecSpec) -> None:
         cls.checkpoints(spec)
+
+    @classmethod
+    def stream_spec(cls, payload: bytes) -> str | None:
+        """The model (and LM coding) an ``.ecdc`` stream's header names, read by encodec's own reader."""
+        from encodec import binary
+
+        try:
+            meta = binary.read_ecdc_header(io.BytesIO(payload))
+        except (ValueError, EOFError) as exc:  # bad magic or version, truncated, not JSON
+            raise SampleError(f"not an EnCodec .ecdc stream (version 0): {exc}") from None
+        if not isinstance(meta, dict) or "m" not in meta:
+            raise SampleError("the .ecdc header names no model")
+        model = str(meta["m"]).removeprefix("encodec_")
+        return build_spec(cls.name, {"model": model, "lm": bool(meta.get("lm"))}).canonical
 
     def codec_format(self, rate: int, channels: int) -> tuple[int, int]:
         _, model_rate, model_channels, _ = MODELS[self.spec["model"]]

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from ..media.audio import av_decode, stream_stats
+from ..media.audio import av_decode, opus_input_rate, stream_stats
 from ..errors import ConfigError, SampleError
 from .params import Param, RateKnob
 from . import register
@@ -288,6 +288,10 @@ class Opus(_BitrateCodec):
 
     def options(self) -> list[tuple[str, str]]:
         return [*super().options(), ("application", self.spec["application"]), ("vbr", self.spec["vbr"])]
+
+    @classmethod
+    def stream_rate(cls, payload: bytes) -> int | None:
+        return opus_input_rate(payload)
 
 
 @register

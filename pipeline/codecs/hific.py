@@ -158,6 +158,10 @@ class HiFiC(devices.LazyDevice, ImageCodec):
         payload = bitstream.pack(self.spec.canonical, (h, w), [[packed.string]])
         return Encoded(payload, self.extension, info=self.environment())
 
+    @classmethod
+    def stream_spec(cls, payload: bytes) -> str | None:
+        return bitstream.unpack(payload).spec  # the .bin header names its setting
+
     def decode(self, payload: bytes) -> np.ndarray:
         import tensorflow as tf
         import tensorflow_compression as tfc

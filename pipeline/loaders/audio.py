@@ -32,17 +32,16 @@ def reference(audio: Any, record: Mapping[str, Any]) -> np.ndarray:
     return audio.samples
 
 
-def payload_decoder(spec) -> tuple[str, Callable[[bytes, Mapping[str, Any]], np.ndarray]]:
-    """(member extension, decode(bytes, record) -> (n, channels)) of an audio set's payload."""
-    from ..codecs import get_codec, make_codec
+def lossless(data: bytes, record: Mapping[str, Any]) -> np.ndarray:
+    """A lossless member (the reference set's payload, MUSDB's stems): its samples, checked against the record."""
+    return reference(flac_audio(data), record)
 
-    cls = get_codec(spec.name)
-    if cls.lossless and cls.modality == "any":  # the reference set: the source samples as FLAC
-        from ..modalities.audio import LOSSLESS_EXTENSION
 
-        return LOSSLESS_EXTENSION, lambda data, record: reference(flac_audio(data), record)
-    codec = make_codec(spec)
-    return cls.extension, _Restorer(codec)
+def restorer(spec) -> Callable[[bytes, Mapping[str, Any]], np.ndarray]:
+    """decode(bytes, record) -> (n, channels) of a coded audio payload: the codec, then back to the source."""
+    from ..codecs import make_codec
+
+    return _Restorer(make_codec(spec))
 
 
 class _Restorer:

@@ -123,12 +123,12 @@ class ViewDecoder:
             if self._restorer is None:
                 from . import audio
 
-                self._restorer = WithRecord(audio.payload_decoder(self._spec)[1])
+                self._restorer = WithRecord(audio.restorer(self._spec))
             return self._restorer
         if decoder == "flac":
             from . import audio
 
-            return WithRecord(lambda data, record: audio.reference(audio.flac_audio(data), record))
+            return WithRecord(audio.lossless)
         if decoder == "png":
             return png_rgb  # stored decoded pixels: the lossless PNG the metrics were computed on
         if decoder == "codec":

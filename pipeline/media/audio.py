@@ -220,6 +220,15 @@ def flac_bytes(audio: Audio) -> bytes:
 
 # ----------------------------------------------------------------------------------------- resampling
 
+def opus_input_rate(data: bytes) -> int | None:
+    """The input sample rate an Ogg Opus stream's OpusHead records (0 or absent: None)."""
+    at = data.find(b"OpusHead")
+    if at < 0 or at + 16 > len(data):
+        return None
+    rate = int.from_bytes(data[at + 12:at + 16], "little")
+    return rate or None
+
+
 def resample(x: np.ndarray, src: int, dst: int, length: int | None = None) -> np.ndarray:
     """High-quality (soxr VHQ, linear phase, no delay) resampling of float32 (n, channels).
 

@@ -152,6 +152,15 @@ def _mappings(data: Mapping[str, Any], where: str) -> tuple[Mapping[str, Any], M
     return resources, options, adapt
 
 
+def cluster_option(cluster_file: str | os.PathLike | None, scheduler: str | None) -> ClusterConfig | None:
+    """What ``--cluster FILE`` asks for (None without it); with ``--scheduler`` too it is refused."""
+    if not cluster_file:
+        return None
+    if scheduler:
+        raise ConfigError("give --cluster or --scheduler, not both")
+    return load_cluster_config(cluster_file)
+
+
 def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
     """Read and validate a YAML cluster configuration (``mpq transcode --cluster FILE``)."""
     import yaml

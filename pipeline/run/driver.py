@@ -72,8 +72,10 @@ class SetSummary:
     quality_mean: float | None = None  # +inf when a sample is lossless, as in the report
 
 
-#: (rate, quality) columns a run summary averages, per modality (the report's curves use the same)
-SUMMARY_COLUMNS = {"image": ("bpp", "psnr"), "audio": ("kbps", "snr")}
+def summary_columns(modality: str) -> tuple[str, str]:
+    """(rate, quality) columns a run summary averages: the modality's declared report axes, as the report uses."""
+    axes = get_modality(modality).REPORT
+    return axes.rate, axes.primary
 
 
 class _Means:
@@ -139,9 +141,8 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
             options[name] = True
     if config.max_pixels is not None:  # images: the source pixel limit, only when set
         options["max_pixels"] = config.max_pixels
-    if config.deep_metrics:  # deep similarity metrics, and where their backbones are (not part of the plan)
+    if config.deep_metrics:  # deep similarity metrics (their weights folder travels in the task's runtime)
         options["deep"] = list(config.deep_metrics)
-        options.update({k: v for k, v in (("weights_dir", config.weights_dir), ("offline", config.offline)) if v})
     # codecs registered from outside the package: workers and child processes import these first
     builtin = set(_codec_families())
     modules = tuple(sorted({get_codec(s.name).__module__ for s in config.codecs} - builtin - {"__main__"}))
@@ -219,7 +220,7 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
     listed = 0
     buf = pa.BufferOutputStream()
     writer = None
-    rate, quality = SUMMARY_COLUMNS.get(source.modality, ("bpp", "psnr"))
+    rate, quality = summary_columns(source.modality)
     means = _Means((rate, quality))
     for t in tasks:
         name = layout.shard_name(config.dataset, source.split, spec, t.index)

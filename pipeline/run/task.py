@@ -32,10 +32,6 @@ from .events import (SampleEvent, SampleFailed, SampleRead, SettingEncoded, Sett
                      sample_events)
 
 
-#: options that say where or how, not what: they stay out of the plan hash (moving the weights keeps shards)
-RUNTIME_OPTIONS = ("weights_dir", "offline")
-
-
 @dataclass(frozen=True)
 class ShardTask:
     source: Source
@@ -53,8 +49,8 @@ class ShardTask:
 
     def plan_hash(self, spec: CodecSpec) -> str:
         """Identity of what this shard must contain for one setting; a change redoes the shard."""
-        options = {k: v for k, v in self.options.items() if k not in RUNTIME_OPTIONS}
-        plan = {"format": layout.FORMAT, "spec": spec.canonical, "options": options,
+        # where and how (``runtime``: weights folder, offline, device) is not what: moving the weights keeps shards
+        plan = {"format": layout.FORMAT, "spec": spec.canonical, "options": self.options,
                 "refs": [[r.key, r.source, r.label] for r in self.refs]}
         if self.compression is not None:  # only when set, so plain-tar plans (and their hashes) stay the same
             plan["compression"] = self.compression

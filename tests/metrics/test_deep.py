@@ -19,6 +19,7 @@ import audio_fixtures as af
 import fixtures as fx
 from pipeline import TranscodeConfig, parse_spec
 from pipeline.codecs import make_codec
+from pipeline.codecs.runtime import CodecRuntime, use
 from pipeline.errors import ConfigError, MissingWeightsError
 from pipeline.metrics import deep
 from pipeline.metrics.deep.audio import CDPAM_RATE, to_cdpam_input
@@ -182,7 +183,7 @@ def test_missing_backbone_stops_a_transcode_before_work(tmp_path, imagefolder_cl
         plan(TranscodeConfig.create("imagefolder", imagefolder_classes.root, ["jpeg:quality=20"], cdpam=True))
 
 
-def test_deep_metrics_ask_for_a_gpu_and_weights_folder_stays_out_of_the_plan(imagefolder_classes):
+def test_deep_metrics_ask_for_a_gpu_and_weights_folder_stays_out_of_the_plan(imagefolder_classes, monkeypatch):
     config = TranscodeConfig.create("imagefolder", imagefolder_classes.root, ["jpeg:quality=20"], dists=True)
     assert config.deep_metrics == ("dists",)
     assert TranscodeConfig.from_dict(config.to_dict()) == config
@@ -190,9 +191,36 @@ def test_deep_metrics_ask_for_a_gpu_and_weights_folder_stays_out_of_the_plan(ima
     spec = parse_spec("jpeg:quality=20")
     plain = ShardTask(source, "imagefolder", (), 0, (spec,), "o")
     a = ShardTask(source, "imagefolder", (), 0, (spec,), "o", {"deep": ["dists"]})
-    b = ShardTask(source, "imagefolder", (), 0, (spec,), "o", {"deep": ["dists"], "weights_dir": "/w", "offline": True})
+    b = ShardTask(source, "imagefolder", (), 0, (spec,), "o", {"deep": ["dists"]},
+                  runtime=CodecRuntime(weights_dir="/w", offline=True))
     assert plain.resources is None and a.resources == {"GPU": 1}
     assert a.plan_hash(spec) == b.plan_hash(spec) != plain.plan_hash(spec)
+    # the weights folder and offline travel in the task's runtime only, one way for every worker setting
+    moved = TranscodeConfig.create("imagefolder", imagefolder_classes.root, ["jpeg:quality=20"], dists=True,
+                                   weights_dir="/elsewhere", offline=True)
+    monkeypatch.setattr("pipeline.run.driver._check_deep_metrics", lambda *a: None)  # no backbone here
+    tasks = plan(moved)[1]
+    assert tasks and all(t.options == {"deep": ["dists"]} and t.runtime.weights_dir == "/elsewhere" and t.runtime.offline
+               for t in tasks)
+
+
+def test_measure_finds_backbones_in_the_runs_weights_folder(tmp_path, photo, monkeypatch):
+    """Transcode-time deep metrics read the run's settings (applied around each task), not the task's options."""
+    monkeypatch.delenv("MPQ_WEIGHTS_DIR", raising=False)
+    monkeypatch.delenv("MPQ_OFFLINE", raising=False)
+    deep.base._cache.clear()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with use(CodecRuntime(weights_dir=str(empty), offline=True)):
+        with pytest.raises(MissingWeightsError) as err:
+            deep.measure({"deep": ["lpips:squeeze"]}, photo, photo)
+    assert str(empty) in str(err.value)
+    _random_squeezenet_file(tmp_path)
+    monkeypatch.setattr("pipeline.codecs.weights.verify", lambda *a: None)  # a random file, not the real one
+    with use(CodecRuntime(weights_dir=str(tmp_path), offline=True)):
+        out = deep.measure({"deep": ["lpips:squeeze"]}, photo, photo)
+    assert out == {"lpips_squeeze": pytest.approx(0.0, abs=1e-6)}
+    deep.base._cache.clear()
 
 
 # --------------------------------------------------------------------------- CDPAM, for real

@@ -144,17 +144,21 @@ def measure(options: dict[str, Any], reference: Any, test: Any, *, rate: int | N
     """The deep metrics a transcode asked for (``options["deep"]``) on one pair, as ``{column: value}``.
 
     Networks are loaded once per process (:func:`cached`) on the device
-    :func:`pipeline.codecs.devices.choose_device` picks (a GPU when the worker has one).
+    :func:`pipeline.codecs.devices.choose_device` picks (a GPU when the worker has one), from the
+    run's weights folder and offline setting (:func:`pipeline.codecs.runtime.current`, applied around
+    each task), so they travel with the run as the learned codecs' do and stay out of the plan.
     """
     names = options.get("deep") or ()
     if not names:
         return {}
     from ...codecs.devices import choose_device, configure_torch
+    from ...codecs.runtime import current
 
     device = choose_device()
     configure_torch(device)
+    runtime = current()
     out = {}
     for name in names:
-        metric = cached(name, device, options.get("weights_dir"), bool(options.get("offline")))
+        metric = cached(name, device, runtime.weights_dir, runtime.offline)
         out[metric.column] = metric.distances([reference], [test], rate=rate)[0]
     return out
