@@ -198,7 +198,7 @@ def test_deep_metrics_ask_for_a_gpu_and_weights_folder_stays_out_of_the_plan(ima
     # the weights folder and offline travel in the task's runtime only, one way for every worker setting
     moved = TranscodeConfig.create("imagefolder", imagefolder_classes.root, ["jpeg:quality=20"], dists=True,
                                    weights_dir="/elsewhere", offline=True)
-    monkeypatch.setattr("pipeline.run.driver._check_deep_metrics", lambda *a: None)  # no backbone here
+    monkeypatch.setattr("pipeline.run.driver.check_deep_metrics", lambda *a: None)  # no backbone here
     tasks = plan(moved)[1]
     assert tasks and all(t.options == {"deep": ["dists"]} and t.runtime.weights_dir == "/elsewhere" and t.runtime.offline
                for t in tasks)
