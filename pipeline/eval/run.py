@@ -171,7 +171,8 @@ def publish_set(plan: EvalPlan, s: EvalSet) -> dict[str, Any]:
     doc = {"format": FORMAT, "dataset": config.dataset, "split": config.split, "codec": s.codec, "tag": s.tag,
            "task": config.task, "figures": task_cls.aggregate(rows), "samples": ok, "errors": len(rows) - ok,
            "model": plan.model, "device": config.device, "batch_size": config.batch_size, "limit": config.limit,
-           "definitions": dict(task_cls.definitions), "rows": rows_path.name, "stamp": plan.stamps[s.tag],
+           "definitions": dict(task_cls.definitions), "rows": rows_path.name,
+           "columns": [name for name, _ in task_cls.columns()], "stamp": plan.stamps[s.tag],
            "versions": _versions()}
     _atomic_write(json_path, lambda p: p.write_text(json.dumps(doc, indent=1, allow_nan=False, default=_nan) + "\n"))
     return doc
