@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..metrics.deep import columns as deep_columns
-from .eval import distortion_column, find_results, rows_path, task_figure
+from .eval import distortion_column, find_results, rows_path, safe_name, task_figure
 from .load import CodecSet
 from .tables import METRICS
 
@@ -196,10 +196,6 @@ def auc_table(samples: Any):
     return pd.DataFrame(rows, columns=AUC_COLUMNS)
 
 
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
-
-
 def scatter_plot(part: Any, metric: str, figure: str, path: Path, title: str) -> bool:
     """One PNG: a point per setting (metric mean, task figure), a colour per codec family."""
     x = part[metric].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -257,7 +253,7 @@ def correlation_section(sets: list[CodecSet], target: Path) -> list[Any]:
         for k, v in zip(keys, key):
             sel = sel[sel[k] == v]
         for metric in part["metric"]:
-            path = target / _safe(f"corr-{ds}-{sp}-{task}-{model}-{figure}-{metric}.png")
+            path = target / safe_name(f"corr-{ds}-{sp}-{task}-{model}-{figure}-{metric}.png")
             if scatter_plot(sel, metric, figure, path, f"{ds} / {sp}: {figure} ({model}) against {metric}"):
                 blocks.append(Image(path, f"{figure} against mean {metric}, one point per setting"))
     if len(aucs):

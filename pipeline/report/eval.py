@@ -87,11 +87,12 @@ def eval_table(results: list[dict[str, Any]], summary: Any) -> Any:
         figure, higher = task_figure(doc["task"])
         if figure is None:
             continue
-        family, unit, rate = rates.get((doc["dataset"], doc["split"], doc["tag"]), (doc["codec"].split(":")[0], "", None))
-        rows.append({"dataset": doc["dataset"], "split": doc["split"], "task": doc["task"], "model": doc["model"]["name"],
-                     "figure": figure, "higher_is_better": higher, "family": family, "codec": doc["codec"],
-                     "tag": doc["tag"], "rate_unit": unit, "rate": _num(rate), "value": _num(doc["figures"].get(figure)),
-                     "samples": doc["samples"], "errors": doc["errors"]})
+        family, unit, rate = rates.get((doc["dataset"], doc["split"], doc["tag"]),
+                                       (doc["codec"].split(":")[0], "", None))
+        rows.append({"dataset": doc["dataset"], "split": doc["split"], "task": doc["task"],
+                     "model": doc["model"]["name"], "figure": figure, "higher_is_better": higher, "family": family,
+                     "codec": doc["codec"], "tag": doc["tag"], "rate_unit": unit, "rate": _num(rate),
+                     "value": _num(doc["figures"].get(figure)), "samples": doc["samples"], "errors": doc["errors"]})
     frame = pd.DataFrame(rows, columns=[c for c in EVAL_COLUMNS if c not in ("reference", "delta")])
     keys = ["dataset", "split", "task", "model"]
     ref = frame[frame["tag"] == "none"].set_index(keys)["value"].to_dict() if len(frame) else {}
@@ -129,7 +130,8 @@ def eval_bd(table: Any, anchor: str | None = None) -> Any:
         pts = _points(part)
         if not pts:
             continue
-        chosen = anchor if anchor in pts else ("jpeg" if "jpeg" in pts else sorted(pts, key=lambda f: (-len(pts[f][0]), f))[0])
+        most = sorted(pts, key=lambda f: (-len(pts[f][0]), f))[0]
+        chosen = anchor if anchor in pts else ("jpeg" if "jpeg" in pts else most)
         ra, qa = pts[chosen]
         for fam, (rt, qt) in sorted(pts.items()):
             if fam == chosen:
@@ -183,15 +185,16 @@ def eval_blocks(table: Any, bd: Any, target: Path) -> tuple[list[Block], list[st
                 for r in part.to_dict(orient="records")]
         blocks.append(Table(["setting", f"{unit} mean", figure, "change from none", "samples", "errors"], rows,
                             right={1, 2, 3, 4, 5}))
-        name = f"eval-{ds}-{sp}-{task}-{_safe(model)}.png"
+        name = f"eval-{ds}-{sp}-{task}-{safe_name(model)}.png"
         if eval_plot(part, target / name, f"{ds} / {sp}: {task} {figure} ({model}) against {unit}", anchor):
             blocks.append(Image(target / name, f"{figure} against {unit}, one curve per codec family"))
             plots.append(name)
         if len(b):
             better = "higher" if part["higher_is_better"].iloc[0] else "lower"
             blocks.append(Table(["family", "points / anchor", "BD-rate cubic", "BD-rate pchip", "note"],
-                                [[r["family"], f"{r['points']} / {r['anchor_points']}", fmt(r["bd_rate_cubic"], 2, pct=True),
-                                  fmt(r["bd_rate_pchip"], 2, pct=True), r["reason"] or ""]
+                                [[r["family"], f"{r['points']} / {r['anchor_points']}",
+                                  fmt(r["bd_rate_cubic"], 2, pct=True), fmt(r["bd_rate_pchip"], 2, pct=True),
+                                  r["reason"] or ""]
                                  for r in b.to_dict(orient="records")], right={1, 2, 3}))
             blocks.append(Para(f"Machine BD-rate against {anchor}: percent rate change at equal {figure} "
                                f"({better} is better); negative means fewer bits for the same machine figure. "
@@ -199,7 +202,8 @@ def eval_blocks(table: Any, bd: Any, target: Path) -> tuple[list[Block], list[st
     return blocks, plots
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a model name or a plot title (runs of other characters become ``_``)."""
     import re
 
     return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
