@@ -1,6 +1,7 @@
 """examples/finetune.py under a real 2-process torchrun (gloo, CPU): stopped mid-epoch after a
 checkpoint and resumed, it trains on every sample of the epoch exactly once across both runs and
-ranks, and its output is a plain state dict for the torchvision architecture."""
+ranks, and its output is a plain state dict for the torchvision architecture that ``mpq eval
+--weights`` evaluates on every lossy set."""
 from __future__ import annotations
 
 import os
@@ -52,7 +53,17 @@ def logged(work: Path) -> list[str]:
     return [k for f in sorted((work / "keys").glob("keys-rank*.txt")) for k in f.read_text().split()]
 
 
-def test_killed_and_resumed_run_sees_each_sample_once(shards, tmp_path):
+@pytest.fixture(scope="module")
+def val_shards(tmp_path_factory, imagenet_folders) -> Path:
+    """The lossy and lossless validation sets the fine-tuned model is evaluated on."""
+    out = tmp_path_factory.mktemp("finetune-val")
+    result = fx.transcode("imagenet", imagenet_folders["val"], out, split="val", codecs=("jpeg:quality=5", "none"),
+                          samples_per_shard=2)
+    assert not result.failed
+    return out
+
+
+def test_killed_and_resumed_run_sees_each_sample_once(shards, val_shards, tmp_path):
     out1 = torchrun(shards, tmp_path, "--stop-after-steps", "2")
     assert "stopped after 2 steps" in out1 and not (tmp_path / "final.pt").exists()
     assert len(logged(tmp_path)) == 4  # 2 steps x 2 ranks x batch 1
@@ -84,6 +95,29 @@ def test_killed_and_resumed_run_sees_each_sample_once(shards, tmp_path):
     torch.manual_seed(7)
     initial = get_model("resnet18", weights=None, num_classes=3).state_dict()
     assert not torch.equal(initial["conv1.weight"], state["conv1.weight"])  # it trained
+    evaluated_by_mpq_eval(tmp_path / "final.pt", val_shards)
+
+
+def evaluated_by_mpq_eval(weights: Path, out: Path) -> None:
+    """The fine-tuned state dict goes into ``mpq eval --weights`` unchanged: every set, every sample."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    res = CliRunner().invoke(cli, ["eval", str(out), "--dataset", "imagenet", "--split", "val", "--task", "classify",
+                                   "--model", "torchvision:resnet18", "--weights", str(weights), "--workers", "0",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    tags = sorted(p.name for p in (out / "imagenet" / "val").iterdir() if (p / "index.json").is_file())
+    assert tags == ["jpeg-q5", "none"]
+    for tag in tags:
+        doc = json.loads((out / "imagenet" / "val" / tag / "eval" / "classify-torchvision_resnet18.json").read_text())
+        total = sum(1 for _ in load(out, "imagenet", "val", doc["codec"]))
+        assert doc["samples"] == total > 0 and doc["errors"] == 0
+        assert 0 <= doc["figures"]["top1"] <= doc["figures"]["top5"] <= 1
+        assert doc["model"]["weights"] == str(weights) and len(doc["model"]["weights_sha256"]) == 64
 
 
 @pytest.mark.slow

@@ -38,7 +38,8 @@ def _task_choices() -> list[str]:
 @click.option("--split", required=True, help="split folder under OUT/DATASET")
 @click.option("--task", required=True, type=click.Choice(_task_choices()), help="what the model does")
 @click.option("--model", default=None,
-              help="torchvision:NAME, timm:NAME, hf:NAME_OR_FOLDER, pocketsphinx, umxhq, umxl, htdemucs "
+              help="torchvision:NAME, timm:NAME, hf:NAME_OR_FOLDER, pocketsphinx, umxhq, umxl, htdemucs, "
+                   "lpips:alex|vgg|squeeze, dists, cdpam (similarity) "
                    "[default: the task's default model where it has one]")
 @click.option("--codec", "codecs", multiple=True,
               help="only these settings (repeatable) [default: every finished set]; none is always added when present")

@@ -55,9 +55,11 @@ def result_paths(s: EvalSet, config: EvalConfig) -> tuple[Path, Path, Path]:
     return s.eval_dir / PARTS / config.name, s.eval_dir / f"{config.name}.parquet", s.eval_dir / f"{config.name}.json"
 
 
-def _stamp(config: EvalConfig, model: dict[str, Any], s: EvalSet) -> str:
+def _stamp(config: EvalConfig, model: dict[str, Any], s: EvalSet, reference: EvalSet | None = None) -> str:
     what = {"task": config.task, "model": config.model.canonical, "weights_sha256": model.get("weights_sha256"),
             "limit": config.limit, "shards": list(s.index_sha)}
+    if reference is not None:  # a rewritten reference set invalidates the results read against it
+        what["reference"] = list(reference.index_sha)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -85,10 +87,13 @@ def _shard_tasks(config: EvalConfig, s: EvalSet, parts: Path, resources: dict | 
 
 def plan_eval(config: EvalConfig) -> EvalPlan:
     """Every check that can fail before work: task, model and weights, sets, fields; then the units."""
-    task_cls = get_task(config.task)
     kind = get_model_kind(config.model.kind)
     kind.check(config)
+    task_cls = get_task(config.task).bind(config)
     sets = find_sets(config.out, config.dataset, config.split, config.codecs)
+    reference = _reference_set(task_cls, config, sets)
+    if reference is not None:
+        sets = [s for s in sets if s.tag != reference.tag]
     for s in sets:
         lacking = task_cls.missing_fields(s.fields)
         if lacking:
@@ -98,13 +103,29 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     resources = {"GPU": 1} if kind.uses_torch and config.device.startswith("cuda") else None
     stamps, todo, tasks = {}, [], []
     for s in sets:
-        stamps[s.tag] = _stamp(config, model, s)
+        stamps[s.tag] = _stamp(config, model, s, reference)
         parts, _, json_path = result_paths(s, config)
         if _finished(json_path, stamps[s.tag]):
             continue
         todo.append(s.tag)
         tasks += _shard_tasks(config, s, parts, resources)
     return EvalPlan(config, sets, model, stamps, todo, tasks)
+
+
+def _reference_set(task_cls: Any, config: EvalConfig, sets: list[EvalSet]) -> EvalSet | None:
+    """The set a task reads beside each evaluated one (``none`` for similarity); it must exist and is
+    not evaluated itself, so at least one other set must be there."""
+    tag = task_cls.reference
+    if tag is None:
+        return None
+    found = [s for s in sets if s.tag == tag]
+    where = f"{config.out}/{config.dataset}/{config.split}"
+    if not found:
+        raise ConfigError(f"task {config.task} compares every set with the lossless set {tag}, and {where} has no "
+                          f"finished set {tag} (write it with mpq transcode --codec {tag})")
+    if len(sets) == 1:
+        raise ConfigError(f"task {config.task}: {where} has only the reference set {tag}, nothing to compare with it")
+    return found[0]
 
 
 def _prepare_parts(plan: EvalPlan) -> None:
@@ -139,7 +160,8 @@ def publish_set(plan: EvalPlan, s: EvalSet) -> dict[str, Any]:
 
     from .unit import schema
 
-    config, task_cls = plan.config, get_task(plan.config.task)
+    config = plan.config
+    task_cls = get_task(config.task).bind(config)
     _, rows_path, json_path = result_paths(s, config)
     names = [Path(t.part) for t in plan.tasks if t.codec == s.codec]
     table = pa.concat_tables([pq.read_table(p) for p in names]) if names else schema(task_cls).empty_table()
@@ -149,7 +171,8 @@ def publish_set(plan: EvalPlan, s: EvalSet) -> dict[str, Any]:
     doc = {"format": FORMAT, "dataset": config.dataset, "split": config.split, "codec": s.codec, "tag": s.tag,
            "task": config.task, "figures": task_cls.aggregate(rows), "samples": ok, "errors": len(rows) - ok,
            "model": plan.model, "device": config.device, "batch_size": config.batch_size, "limit": config.limit,
-           "definitions": dict(task_cls.definitions), "rows": rows_path.name, "stamp": plan.stamps[s.tag],
+           "definitions": dict(task_cls.definitions), "rows": rows_path.name,
+           "columns": [name for name, _ in task_cls.columns()], "stamp": plan.stamps[s.tag],
            "versions": _versions()}
     _atomic_write(json_path, lambda p: p.write_text(json.dumps(doc, indent=1, allow_nan=False, default=_nan) + "\n"))
     return doc

@@ -114,11 +114,19 @@ def run_eval_shard(t: EvalShardTask) -> ShardOutcome:
     if part.is_file():
         return ShardOutcome(t.part, True)
     config = EvalConfig.from_dict(t.config)
-    task_cls = get_task(config.task)
+    task_cls = get_task(config.task).bind(config)
     model = loaded(config)
     decode_errors: list[tuple[str, Exception]] = []
-    ds = load(config.out, config.dataset, config.split, t.codec, shards=[t.shard], image_format="numpy",
-              on_error=lambda key, exc: decode_errors.append((key, exc)))
+
+    def on_error(key: str, exc: Exception) -> None:
+        decode_errors.append((key, exc))
+
+    if task_cls.reference is None:
+        ds = load(config.out, config.dataset, config.split, t.codec, shards=[t.shard], image_format="numpy",
+                  on_error=on_error)
+    else:  # the reference set's sample of the same key beside each sample, read in lockstep
+        ds = load(config.out, config.dataset, config.split, [task_cls.reference, t.codec], paired=True,
+                  shards=[t.shard], image_format="numpy", on_error=on_error)
     rows = evaluate_samples(task_cls(), model, ds, config.batch_size, decode_errors, t.limit)
     part.parent.mkdir(parents=True, exist_ok=True)
     tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")

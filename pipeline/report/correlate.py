@@ -1,9 +1,11 @@
 """Which distortion metric predicts machine perception: correlations across settings, AUC per sample.
 
 Inputs are only files a run published: each set's manifest (per-sample distortion, as measured at
-transcode time) and the files ``mpq eval`` writes next to it, ``OUT/D/S/<tag>/eval/<task>-<model-tag>.json``
-(aggregate figures) and ``.parquet`` (one row per sample: ``key``, ``status``, ``correct1`` for
-``classify``).
+transcode time) and the results ``mpq eval`` writes next to it, read through
+:func:`pipeline.report.eval.find_results` (the one reader of eval results): the task figure named
+by the task registry (``primary``), the per-sample rows for ``classify``'s ``correct1``, and the
+``similarity`` results as a second source of deep metrics (LPIPS, DISTS, CDPAM) for sets
+transcoded without ``--lpips``/``--dists``/``--cdpam``.
 
 - **Across settings** (:func:`correlation_table`): per dataset, split, task, model and figure, one
   point per codec setting (every family together, the lossless reference included where the
@@ -16,13 +18,12 @@ transcode time) and the files ``mpq eval`` writes next to it, ``OUT/D/S/<tag>/ev
   (lower PSNR/MS-SSIM/SNR/SI-SDR/PESQ/STOI, higher LPIPS/DISTS/CDPAM): 0.5 is chance, 1 perfect.
   Computed as the Mann-Whitney U statistic over n_wrong x n_correct (ties count one half).
 
-Task figures: ``top1`` (classify), ``miou`` (segment), ``wer`` (asr), ``sdr`` (separate; where the
-file holds it per stem, the figure is the mean over stems). Signs are as measured: WER falls as
-quality rises, so a good metric correlates negatively with it.
+Task figures (the registry's ``primary``): ``top1`` (classify), ``miou`` (segment), ``wer`` (asr),
+``sdr`` (separate: the mean over stems). Signs are as measured: WER falls as quality rises, so a
+good metric correlates negatively with it.
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -30,43 +31,36 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..metrics.deep import columns as deep_columns
+from .eval import distortion_column, find_results, rows_path, safe_name, task_figure
 from .load import CodecSet
 from .tables import METRICS
 
-#: task figures looked for in eval files, with the task that writes each
-FIGURES = {"top1": "classify", "miou": "segment", "wer": "asr", "sdr": "separate"}
 #: metrics where a larger value means more distortion (the others: larger is better)
-LOWER_IS_BETTER = frozenset(m for m in METRICS if m.startswith("lpips") or m in ("dists", "cdpam"))
+LOWER_IS_BETTER = frozenset(deep_columns())  # the deep metrics are distances
 MIN_SETTINGS = 3
 COLUMNS = ["dataset", "split", "task", "model", "figure", "metric", "n", "pearson", "pearson_p", "spearman",
            "spearman_p", "kendall", "kendall_p"]
 AUC_COLUMNS = ["dataset", "split", "task", "model", "metric", "n", "wrong", "auc"]
 
 
-def _figure(data: dict[str, Any], name: str) -> float | None:
-    """A figure from an eval JSON: a number under ``name``, or the mean over stems when nested."""
-    value = data.get(name)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, dict):  # {"sdr": {"vocals": 5.1, ...}}
-        nums = [float(v) for v in value.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        return float(np.mean(nums)) if nums else None
-    per_stem = [v[name] for v in data.values() if isinstance(v, dict) and isinstance(v.get(name), (int, float))]
-    return float(np.mean(per_stem)) if per_stem else None  # {"vocals": {"sdr": 5.1}, ...}
+def set_results(s: CodecSet) -> list[dict[str, Any]]:
+    """The finished ``mpq eval`` results of one set (read by :func:`pipeline.report.eval.find_results`)."""
+    return find_results(s.folder.parents[2], s.dataset, s.split, s.tag)
 
 
-def eval_files(s: CodecSet) -> list[tuple[str, str, Path]]:
-    """(task, model tag, json path) of the finished evaluations of one set."""
-    out = []
-    for path in sorted((s.folder / "eval").glob("*.json")):
-        task, sep, model = path.stem.partition("-")
-        if sep and task in FIGURES.values():
-            out.append((task, model, path))
-    return out
+def _finite_mean(values: Any) -> float | None:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else None
 
 
 def setting_points(sets: Iterable[CodecSet]):
-    """One row per (set, evaluation, figure): the setting's metric means next to the task figure."""
+    """One row per (set, perception result): the setting's metric means next to its task figure.
+
+    Metric means come from the manifest (transcode-time columns) and, for a metric the manifest
+    lacks, from the set's ``similarity`` results (the same per-sample numbers, measured afterwards).
+    """
     import pandas as pd
 
     rows = []
@@ -75,18 +69,21 @@ def setting_points(sets: Iterable[CodecSet]):
         means = {}
         for m in METRICS:
             if m in ok.columns:
-                v = ok[m].to_numpy(dtype=np.float64, na_value=np.nan)
-                v = v[~np.isnan(v)]
-                if len(v):
-                    means[m] = float(v.mean())
-        for task, model, path in eval_files(s):
-            data = json.loads(path.read_text())
-            for figure, owner in FIGURES.items():
-                value = _figure(data, figure) if owner == task else None
-                if value is not None:
-                    rows.append({"dataset": s.dataset, "split": s.split, "tag": s.tag, "family": s.family,
-                                 "codec": s.codec, "task": task, "model": model, "figure": figure,
-                                 "value": value, **means})
+                mean = _finite_mean(ok[m].to_numpy(dtype=np.float64, na_value=np.nan))
+                if mean is not None:
+                    means[m] = mean
+        results = set_results(s)
+        for doc in results:
+            column = distortion_column(doc)
+            if column in METRICS and column not in means and doc["figures"].get("mean") is not None:
+                means[column] = float(doc["figures"]["mean"])  # mean over ok samples with a finite distance
+        for doc in results:
+            figure, _ = task_figure(doc["task"])
+            value = doc["figures"].get(figure) if figure else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append({"dataset": s.dataset, "split": s.split, "tag": s.tag, "family": s.family,
+                             "codec": s.codec, "task": doc["task"], "model": doc["model"]["name"], "figure": figure,
+                             "value": float(value), **means})
     return pd.DataFrame(rows)
 
 
@@ -137,28 +134,42 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(u / (n1 * n0))
 
 
+def _sample_metrics(s: CodecSet, results: list[dict[str, Any]]):
+    """key and every per-sample metric of a set: the manifest's, then those only its similarity results hold."""
+    import pandas as pd
+
+    ok = s.manifest[s.manifest["status"] == "ok"]
+    frame = ok[["key"] + [m for m in METRICS if m in ok.columns and ok[m].notna().any()]]  # measured ones only
+    for doc in results:
+        column = distortion_column(doc)
+        if column in METRICS and column not in frame.columns and rows_path(doc).is_file():
+            rows = pd.read_parquet(rows_path(doc), columns=["key", "status", column])
+            frame = frame.merge(rows[rows["status"] == "ok"][["key", column]], on="key", how="left")
+    return frame
+
+
 def sample_outcomes(sets: Iterable[CodecSet]):
     """Per-sample rows (set, key, correct1 and every metric) where a classify evaluation has them."""
     import pandas as pd
 
     frames = []
     for s in sets:
-        for task, model, path in eval_files(s):
-            rows_path = path.with_suffix(".parquet")
-            if task != "classify" or not rows_path.is_file():
+        results = set_results(s)
+        metrics = None
+        for doc in results:
+            path = rows_path(doc)
+            if doc["task"] != "classify" or not path.is_file():
                 continue
-            rows = pd.read_parquet(rows_path)
+            rows = pd.read_parquet(path)
             if "correct1" not in rows.columns:
                 continue
+            if metrics is None:
+                metrics = _sample_metrics(s, results)
             rows = rows[rows["status"] == "ok"][["key", "correct1"]]
-            ok = s.manifest[s.manifest["status"] == "ok"]
-            metrics = ["key"] + [m for m in METRICS if m in ok.columns]
-            joined = rows.merge(ok[metrics], on="key", how="inner")
-            joined.insert(0, "model", model)
-            joined.insert(0, "task", task)
-            joined.insert(0, "tag", s.tag)
-            joined.insert(0, "split", s.split)
-            joined.insert(0, "dataset", s.dataset)
+            joined = rows.merge(metrics, on="key", how="inner")
+            for name, value in (("model", doc["model"]["name"]), ("task", doc["task"]), ("tag", s.tag),
+                                ("split", s.split), ("dataset", s.dataset)):
+                joined.insert(0, name, value)
             frames.append(joined)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -183,10 +194,6 @@ def auc_table(samples: Any):
                 rows.append({**dict(zip(keys, key)), "metric": m, "n": int(keep.sum()),
                              "wrong": int(wrong[keep].sum()), "auc": roc_auc(score, wrong[keep])})
     return pd.DataFrame(rows, columns=AUC_COLUMNS)
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
 
 
 def scatter_plot(part: Any, metric: str, figure: str, path: Path, title: str) -> bool:
@@ -246,7 +253,7 @@ def correlation_section(sets: list[CodecSet], target: Path) -> list[Any]:
         for k, v in zip(keys, key):
             sel = sel[sel[k] == v]
         for metric in part["metric"]:
-            path = target / _safe(f"corr-{ds}-{sp}-{task}-{model}-{figure}-{metric}.png")
+            path = target / safe_name(f"corr-{ds}-{sp}-{task}-{model}-{figure}-{metric}.png")
             if scatter_plot(sel, metric, figure, path, f"{ds} / {sp}: {figure} ({model}) against {metric}"):
                 blocks.append(Image(path, f"{figure} against mean {metric}, one point per setting"))
     if len(aucs):

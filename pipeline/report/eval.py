@@ -23,8 +23,12 @@ EVAL_BD_COLUMNS = ["dataset", "split", "task", "model", "figure", "anchor", "fam
                    "bd_rate_cubic", "bd_rate_pchip", "reason"]
 
 
-def _figure(task: str) -> tuple[str | None, bool]:
-    """The task's primary figure and its direction, from the task registry (None: an unknown task)."""
+def task_figure(task: str) -> tuple[str | None, bool]:
+    """The task's primary figure and its direction, from the task registry.
+
+    None for an unknown task, and for a task that measures distortion rather than perception
+    (``similarity``: its per-sample column is a distortion metric, see :func:`distortion_column`).
+    """
     from ..errors import ConfigError
     from ..eval.tasks import get_task
 
@@ -32,22 +36,42 @@ def _figure(task: str) -> tuple[str | None, bool]:
         cls = get_task(task)
     except ConfigError:
         return None, True
-    return cls.primary, cls.higher_is_better
+    return (cls.primary if cls.perception else None), cls.higher_is_better
 
 
-def find_results(out_root: Path, dataset: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
-    """Every finished evaluation JSON under ``OUT/D/S/<tag>/eval/``."""
+def distortion_column(doc: dict[str, Any]) -> str | None:
+    """The per-sample distortion column of a result that measures distortion (``lpips_alex``, ``cdpam``, ...)."""
+    from ..errors import ConfigError
+    from ..eval.tasks import get_task
+
+    try:
+        perception = get_task(doc["task"]).perception
+    except ConfigError:
+        return None
+    columns = doc.get("columns") or []
+    return None if perception or len(columns) != 1 else str(columns[0])
+
+
+def rows_path(doc: dict[str, Any]) -> Path:
+    """The per-sample rows (parquet) of a result returned by :func:`find_results`."""
+    return Path(doc["path"]).with_name(doc["rows"])
+
+
+def find_results(out_root: Path, dataset: str | None = None, split: str | None = None,
+                 tag: str | None = None) -> list[dict[str, Any]]:
+    """Every finished evaluation JSON under ``OUT/D/S/<tag>/eval/`` (the one reader of eval results),
+    each with ``path``: the file it was read from."""
     found = []
     for path in sorted(Path(out_root).glob("*/*/*/eval/*.json")):
-        ds, sp = path.parts[-5], path.parts[-4]
-        if (dataset and ds != dataset) or (split and sp != split):
+        ds, sp, tg = path.parts[-5], path.parts[-4], path.parts[-3]
+        if (dataset and ds != dataset) or (split and sp != split) or (tag and tg != tag):
             continue
         try:
             doc = json.loads(path.read_text())
         except ValueError:
             continue
         if isinstance(doc, dict) and str(doc.get("format", "")).startswith("mpq-eval/"):
-            found.append(doc)
+            found.append({**doc, "path": str(path)})
     return found
 
 
@@ -60,7 +84,7 @@ def eval_table(results: list[dict[str, Any]], summary: Any) -> Any:
         rates[(r["dataset"], r["split"], r["tag"])] = (r["family"], r["rate_unit"], r.get(f"{r['rate_unit']}_mean"))
     rows = []
     for doc in results:
-        figure, higher = _figure(doc["task"])
+        figure, higher = task_figure(doc["task"])
         if figure is None:
             continue
         fallback = (doc["codec"].split(":")[0], "", None)
@@ -161,7 +185,7 @@ def eval_blocks(table: Any, bd: Any, target: Path) -> tuple[list[Block], list[st
                 for r in part.to_dict(orient="records")]
         blocks.append(Table(["setting", f"{unit} mean", figure, "change from none", "samples", "errors"], rows,
                             right={1, 2, 3, 4, 5}))
-        name = f"eval-{ds}-{sp}-{task}-{_safe(model)}.png"
+        name = f"eval-{ds}-{sp}-{task}-{safe_name(model)}.png"
         if eval_plot(part, target / name, f"{ds} / {sp}: {task} {figure} ({model}) against {unit}", anchor):
             blocks.append(Image(target / name, f"{figure} against {unit}, one curve per codec family"))
             plots.append(name)
@@ -178,7 +202,8 @@ def eval_blocks(table: Any, bd: Any, target: Path) -> tuple[list[Block], list[st
     return blocks, plots
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a model name or a plot title (runs of other characters become ``_``)."""
     import re
 
     return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")

@@ -11,8 +11,9 @@ from pipeline.eval.tasks import TASKS, get_task
 
 
 def test_names():
-    assert task_names() == ["asr", "classify", "segment", "separate"]
-    assert model_kinds() == ["hf", "htdemucs", "pocketsphinx", "timm", "torchvision", "umxhq", "umxl"]
+    assert task_names() == ["asr", "classify", "segment", "separate", "similarity"]
+    assert model_kinds() == ["cdpam", "dists", "hf", "htdemucs", "lpips", "pocketsphinx", "timm", "torchvision",
+                             "umxhq", "umxl"]
 
 
 def test_duplicate_names_raise():
@@ -37,6 +38,8 @@ def test_duplicate_names_raise():
 @pytest.mark.parametrize("task", task_names())
 def test_every_task_declares_itself(task):
     cls = get_task(task)
+    if task == "similarity":  # its column and field come from the metric it is bound to
+        cls = cls.bind(EvalConfig.create("OUT", "d", "s", task, "lpips:alex"))
     assert cls.name == task and cls.requires and cls.primary in cls.aggregate([])
     names = [n for n, _ in cls.columns()]
     assert len(names) == len(set(names)) and not {"key", "status", "error"} & set(names)

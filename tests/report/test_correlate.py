@@ -17,8 +17,8 @@ from scipy import stats
 
 import fixtures as fx
 from pipeline.report import write_report
-from pipeline.report.correlate import (_figure, auc_table, correlation_table, roc_auc, sample_outcomes,
-                                       setting_points)
+from pipeline.report.correlate import auc_table, correlation_table, roc_auc, sample_outcomes, setting_points
+from pipeline.report.eval import task_figure
 from pipeline.report.load import find_sets
 
 QUALITIES = (5, 15, 30, 60, 90)
@@ -38,12 +38,22 @@ def out(tmp_path_factory, imagefolder_classes) -> Path:
         correct = (np.where(np.isfinite(psnr), psnr, 60) + rng.normal(0, 4, len(ok))) > 30
         rows = pd.DataFrame({"key": list(ok["key"]) + ["missing-key"], "status": ["ok"] * len(ok) + ["error"],
                              "correct1": list(correct) + [False]})
-        (folder / "eval").mkdir()
-        rows.to_parquet(folder / "eval" / "classify-torchvision_resnet18.parquet")
-        top1 = float(np.mean(correct))
-        (folder / "eval" / "classify-torchvision_resnet18.json").write_text(json.dumps(
-            {"task": "classify", "top1": top1, "top5": 1.0, "loss": 1.0, "samples": len(ok), "errors": 1}))
+        write_result(folder, "classify", "torchvision:resnet18", rows,
+                     {"top1": float(np.mean(correct)), "top5": 1.0, "loss": 1.0}, ["correct1"])
     return root
+
+
+def write_result(folder: Path, task: str, model: str, rows: pd.DataFrame, figures: dict, columns: list[str]) -> None:
+    """An eval result as ``mpq eval`` publishes it (the keys of pipeline.eval.run.publish_set)."""
+    stem = f"{task}-{model.replace(':', '_')}"
+    (folder / "eval").mkdir(exist_ok=True)
+    rows.to_parquet(folder / "eval" / f"{stem}.parquet")
+    index = json.loads((folder / "index.json").read_text())
+    ok = int((rows["status"] == "ok").sum())
+    doc = {"format": "mpq-eval/1", "dataset": folder.parts[-3], "split": folder.parts[-2], "tag": folder.name,
+           "codec": index.get("codec", folder.name), "task": task, "figures": figures, "samples": ok,
+           "errors": len(rows) - ok, "model": {"name": model}, "rows": f"{stem}.parquet", "columns": columns}
+    (folder / "eval" / f"{stem}.json").write_text(json.dumps(doc))
 
 
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
@@ -73,13 +83,13 @@ def test_correlation_table_recomputed_by_hand(out):
     for folder in sorted(out.glob("imagefolder/all/*")):
         m = pq.read_table(folder / "manifest.parquet").to_pandas()
         mean_psnr = m.loc[m["status"] == "ok", "psnr"].astype(float).mean()
-        top1 = json.loads((folder / "eval" / "classify-torchvision_resnet18.json").read_text())["top1"]
+        top1 = json.loads((folder / "eval" / "classify-torchvision_resnet18.json").read_text())["figures"]["top1"]
         if np.isfinite(mean_psnr):  # the lossless set has +inf PSNR: no point
             xs.append(mean_psnr)
             ys.append(top1)
     x, y = np.array(xs), np.array(ys)
     assert (row["dataset"], row["split"], row["task"], row["model"], row["figure"]) == \
-        ("imagefolder", "all", "classify", "torchvision_resnet18", "top1")
+        ("imagefolder", "all", "classify", "torchvision:resnet18", "top1")
     assert row["n"] == len(QUALITIES) == len(x)
     assert row["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
     assert row["spearman"] == pytest.approx(np.corrcoef(stats.rankdata(x), stats.rankdata(y))[0, 1], abs=1e-12)
@@ -120,11 +130,43 @@ def test_roc_auc_with_ties_equals_sklearn():
     assert math.isnan(roc_auc(scores, np.zeros(200, bool)))
 
 
-def test_sdr_figure_is_the_mean_over_stems():
-    assert _figure({"sdr": 4.0}, "sdr") == 4.0
-    assert _figure({"sdr": {"vocals": 2.0, "drums": 4.0}}, "sdr") == 3.0
-    assert _figure({"vocals": {"sdr": 1.0, "sir": 9.0}, "bass": {"sdr": 3.0}}, "sdr") == 2.0
-    assert _figure({"top1": 0.5}, "sdr") is None
+def test_task_figures_come_from_the_task_registry():
+    from pipeline.eval.tasks import get_task, task_names
+
+    for task in task_names():
+        cls = get_task(task)
+        assert task_figure(task) == ((cls.primary if cls.perception else None), cls.higher_is_better)
+    assert task_figure("separate")[0] == "sdr" and task_figure("similarity")[0] is None
+    assert task_figure("detect") == (None, True)
+
+
+def test_similarity_results_give_the_metrics_the_manifests_lack(out, tmp_path):
+    """Sets transcoded without --lpips, then ``mpq eval --task similarity``: the report uses those rows."""
+    import shutil
+
+    root = tmp_path / "sim"
+    shutil.copytree(out, root)
+    rng = np.random.default_rng(11)
+    means = {}
+    for folder in sorted(root.glob("imagefolder/all/*")):
+        if folder.name == "none":
+            continue  # the reference is not evaluated by the similarity task
+        manifest = pq.read_table(folder / "manifest.parquet").to_pandas()
+        keys = list(manifest.loc[manifest["status"] == "ok", "key"])
+        values = rng.uniform(0.05, 0.6, len(keys))
+        rows = pd.DataFrame({"key": keys, "status": "ok", "lpips_alex": values})
+        write_result(folder, "similarity", "lpips:alex", rows, {"mean": float(values.mean())}, ["lpips_alex"])
+        means[folder.name] = float(values.mean())
+    sets, _ = find_sets(root)
+    points = setting_points(sets)
+    assert set(points["task"]) == {"classify"}  # similarity is a metric here, not a task figure
+    got = points.set_index("tag")["lpips_alex"].to_dict()
+    assert {t: v for t, v in got.items() if t != "none"} == pytest.approx(means) and math.isnan(got["none"])
+    row = correlation_table(points).set_index("metric").loc["lpips_alex"]
+    assert row["n"] == len(QUALITIES)
+    samples = sample_outcomes(sets)
+    aucs = auc_table(samples).set_index("metric")
+    assert "lpips_alex" in aucs.index and aucs.loc["lpips_alex", "n"] == 6 * len(QUALITIES)
 
 
 def test_report_has_the_correlation_section(out, tmp_path):

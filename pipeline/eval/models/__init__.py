@@ -1,5 +1,6 @@
 """The model registry: one class per kind of model (``torchvision``, ``timm``, ``hf``, ``pocketsphinx``,
-``umxhq``, ``umxl``, ``htdemucs``), the single source of model kinds for the CLI and docs.
+``umxhq``, ``umxl``, ``htdemucs``, and ``lpips``, ``dists``, ``cdpam`` from the deep-metric registry),
+the single source of model kinds for the CLI and docs.
 
 A model spec string (``torchvision:resnet50``) names a kind and, for hub kinds, the model; the
 kind checks its weights before any work (:meth:`ModelKind.preflight`) and loads a predictor in
@@ -15,7 +16,8 @@ from .base import ModelKind
 
 MODELS: Registry[type[ModelKind]] = Registry("model", ("pipeline.eval.models.vision", "pipeline.eval.models.hf",
                                                        "pipeline.eval.models.speech",
-                                                       "pipeline.eval.models.separation"))
+                                                       "pipeline.eval.models.separation",
+                                                       "pipeline.eval.models.similarity"))
 register_model = MODELS.register
 _cache: dict[tuple, Any] = {}
 _lock = threading.Lock()

@@ -1,4 +1,5 @@
-"""The task registry: ``classify``, ``segment``, ``asr``, ``separate`` (the single source of task names).
+"""The task registry: ``classify``, ``segment``, ``asr``, ``separate``, ``similarity`` (the single source of
+task names).
 
 A task turns loaded samples into model inputs, model outputs into per-sample columns, and
 per-sample rows into the aggregate figures (:meth:`Task.aggregate`, nothing else feeds them).
@@ -9,7 +10,8 @@ from ..registry import Registry
 from .base import Task
 
 TASKS: Registry[type[Task]] = Registry("task", ("pipeline.eval.tasks.classify", "pipeline.eval.tasks.segment",
-                                                "pipeline.eval.tasks.asr", "pipeline.eval.tasks.separate"))
+                                                "pipeline.eval.tasks.asr", "pipeline.eval.tasks.separate",
+                                                "pipeline.eval.tasks.similarity"))
 register_task = TASKS.register
 
 

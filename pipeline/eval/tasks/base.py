@@ -14,6 +14,10 @@ class Task:
     ``columns``: (name, pyarrow type factory name) of the per-sample columns after key/status/error.
     ``definitions``: the exact meaning of each aggregate figure (written into the result JSON).
     ``primary``: the figure the report plots; ``higher_is_better`` orients its BD-rate.
+    ``reference``: the tag of a set read beside each evaluated set, sample by sample (similarity
+    reads ``none``); that set must exist and is not evaluated itself.
+    ``perception``: the figures measure a model's perception (False: a distortion measure, which
+    the report correlates with the perception figures instead of plotting as one).
     """
 
     name: ClassVar[str] = ""
@@ -22,6 +26,13 @@ class Task:
     definitions: ClassVar[Mapping[str, str]] = {}
     primary: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
+    reference: ClassVar[str | None] = None
+    perception: ClassVar[bool] = True
+
+    @classmethod
+    def bind(cls, config: Any) -> type[Task]:
+        """The task as this run's model shapes it (a task whose columns depend on the model overrides this)."""
+        return cls
 
     @classmethod
     def columns(cls) -> list[tuple[str, Any]]:

@@ -66,7 +66,7 @@ def to_cdpam_input(samples: np.ndarray, rate: int) -> np.ndarray:
 class CDPAM(DeepMetric):
     """CDPAM distance with the checkpoint shipped in the ``cdpam`` wheel."""
 
-    name, column, modality = "cdpam", "cdpam", "audio"
+    name, column, modality, library = "cdpam", "cdpam", "audio", "cdpam"
     batch_size = 4
     REFERENCE_CACHE = 8  # reference embeddings kept per instance
 
@@ -74,6 +74,16 @@ class CDPAM(DeepMetric):
         super().__init__(model, device)
         self._refs: dict[bytes, Any] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def check(cls, weights_dir: str | Path | None = None, offline: bool = False) -> list[Path]:
+        """The checkpoint inside the installed package (``weights_dir``/``offline`` do not apply)."""
+        path = package_dir() / CHECKPOINT
+        if not path.is_file():
+            from ...errors import MissingWeightsError
+
+            raise MissingWeightsError(f"cdpam: weights file {path.name} is not in {path.parent} (reinstall cdpam)")
+        return [path]
 
     @classmethod
     def load(cls, device: str = "cpu", weights_dir: str | Path | None = None, offline: bool = False) -> "CDPAM":
@@ -85,11 +95,7 @@ class CDPAM(DeepMetric):
         """
         import torch
 
-        path = package_dir() / CHECKPOINT
-        if not path.is_file():
-            from ...errors import MissingWeightsError
-
-            raise MissingWeightsError(f"cdpam: weights file {path.name} is not in {path.parent} (reinstall cdpam)")
+        (path,) = cls.check()
         model = _models_module().FINnet(dev=torch.device(device), **_ARCH)
         state = torch.load(path, map_location="cpu", weights_only=False)["state"]  # see the docstring
         model.load_state_dict(state)

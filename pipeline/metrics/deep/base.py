@@ -102,6 +102,7 @@ class DeepMetric:
     name: ClassVar[str]
     column: ClassVar[str]
     modality: ClassVar[str]
+    library: ClassVar[str]  # the package that implements it (recorded with results)
 
     def __init__(self, model: Any, device: str):
         self.model, self.device = model, device

@@ -133,6 +133,7 @@ class LPIPS(_ImageMetric):
     """LPIPS v0.1 with one backbone; inputs in [-1, 1]."""
 
     net: ClassVar[str]
+    library = "lpips"
     low, high = -1.0, 1.0
 
     @classmethod
@@ -179,7 +180,7 @@ class LPIPSSqueeze(LPIPS):
 class DISTS(_ImageMetric):
     """DISTS with the authors' weights (``DISTS_pytorch``); inputs in [0, 1]; 0 for identical images."""
 
-    name, column = "dists", "dists"
+    name, column, library = "dists", "dists", "DISTS_pytorch"
     batch_size = 8
 
     @classmethod
