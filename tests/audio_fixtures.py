@@ -401,3 +401,27 @@ def seed_encodec_codebooks(net: Any, wav: Any) -> None:
             picks = residual[torch.randint(len(residual), (book.codebook_size,))]
             book.embed.copy_(picks + residual.std(0) * torch.randn_like(picks))
             residual = residual - book.embed[book.quantize(residual)]
+
+
+def random_encodec_24khz(folder: Path, monkeypatch: Any) -> str:
+    """A random-weight EnCodec 24 kHz checkpoint (seeded, half precision as the zoo ships it) written
+    into ``folder`` under the hash-named file the codec expects, and the codec pointed at it."""
+    import hashlib
+    import warnings
+
+    import torch
+    from encodec.model import EncodecModel
+
+    import pipeline.codecs.encodec as enc_mod
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = EncodecModel.encodec_model_24khz(pretrained=False)
+    tmp = folder / "w.partial"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, tmp)
+    name = f"encodec_24khz-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.th"
+    tmp.rename(folder / name)
+    monkeypatch.setenv("MPQ_WEIGHTS_DIR", str(folder))
+    monkeypatch.setitem(enc_mod.CHECKPOINTS, "24khz", name)
+    return name

@@ -136,23 +136,7 @@ def test_musdb_transform_crops_mixture_and_stems_alike(musdb):
 def test_encodec_payloads_decode_through_the_codec(tmp_path, monkeypatch):
     """EnCodec with random weights written here (no download): the loader decodes .ecdc via the codec."""
     pytest.importorskip("encodec")
-    import hashlib
-    import warnings
-
-    from encodec.model import EncodecModel
-
-    import pipeline.codecs.encodec as enc_mod
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = EncodecModel.encodec_model_24khz(pretrained=False)
-    tmp = tmp_path / "w.partial"
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, tmp)
-    name = f"encodec_24khz-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.th"
-    tmp.rename(tmp_path / name)
-    monkeypatch.setenv("MPQ_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setitem(enc_mod.CHECKPOINTS, "24khz", name)
+    af.random_encodec_24khz(tmp_path, monkeypatch)
 
     built = af.build_librispeech(tmp_path / "src", seconds=0.5)
     config = TranscodeConfig.create("librispeech", built.root, ["encodec:kbps=6"], out=tmp_path / "out",

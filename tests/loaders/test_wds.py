@@ -212,23 +212,7 @@ def test_encodec_ecdc_members(tmp_path, monkeypatch):
     """EnCodec with random weights written here: the member is the 24 kHz stream its header names,
     the whole-sample map the loader's samples at the source's 16 kHz."""
     pytest.importorskip("encodec")
-    import hashlib
-    import warnings
-
-    from encodec.model import EncodecModel
-
-    import pipeline.codecs.encodec as enc_mod
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = EncodecModel.encodec_model_24khz(pretrained=False)
-    tmp = tmp_path / "w.partial"
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}, tmp)
-    name = f"encodec_24khz-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.th"
-    tmp.rename(tmp_path / name)
-    monkeypatch.setenv("MPQ_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setitem(enc_mod.CHECKPOINTS, "24khz", name)
+    af.random_encodec_24khz(tmp_path, monkeypatch)
     built = af.build_librispeech(tmp_path / "src", seconds=0.5)
     spec = "encodec:kbps=6"
     config = TranscodeConfig.create("librispeech", built.root, [spec], out=tmp_path / "out", split=AUDIO_SPLIT,
