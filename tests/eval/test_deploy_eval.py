@@ -26,7 +26,6 @@ def deployment(tmp_path):
         d.stop()
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(DASK is None, reason="the dask command line is not installed")
 def test_dask_workers_give_the_same_rows(imagenet_out, resnet_weights, tmp_path, deployment):
     inline, dist = tmp_path / "inline", tmp_path / "dist"

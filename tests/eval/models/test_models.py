@@ -107,7 +107,6 @@ def test_transformers_ctc_speech_model(speech_out, tmp_path):
     assert doc["figures"]["wer"] == pytest.approx(edits / words) and words == doc["figures"]["ref_words"]
 
 
-@pytest.mark.slow
 def test_htdemucs_with_a_state_dict(musdb_out, tmp_path):
     import torch
     from demucs.htdemucs import HTDemucs

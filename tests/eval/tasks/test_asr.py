@@ -34,7 +34,6 @@ def test_corpus_wer_is_summed_edits_over_summed_words():
     assert agg["wer"] == pytest.approx(float(tm))
 
 
-@pytest.mark.slow
 def test_pocketsphinx_on_spoken_sentences(speech_out, tmp_path):
     """Real recognition: espeak-ng readings of known sentences; the default model is pocketsphinx."""
     import jiwer

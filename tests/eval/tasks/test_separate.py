@@ -58,7 +58,6 @@ def test_aggregate_is_median_over_tracks():
     assert agg["sdr"] == pytest.approx(np.mean([1.0 + j for j in range(4)]))
 
 
-@pytest.mark.slow
 def test_umx_on_musdb_sets(musdb_out, umx_weights, tmp_path):
     musdb_out = fresh_copy(musdb_out, tmp_path / "out")
     import museval
