@@ -1,4 +1,5 @@
-"""The codec registry: the single source of codec names for the CLI, specs, docs and tests.
+"""Between modalities and metrics, the codec registry: the single source of codec names for the CLI,
+specs, docs and tests.
 
 Each codec family lives in its own module and registers its classes with :func:`register`.
 Heavy libraries are imported inside the codecs, so importing the registry is cheap.

@@ -1,4 +1,5 @@
-"""Streaming loaders for the shards: torch datasets, safe decoders, manifests as tables.
+"""After the store, streaming loaders for the shards into training and evaluation: torch datasets,
+safe decoders, manifests as tables.
 
 ``load(root, dataset, split, codec=...)`` is the entry point; torch is imported only when a
 dataset is built, so :func:`manifests` and :func:`hf_data_files` work without it.

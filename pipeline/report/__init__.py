@@ -1,4 +1,4 @@
-"""Rate-distortion reports over finished codec sets: ``mpq report OUT``.
+"""Last in the flow, rate-distortion reports over finished codec sets: ``mpq report OUT``.
 
 Reads only what a transcode published (``index.json`` and ``manifest.parquet`` per setting, and
 tar headers for the storage breakdown) and writes, into one folder:

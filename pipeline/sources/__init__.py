@@ -1,4 +1,4 @@
-"""The source registry: dataset layouts by name, for the CLI, config and docs."""
+"""First in the flow, the source registry: dataset layouts by name, for the CLI, config and docs."""
 from __future__ import annotations
 
 import importlib
