@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..store import layout
-from ..codecs import get_codec
+from ..codecs import get_codec, runnable_codec
 from ..codecs.runtime import use
 from .checks import check_conflicts, check_deep_metrics, check_output
 from .config import TranscodeConfig
@@ -115,10 +115,7 @@ class RunResult:
 def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
     """Validate everything that can be checked before work, list the source, and cut it into shards."""
     for spec in config.codecs:
-        codec = get_codec(spec.name)
-        reason = codec.unavailable()
-        if reason:
-            raise ConfigError(f"codec {spec.name} cannot run here: {reason}")
+        codec = runnable_codec(spec.name)
         with use(config.runtime):  # the run's weights folder and offline setting, as on the workers
             codec.preflight(spec)  # e.g. a learned codec's weights: present, or downloaded, and checked
     source = make_source(config.dataset, config.root, config.split, dict(config.source_options))
