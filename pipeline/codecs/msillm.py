@@ -13,7 +13,8 @@ torch-fidelity) cannot be installed beside the rest of the project.
 Weights: the files torch hub downloads (``msillm_target_<bpp>bpp.ckpt``, ``noganms_...``) in torch
 hub's cache (``$TORCH_HOME/hub/checkpoints``, where a previous ``torch.hub.load`` left them) or the
 run's weights folder; downloaded once by the client unless the run is offline, loaded as tensors
-only. The publisher gives no hash for them, so none is checked. They are released under CC-BY-NC
+only. The publisher gives no hash for them, so none is checked; each sample's record names the
+SHA-256 of the file that coded it (``weights_sha256``). They are released under CC-BY-NC
 4.0 (non-commercial use only): see :data:`LICENSE_URL`.
 
 Coding is CompressAI's, as in the original: the hyper-latent through the factorized prior's
@@ -80,6 +81,11 @@ class NeuralCompressionCodec(ZooCodec):
     def checkpoint(cls, spec: CodecSpec) -> Path:
         # the publisher gives no hash (torch hub loads these files without check_hash)
         return weights.fetch(cls.checkpoint_url(spec), cls.weights_folder(), what=spec.canonical, check_hash=False)
+
+    def environment(self) -> dict[str, str]:
+        """The zoo's record plus the SHA-256 of the weights used: the publisher names none, so the record
+        says which file coded the stream, and a decoder holding another file warns (``CrossDeviceWarning``)."""
+        return {**super().environment(), "weights_sha256": weights.sha256_file(self.checkpoint(self.spec))}
 
     def _model(self) -> Any:
         path = self.checkpoint(self.spec)

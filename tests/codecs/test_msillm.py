@@ -15,6 +15,7 @@ shapes, identical bitstreams and decoded pixels for shared random weights), whic
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -230,7 +231,7 @@ def test_specs_urls_and_licence(capsys):
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_shard_stores_bin_png_json_and_exact_bits(run, photos, spec):
+def test_shard_stores_bin_png_json_and_exact_bits(run, store, photos, spec):
     import torch
 
     _, result, shards = run
@@ -249,6 +250,7 @@ def test_shard_stores_bin_png_json_and_exact_bits(run, photos, spec):
             rec = np.asarray(img.convert("RGB"))
         assert rec.shape == rgb.shape
         assert (record["device"], record["torch"]) == ("cpu", torch.__version__)
+        assert record["weights_sha256"] == hashlib.sha256(store[spec.name].read_bytes()).hexdigest()
         assert items["png"] == bitstream.png_bytes(rec)
     with warnings.catch_warnings():  # the stored stream decodes to the stored pixels (`mpq decode`: below)
         warnings.simplefilter("error", bitstream.CrossDeviceWarning)
@@ -282,6 +284,9 @@ def test_mpq_decode_gives_the_stored_png(run, tmp_path, monkeypatch, name):
     src.with_suffix(".json").write_bytes(items["json"])
     assert main(["decode", str(src), "-o", str(tmp_path / "out.png")]) == 0
     assert (tmp_path / "out.png").read_bytes() == items["png"]
+    record = json.loads(items["json"])
+    with pytest.warns(bitstream.CrossDeviceWarning, match="weights_sha256: encoded with 'f00d'"):  # other weights
+        bitstream.decode_bytes(items["bin"], record={**record, "weights_sha256": "f00d"})
     src.write_bytes(items["bin"][:-3])  # a truncated stream: a one-line error, exit 2
     assert main(["decode", str(src), "-o", str(tmp_path / "bad.png")]) == 2
 
