@@ -52,7 +52,7 @@ class EvalConfig:
     weights: str | None = None  # a state dict (torchvision, timm, separators)
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "cpu"
-    limit: int | None = None  # the first N samples of each set, in shard order
+    limit: int | None = None  # the first N reference keys (ok in none, in shard order), in every set
     offline: bool = False
     normalizer: str = "basic"  # asr: how texts are normalized before counting word errors (basic, whisper)
     language: str | None = None  # asr with Whisper: the spoken language (None: English); always transcribe

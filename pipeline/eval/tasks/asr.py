@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ...errors import ConfigError
 from . import register_task
-from .base import Task, as_numpy, ok_rows
+from .base import Task, as_numpy, counted_rows
 
 NORMALIZERS = ("basic", "whisper")
 NORMALIZATION = ("lower case; every dash (Unicode category Pd, e.g. '-') becomes a space; remove the other "
@@ -80,6 +80,12 @@ def word_errors(reference: str, hypothesis: str, normalizer: str = "basic") -> d
             "ref_words": out.substitutions + out.deletions + out.hits}
 
 
+def _wer_definition(normalization: str) -> str:
+    return ("sum over counted samples of (substitutions + deletions + insertions) / sum of reference words, "
+            f"after normalizing reference and hypothesis alike: {normalization}; counted: ok samples, and "
+            "failed or missing samples, whose every reference word counts as deleted")
+
+
 @register_task
 class ASR(Task):
     name = "asr"
@@ -88,10 +94,7 @@ class ASR(Task):
     primary = "wer"
     higher_is_better = False
     normalizer: str = "basic"
-    definitions = {
-        "wer": "sum over ok samples of (substitutions + deletions + insertions) / sum of reference words, "
-               f"after normalizing reference and hypothesis alike: {NORMALIZATION}",
-    }
+    definitions = {"wer": _wer_definition(NORMALIZATION)}
 
     @classmethod
     def bind(cls, config: Any) -> type[Task]:
@@ -101,9 +104,7 @@ class ASR(Task):
             return cls
         _text_normalizer(name)  # unknown or not installed: refused before any work
         how = WHISPER_NORMALIZATION if name == "whisper" else NORMALIZATION
-        wer = ("sum over ok samples of (substitutions + deletions + insertions) / sum of reference words, "
-               f"after normalizing reference and hypothesis alike: {how}")
-        return type(cls.__name__, (cls,), {"normalizer": name, "definitions": {"wer": wer}})
+        return type(cls.__name__, (cls,), {"normalizer": name, "definitions": {"wer": _wer_definition(how)}})
 
     @classmethod
     def columns(cls) -> list[tuple[str, Any]]:
@@ -125,8 +126,16 @@ class ASR(Task):
                 for (_, _, ref), hyp in zip(items, hyps)]
 
     @classmethod
+    def failure_row(cls, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """Every reference word deleted (no hypothesis)."""
+        text = sample.get("transcript")
+        if not text:
+            raise ValueError("the reference sample has no transcript")
+        return {"reference": str(text), "hypothesis": None, **word_errors(str(text), "", cls.normalizer)}
+
+    @classmethod
     def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        good = ok_rows(rows)
+        good = counted_rows(rows, "ref_words")
         ref_words = sum(int(r["ref_words"]) for r in good)
         edits = sum(int(r["substitutions"]) + int(r["deletions"]) + int(r["insertions"]) for r in good)
         return {"wer": edits / ref_words if ref_words else None, "ref_words": ref_words, "edits": edits}
