@@ -110,6 +110,7 @@ class RunResult:
     shards_adopted: int = 0  # of those cached: pairs of an older set whose stats got the sources' key
     sets: list[SetSummary] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the source said of its listing (folders skipped)
 
 
 def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
@@ -296,7 +297,7 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     listed = sum(len(t.refs) for t in {t.index: t for t in tasks}.values())  # keys are unique in a listing
     unit, weight = progress_units(tasks, len(config.codecs))
     total = sum(weight(t) for t in tasks)
-    result = RunResult(config, listed, getattr(source, "skipped", 0))
+    result = RunResult(config, listed, getattr(source, "skipped", 0), notes=list(source.listing_notes()))
     _reset_sets(config, source.split)
     executor = executor or InlineExecutor()
     bar = None
