@@ -31,7 +31,7 @@ def test_run_rows_match_bare_model_and_torchmetrics(imagenet_out, resnet_weights
                                weights=str(resnet_weights), batch_size=2)
     result = evaluate(config)
     assert not result.failed and {d["tag"] for d in result.published} == {"none", "jpeg-q10"}
-    net = torchvision.models.get_model("resnet18", weights=None, num_classes=3)
+    net = torchvision.models.get_model("resnet18", weights=None, num_classes=1000)
     net.load_state_dict(torch.load(resnet_weights, weights_only=True))
     net.eval()
     tf = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
@@ -48,7 +48,7 @@ def test_run_rows_match_bare_model_and_torchmetrics(imagenet_out, resnet_weights
         assert [r["label"] for r in rows] == labels.tolist()
         assert [r["loss"] for r in rows] == pytest.approx(loss.tolist(), abs=1e-4)
         acc = torchmetrics.functional.accuracy(torch.tensor([r["pred"] for r in rows]), labels, task="multiclass",
-                                               num_classes=3)
+                                               num_classes=1000)
         assert doc["figures"]["top1"] == pytest.approx(float(acc))
         assert doc["figures"]["loss"] == pytest.approx(float(loss.mean()), abs=1e-4)
         assert doc["figures"]["top5"] == 1.0  # 3 classes: the label is always among the top 3
