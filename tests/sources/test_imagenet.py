@@ -181,3 +181,41 @@ def test_kaggle_csv_with_bom_or_wrong_columns(tmp_path, imagenet_kaggle):
     csv_file.write_text("id,label\nILSVRC2012_val_00000001,n01440764\n")
     with pytest.raises(ConfigError, match="ImageId,PredictionString"):
         make_source("imagenet", root, "val").list()
+
+
+def _as_written_before(set_folder: Path) -> None:
+    """Make a set look as this version's predecessor wrote it: labels = position in the sorted folders present,
+    no ``source.labels`` in its index (the shards are not touched: verify reads the manifest and index)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(set_folder / "manifest.parquet")
+    wnids = table.column("wnid").to_pylist()
+    old = {w: i for i, w in enumerate(sorted({w for w in wnids if w}))}
+    labels = pa.array([old.get(w) if w else None for w in wnids], type=pa.int64())
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", labels),
+                   set_folder / "manifest.parquet")
+    index = json.loads((set_folder / "index.json").read_text())
+    del index["source"]["labels"]
+    (set_folder / "index.json").write_text(json.dumps(index))
+
+
+def test_verify_names_a_set_written_with_the_old_labels(tmp_path):
+    from pipeline.cli import main
+
+    root = _subset_with_stray_folders(tmp_path / "src")
+    out = tmp_path / "out"
+    argv = ["transcode", "imagenet", str(root), "--split", "train", "--codec", "none", "--out", str(out),
+            "--workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    assert main(["verify", str(out)]) == 0
+    _as_written_before(out / "imagenet" / "train" / "none")
+    from pipeline.store.verify import verify_output
+
+    (problem,) = verify_output(str(out)).problems
+    assert "not the standard ILSVRC-2012 indices (2 of 3 samples differ" in problem.what
+    assert "n02105855_1: n02105855 has label 1, standard 230" in problem.what
+    assert "rerunning mpq transcode imagenet ROOT --split train --codec none" in problem.what
+    assert main(["verify", str(out)]) == 1
