@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from functools import lru_cache
 from typing import Any
 
@@ -42,18 +41,20 @@ def _cpuinfo() -> tuple[str, tuple[str, ...]]:
     return model, flags
 
 
-def describe() -> dict[str, Any]:
-    """This machine: CPU model, instruction-set level and flags, and torch's kernel level when loaded."""
+def describe(torch_kernels: bool = False) -> dict[str, Any]:
+    """This machine: CPU model, instruction-set level and flags; with ``torch_kernels`` (a codec that runs
+    torch) also torch's kernel level. The same on every run of one machine, so indexes compare equal."""
     model, flags = _cpuinfo()
     have = set(flags)
     level = next((name for flag, name in _LEVELS if flag in have), platform.machine())
     out: dict[str, Any] = {"cpu": model, "arch": platform.machine(), "isa": level,
                            "flags": " ".join(f for f in _FLAGS if f in have)}
-    torch = sys.modules.get("torch")  # only when the codec loaded it: a JPEG run does not import torch for this
-    if torch is not None:
+    if torch_kernels:
         try:
+            import torch
+
             out["torch_cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
-        except Exception:  # noqa: BLE001 - an old torch without it: not recorded
+        except Exception:  # noqa: BLE001 - no torch, or an old one without it: not recorded
             pass
     caps = {k: os.environ[k] for k in _CAPS if os.environ.get(k)}
     if caps:
