@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ConfigError, SampleError
 from .base import IMAGE_EXTENSIONS, RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
@@ -36,11 +36,12 @@ class ImageNet(Source):
     splits = ("train", "val")
     summary = "ILSVRC-2012: train/ and val/ with one folder per wnid, or the Kaggle ILSVRC/Data/CLS-LOC layout"
 
-    def __init__(self, root, split=None, **options):
+    def __init__(self, root: str | Path, split: str | None = None, **options: Any):
         super().__init__(root, split, **options)
         self.skipped_folders: dict[str, int] = {}  # folder that is not a wnid -> images in it, by list()
-        self.notes: list[str] = []  # what the run summary reports about the listing
+        self.notes: list[str] = []  # what the run summary reports about the last listing
         self._classes: synsets.ClassList | None = None
+        self._class_notes: list[str] = []  # what was said about the class list (once, with it)
 
     def fields(self) -> tuple[Field, ...]:
         """The label's space is the 1,000 ILSVRC-2012 classes, whatever subset of them the set holds."""
@@ -57,7 +58,7 @@ class ImageNet(Source):
         return out
 
     def listing_notes(self) -> tuple[str, ...]:
-        return tuple(self.notes)
+        return (*self._class_notes, *self.notes)
 
     def _layout(self) -> tuple[Path, Path | None, Path | None]:
         """(split folder, LOC_val_solution.csv, LOC_synset_mapping.txt)."""
@@ -93,8 +94,9 @@ class ImageNet(Source):
             if mapping is not None and not self._classes.origin.startswith(mapping.name):
                 wrong = synsets.disagreements(mapping, self._classes)
                 if wrong:
-                    self.notes.append(f"{mapping} disagrees with the standard ILSVRC-2012 order ({'; '.join(wrong)});"
-                                      f" labels follow the standard list ({self._classes.origin})")
+                    self._class_notes.append(f"{mapping} disagrees with the standard ILSVRC-2012 order "
+                                             f"({'; '.join(wrong)}); labels follow the standard list "
+                                             f"({self._classes.origin})")
         return self._classes
 
     def wnids(self) -> list[str]:

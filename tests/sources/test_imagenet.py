@@ -106,6 +106,8 @@ def test_a_mapping_file_in_another_order_is_reported_not_obeyed(tmp_path):
     assert len(wrong) == 1
     assert f"line 1: {standard[1]}, the standard list has {standard[0]}" in wrong[0]
     assert f"line 2: {standard[0]}, the standard list has {standard[1]}" in wrong[0]
+    src.list()  # listed again (the run lists once to plan): still said
+    assert [n for n in src.listing_notes() if "LOC_synset_mapping.txt" in n] == wrong
 
 
 def test_without_timm_only_a_whole_list_is_trusted(tmp_path, monkeypatch):
