@@ -140,6 +140,12 @@ def test_chunked_encode_gives_the_one_pass_codes(coded, net):
     for frame, level in differing:
         gap, explained = _tie(net, emb_one, emb_ours, one, frame, level, int(ours[0, level, frame]))
         assert gap <= explained, (frame, level, gap, explained)
+    # the measure itself, where nothing differs: the one-pass choice is the nearest codeword up to the
+    # rounding of its float32 distances (with no perturbation, only that rounding is allowed)
+    bins = net.quantizer.vq.layers[31]._codebook.embed.shape[0]
+    for frame in range(0, one.shape[-1], max(1, one.shape[-1] // 8)):
+        gap, explained = _tie(net, emb_one, emb_one, one, frame, 31, (int(one[0, 31, frame]) + 1) % bins)
+        assert gap >= -explained, (frame, gap, explained)
     # ... whereas the same chunks coded without carrying state across their boundaries differ widely
     with torch.inference_mode():
         cut = torch.cat([net.encode(coded["wav"][..., s:s + CHUNK])[0][0] for s in range(0, length, CHUNK)], -1)
