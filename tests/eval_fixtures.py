@@ -72,3 +72,23 @@ def fresh_copy(out: Path, dst: Path) -> Path:
 
     shutil.copytree(out, dst, ignore=shutil.ignore_patterns("eval", "_report"))
     return dst
+
+
+def classify_loss_tolerance(out: Path, weights: Path, codec: str = "none") -> float:
+    """How far two float32 runs of the fixture's resnet18 over one set may put a sample's loss apart:
+    twice the logits' float32 error (the cross-entropy moves by at most that), measured here against
+    float64 on the set's own images (see tests/tolerance.py)."""
+    import torch
+    import torchvision
+
+    import tolerance
+    from pipeline.loaders import load
+
+    net = torchvision.models.get_model("resnet18", weights=None, num_classes=1000)
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    net.eval()
+    tf = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    inputs = torch.stack([tf(s["image"]) for s in load(str(out), "imagenet", "val", codec)])
+    with torch.inference_mode():
+        scale = float(net(inputs).abs().max())
+    return 2 * tolerance.bound(tolerance.float32_error(net, lambda m, x: m(x), inputs), scale)

@@ -159,6 +159,13 @@ def _write(path: Path, data: bytes) -> bytes:
 WNIDS = ["n01440764", "n01443537", "n02102040"]  # tench, goldfish, English springer
 
 
+def standard_wnids() -> list[str]:
+    """The ILSVRC-2012 class list as timm ships it (the reference the source's labels are checked against)."""
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo("imagenet-1k").label_names())
+
+
 def _train_files() -> list[tuple[str, bytes]]:
     """(file stem suffix, bytes) for ImageNet train folders: ordinary JPEGs plus the odd cases."""
     return [
@@ -176,17 +183,18 @@ def build_imagenet(root: Path, layout: str) -> dict[str, Built]:
 
     Returns the expectation per split. The val split of the Kaggle layout is flat with labels
     in LOC_val_solution.csv; one val image is missing from the csv and must become an error.
+    Labels are the standard ILSVRC-2012 indices of the three wnids (0, 1, 217), from timm's list;
+    the Kaggle layout's LOC_synset_mapping.txt is the full standard list, as Kaggle ships it.
     """
+    standard = standard_wnids()
     if layout == "folders":
         base = root
     elif layout == "kaggle":
         base = root / "ILSVRC" / "Data" / "CLS-LOC"
-        names = ["tench, Tinca tinca", "goldfish, Carassius auratus", "English springer, English springer spaniel"]
-        _write(root / "LOC_synset_mapping.txt",
-               "".join(f"{w} {n}\n" for w, n in zip(WNIDS, names, strict=True)).encode())
+        _write(root / "LOC_synset_mapping.txt", "".join(f"{w} class {i}\n" for i, w in enumerate(standard)).encode())
     else:
         raise ValueError(layout)
-    label = {w: i for i, w in enumerate(sorted(WNIDS))}
+    label = {w: standard.index(w) for w in WNIDS}
     out = {"train": Built(root, {}), "val": Built(root, {})}
     # train: two images per class; the odd files are spread over the classes
     files = _train_files()

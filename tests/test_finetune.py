@@ -38,7 +38,7 @@ def torchrun(shards: Path, work: Path, *extra: str, ranks: int = 2) -> str:
     """The script under torchrun with ``ranks`` processes (1: plain python, no process group)."""
     launcher = (["-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(ranks)]
                 if ranks > 1 else [])
-    cmd = [sys.executable, *launcher, str(SCRIPT), str(shards), "--codec", MIXTURE, "--arch", "resnet18", "--num-classes", "3",
+    cmd = [sys.executable, *launcher, str(SCRIPT), str(shards), "--codec", MIXTURE, "--arch", "resnet18", "--num-classes", "1000",
            "--size", "64", "--batch-size", "1", "--workers", "2", "--buffer", "4", "--seed", "7",
            "--checkpoint", str(work / "ck.pt"), "--log-keys", str(work / "keys"), "--output", str(work / "final.pt"),
            "--device", "cpu", *extra]
@@ -87,13 +87,13 @@ def test_killed_and_resumed_run_sees_each_sample_once(shards, val_shards, tmp_pa
 
     state = torch.load(tmp_path / "final.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    model = get_model("resnet18", weights=None, num_classes=3)
+    model = get_model("resnet18", weights=None, num_classes=1000)
     model.load_state_dict(state)  # strict: every key and shape of the architecture
-    assert model.fc.out_features == 3
+    assert model.fc.out_features == 1000
     final_ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     assert all(torch.equal(state[k], v) for k, v in final_ck["model"].items())
     torch.manual_seed(7)
-    initial = get_model("resnet18", weights=None, num_classes=3).state_dict()
+    initial = get_model("resnet18", weights=None, num_classes=1000).state_dict()
     assert not torch.equal(initial["conv1.weight"], state["conv1.weight"])  # it trained
     evaluated_by_mpq_eval(tmp_path / "final.pt", val_shards)
 

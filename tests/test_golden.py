@@ -123,3 +123,33 @@ def test_index_is_the_only_file_that_may_differ(tmp_path):
     raw = json.loads(path.read_text())
     assert raw["format"] == FORMAT
     assert SetIndex.from_dict(raw).to_dict() == raw
+
+
+def _cpuinfo_here() -> tuple[str, set[str]]:
+    """Model name and flags of this machine's first CPU, read here independently of pipeline.run.machine."""
+    text = Path("/proc/cpuinfo").read_text()
+    model = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+    flags = set(next(line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")))
+    return model, flags
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file() or "flags" not in Path("/proc/cpuinfo").read_text(),
+                    reason="needs an x86 Linux /proc/cpuinfo")
+def test_index_records_the_machine_the_shards_were_encoded_on(tmp_path):
+    """Byte identity holds for one machine: libopus and torch pick SIMD paths by CPU, so the index says which."""
+    from pipeline.store.index import LocalRoot, read_index
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _audio(src)
+    _run("audiofolder", src, tmp_path / "out", ("none", "opus:kbps=24"))
+    model, flags = _cpuinfo_here()
+    level = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else None
+    for codec in ("none", "opus:kbps=24"):
+        (described,) = read_index(LocalRoot(tmp_path / "out"), "audiofolder", "all", codec).versions["machines"]
+        assert described["cpu"] == model and described["arch"] == "x86_64"
+        if level is not None:
+            assert described["isa"] == level
+        assert {"avx2", "avx512f"} & flags == {"avx2", "avx512f"} & set(described["flags"].split())
+    for stats_file in (tmp_path / "out").rglob("*_stats.json"):  # each shard's record, from its worker
+        assert json.loads(stats_file.read_text())["machine"] == described

@@ -1,12 +1,10 @@
 """``mpq report`` and ``mpq verify``: read the finished sets under an output folder."""
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ..errors import ConfigError
-from .base import cli, fail
+from .base import cli, exit_now, fail
 
 
 @cli.command()
@@ -40,7 +38,8 @@ def report(out: str, dataset: str | None, split: str | None, report_dir: str | N
 def verify(out: str, dataset: str | None, split: str | None, sources: str | None) -> None:
     """Check the finished sets under OUT without writing: shards, manifests, and (--sources) the sources.
 
-    Lists what is stale or damaged and exits with 1 when anything is.
+    Lists what is stale or damaged and exits with 1 when anything is (0 when clean), also when
+    a library's native threads are still alive at the end (see :func:`~pipeline.cli.base.exit_now`).
     """
     from ..store.verify import verify_output
 
@@ -51,5 +50,6 @@ def verify(out: str, dataset: str | None, split: str | None, sources: str | None
         f", {report.sources_checked} sources rehashed" if sources else "")
     if not report.clean:
         click.echo(f"{len(report.problems)} problems in {checked}", err=True)
-        sys.exit(1)
+        exit_now(1)
     click.echo(f"clean: {checked}")
+    exit_now(0)

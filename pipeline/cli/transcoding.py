@@ -24,6 +24,8 @@ def _summary(result, seconds: float) -> None:
                + (f" ({result.shards_adopted} of an older set, now keyed on their sources)"
                   if result.shards_adopted else "") + ";"
                f" {seconds:.1f} s")
+    for note in result.notes:
+        click.echo(f"  warning: {note}")
     for s in result.sets:
         click.echo(f"  {s.tag:<24} ok {s.ok:>7}  error {s.errors:>5}  shards {s.shards:>5}  "
                    f"{_means(s)}  {s.bytes / 1e6:9.2f} MB  {s.folder}")

@@ -47,6 +47,7 @@ class Codec(ABC):
     library: ClassVar[str] = ""  # the maintained library doing the work
     lossless: ClassVar[bool] = False
     needs_gpu: ClassVar[bool] = False  # route to GPU workers when there are some
+    uses_torch: ClassVar[bool] = False  # runs torch kernels (its bytes depend on torch's CPU level, recorded)
     #: the quality knob a rate target (``bpp=``, ``vbr_kbps=``) searches per sample; see :mod:`pipeline.codecs.target`
     rate_knob: ClassVar[RateKnob | None] = None
 

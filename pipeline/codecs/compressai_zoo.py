@@ -50,6 +50,7 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
     extension: ClassVar[str] = bitstream.EXTENSION
     library: ClassVar[str] = "CompressAI"
     needs_gpu: ClassVar[bool] = True
+    uses_torch: ClassVar[bool] = True
     reconstruction: ClassVar[bool] = True
     groups: ClassVar[int] = 2  # entropy-coded string groups per image (y and z)
     qualities: ClassVar[int] = 8  # the zoo's qualities 1..N; parameters and rate knob follow from it

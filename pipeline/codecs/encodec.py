@@ -120,6 +120,7 @@ class EnCodec(devices.LazyDevice, AudioCodec):
     extension = "ecdc"
     library = "encodec (Meta), PyTorch"
     needs_gpu = True
+    uses_torch = True
     summary = "EnCodec neural audio codec (24 kHz mono or 48 kHz stereo), its .ecdc format, optional LM coding"
     params = (
         Param("model", str, "24khz", "24khz (mono) or 48khz (stereo)", short="m", choices=tuple(MODELS),

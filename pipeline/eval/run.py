@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..store import layout
 from .config import EvalConfig
 from .coverage import REFERENCE, FailureValues, KeyPlan, cover, figure_sets, key_plans
+from .labels import check_label_space
 from .models import get_model_kind
 from .sets import EvalSet, find_sets
 from .tasks import get_task
@@ -105,6 +106,7 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
             raise ConfigError(f"task {config.task} does not fit {config.dataset}/{config.split}: it needs sample "
                               f"fields {', '.join(task_cls.requires)}; set {s.tag} has {', '.join(sorted(s.fields))}")
     model = kind.preflight(config)  # last: it may download weights (never with --offline)
+    model.update(check_label_space(config, task_cls, kind, sets))  # outputs against the sets' label space
     resources = {"GPU": 1} if kind.uses_torch and config.device.startswith("cuda") else None
     keys = key_plans(sets, baseline, config.limit)
     stamps, todo, tasks = {}, [], []

@@ -29,6 +29,11 @@ class EvalSet:
     shards: tuple[tuple[str, int], ...]  # (file name, ok samples)
     fields: frozenset[str]
     index_sha: tuple[str, ...]  # the shards' sha256 (a rewritten set invalidates its results)
+    #: (field, classes, space name) of each label field whose space is known (see SetIndex.label_space)
+    label_spaces: tuple[tuple[str, int, str], ...] = ()
+
+    def label_space(self, name: str) -> tuple[int, str] | None:
+        return next(((n, sp) for f, n, sp in self.label_spaces if f == name), None)
 
     @property
     def samples(self) -> int:
@@ -76,8 +81,10 @@ def find_sets(out: str | Path, dataset: str, split: str, codecs: Sequence[str] =
         if index is None:
             continue
         shards = tuple((s.name, s.samples) for s in index.shards)
-        found.append(EvalSet(base / tag, index.codec, tag, index.modality, shards, sample_fields(index),
-                             tuple(s.sha256 for s in index.shards)))
+        fields = sample_fields(index)
+        spaces = tuple((f, *sp) for f in sorted(fields) if (sp := index.label_space(f)) is not None)
+        found.append(EvalSet(base / tag, index.codec, tag, index.modality, shards, fields,
+                             tuple(s.sha256 for s in index.shards), spaces))
     if not found:
         raise ConfigError(f"no finished sets under {base} (write them with mpq transcode)")
     found.sort(key=lambda s: (s.tag != "none", s.tag))

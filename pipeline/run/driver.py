@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from ..store import layout
 from ..codecs import get_codec, runnable_codec
 from ..codecs.runtime import use
+from . import machine
 from .checks import check_conflicts, check_deep_metrics, check_output
 from .config import TranscodeConfig
 from ..errors import ConfigError, OutputError
@@ -111,6 +112,7 @@ class RunResult:
     shards_adopted: int = 0  # of those cached: pairs of an older set whose stats got the sources' key
     sets: list[SetSummary] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the source said of its listing (folders skipped)
 
 
 def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
@@ -249,11 +251,13 @@ def _publish_set(config: TranscodeConfig, source: Source, spec: CodecSpec, tasks
                               stats[t.index]["bytes"], stats[t.index]["sha256"]) for t in tasks)
     ok = sum(s.samples for s in shards)
     errors = sum(s.errors for s in shards)
+    machines = machine.distinct(stats[t.index].get("machine") for t in tasks)  # where the shards were encoded
     index = SetIndex(
         dataset=config.dataset, split=source.split, codec=spec.canonical, tag=spec.tag, modality=source.modality,
         shards=shards, schema=sample_schema(source, spec, tasks[0].options if tasks else {}), spec=spec.to_dict(),
         source=source.describe(), samples_per_shard=config.samples_per_shard, limit=config.limit,
-        ms_ssim=config.ms_ssim, versions=versions, counts={"listed": listed, "ok": ok, "error": errors},
+        ms_ssim=config.ms_ssim, versions={**versions, "machines": machines},
+        counts={"listed": listed, "ok": ok, "error": errors},
         manifest=layout.MANIFEST, shard_compression=config.shard_compression,  # (the loaders need
         max_pixels=config.max_pixels)  # $MPQ_MAX_PIXELS at least max_pixels high)
     # last: its presence means the set is complete
@@ -296,7 +300,7 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     check_output(config, source)
     listed = sum(len(t.refs) for t in {t.index: t for t in tasks}.values())  # keys are unique in a listing
     unit, weight = progress_units(tasks, len(config.codecs))
-    result = RunResult(config, listed, getattr(source, "skipped", 0))
+    result = RunResult(config, listed, getattr(source, "skipped", 0), notes=list(source.listing_notes()))
     _reset_sets(config, source.split)
     executor = executor or InlineExecutor()
     tags = [s.tag for s in config.codecs]

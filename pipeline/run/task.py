@@ -28,6 +28,7 @@ from ..sources.base import SampleRef, Source
 from ..codecs.spec import CodecSpec
 from ..store.storage import open_store
 from ..store.writer import ShardWriter, dumps
+from . import machine
 from .events import (SampleEvent, SampleFailed, SampleRead, SettingEncoded, SettingFailed, import_modules,
                      sample_events)
 
@@ -230,6 +231,7 @@ class _Assembler:
                      "sources": self.task.sources_hash(), "bytes": size, "sha256": digest,
                      "samples": sum(r["status"] == "ok" for r in self.rows[j]),
                      "errors": sum(r["status"] == "error" for r in self.rows[j]),
+                     "machine": machine.describe(get_codec(spec.name).uses_torch),  # what encoders' bytes depend on
                      "rows": [{k: (_json_float(v) if isinstance(v, float) else v) for k, v in r.items()}
                               for r in self.rows[j]]}
             self.store.write_json(self.store.child(folder, layout.stats_name(name)), stats)

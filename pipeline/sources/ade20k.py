@@ -26,8 +26,11 @@ class ADE20K(Source):
     summary = "ADEChallengeData2016/images/{training,validation}/*.jpg with annotations/*/*.png"
 
     def fields(self) -> tuple[Field, ...]:
-        """The annotation, copied byte for byte, is a label map: transforms move it with the image."""
-        return (attachment("segmentation", "seg.png", "mask", "label_map"), *super().fields())
+        """The annotation, copied byte for byte, is a label map: transforms move it with the image.
+
+        Its space: the 150 scored classes of the SceneParsing benchmark (values 1..150; 0 is "other")."""
+        return (attachment("segmentation", "seg.png", "mask", "label_map", classes=150, label_space="ADE20K"),
+                *super().fields())
 
     def _base(self) -> Path:
         root = Path(self.root)

@@ -115,6 +115,10 @@ class Source(ABC):
         """
         return (record("label", "int"),)
 
+    def listing_notes(self) -> tuple[str, ...]:
+        """What the run summary says about the last listing: folders skipped, a label file not obeyed."""
+        return ()
+
     def tracks(self) -> tuple[str, ...]:
         """Names of further signals coded with the payload's setting (``{key}.{name}.{ext}``)."""
         return ()

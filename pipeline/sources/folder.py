@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 
 from ..errors import ConfigError
-from ..store.index import Field, attachment
+from ..store.index import Field, attachment, record
 from .base import RawSample, SampleRef, Source, file_stamp, read_file, sanitize_key
 from .listing import Listing, ListingBuilder
 
@@ -69,8 +69,13 @@ class FolderSource(Source):
         return builder.build()
 
     def fields(self) -> tuple[Field, ...]:
-        """Class folders give a ``.cls`` label (and the record's ``label``)."""
-        return (attachment("label", "cls", "int", "integer"), *super().fields())
+        """Class folders give a ``.cls`` label (and the record's ``label``); its space: the class folders."""
+        classes = self.classes() if Path(self.root).is_dir() else None
+        if not classes:
+            return (attachment("label", "cls", "int", "integer"), *super().fields())
+        n, space = len(classes), f"{len(classes)} class folders"
+        return (attachment("label", "cls", "int", "integer", classes=n, label_space=space),
+                record("label", "int", classes=n, label_space=space))
 
     def read(self, ref: SampleRef) -> RawSample:
         data = read_file(Path(ref.get("path")))

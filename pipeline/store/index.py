@@ -41,6 +41,9 @@ class Field:
     member it is decoded from (None for a record value, copied from the ``.json``); ``view`` says
     the value belongs to the codec setting (payload, bits), so paired loading keeps one per view.
     Several payload fields of one name are alternatives, the first present member wins.
+    ``classes`` and ``label_space``: for a label (an ``int`` class or a ``mask`` label map), how
+    many classes its space has and its name (``ILSVRC-2012``: 1,000; ``ADE20K``: 150), so that
+    ``mpq eval`` can check a model's outputs against the set before any work.
     """
 
     name: str
@@ -50,6 +53,8 @@ class Field:
     decoder: str | None = None
     group: str | None = None
     view: bool = False
+    classes: int | None = None
+    label_space: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -62,29 +67,38 @@ class Field:
             raise ConfigError(f"field {self.name!r}: a record value has no member extension, other roles need one")
         if self.role == "record" and self.decoder is not None:
             raise ConfigError(f"field {self.name!r}: a record value is copied, not decoded")
+        if self.classes is not None and (self.type not in ("int", "mask") or self.classes < 1):
+            raise ConfigError(f"field {self.name!r}: only an int or mask label has classes (got {self.classes})")
         if self.role == "payload" and not self.view:
             object.__setattr__(self, "view", True)  # a payload always belongs to its setting
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "type": self.type, "ext": self.ext,
-                "decoder": self.decoder, "group": self.group, "view": self.view}
+        d: dict[str, Any] = {"name": self.name, "role": self.role, "type": self.type, "ext": self.ext,
+                             "decoder": self.decoder, "group": self.group, "view": self.view}
+        if self.classes is not None:  # only labels: every other field is written as before
+            d.update(classes=self.classes, label_space=self.label_space)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Field:
         if not isinstance(d, Mapping) or not {"name", "role", "type"} <= set(d):
             raise ConfigError(f"a schema field needs name, role and type, got {d!r}")
+        classes = d.get("classes")
         return cls(str(d["name"]), str(d["role"]), str(d["type"]), d.get("ext"), d.get("decoder"),
-                   d.get("group"), bool(d.get("view", False)))
+                   d.get("group"), bool(d.get("view", False)), None if classes is None else int(classes),
+                   d.get("label_space"))
 
 
-def attachment(name: str, ext: str, type: str, decoder: str | None, group: str | None = None) -> Field:
+def attachment(name: str, ext: str, type: str, decoder: str | None, group: str | None = None, *,
+               classes: int | None = None, label_space: str | None = None) -> Field:
     """A member the source copies verbatim into every sample (``.cls``, ``.seg.png``, ``.txt``)."""
-    return Field(name, "attachment", type, ext, decoder, group)
+    return Field(name, "attachment", type, ext, decoder, group, classes=classes, label_space=label_space)
 
 
-def record(name: str, type: str = "any", *, view: bool = False) -> Field:
+def record(name: str, type: str = "any", *, view: bool = False, classes: int | None = None,
+           label_space: str | None = None) -> Field:
     """A value of the sample's ``.json`` record (``view``: it differs per codec setting, like ``bits``)."""
-    return Field(name, "record", type, view=view)
+    return Field(name, "record", type, view=view, classes=classes, label_space=label_space)
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,14 @@ class SetIndex:
     def fields(self, role: str | None = None, *, view: bool | None = None) -> tuple[Field, ...]:
         return tuple(f for f in self.schema if (role is None or f.role == role) and (view is None or f.view == view))
 
+    def label_space(self, name: str) -> tuple[int, str] | None:
+        """(classes, space name) of the label field ``name``: as the schema declares it, or, for sets
+        written before labels declared their space, the dataset's known one (see :data:`KNOWN_SPACES`)."""
+        for f in self.schema:
+            if (f.group or f.name) == name and f.classes is not None:
+                return f.classes, f.label_space or ""
+        return KNOWN_SPACES.get((self.dataset, name))
+
     @property
     def family(self) -> str:
         """The curve a setting belongs to: its codec name (all ``jpeg:quality=*`` form the jpeg curve)."""
@@ -195,6 +217,13 @@ class SetIndex:
                    versions=dict(d.get("versions") or {}), counts=dict(d.get("counts") or {}),
                    manifest=str(d.get("manifest") or layout.MANIFEST),
                    shard_compression=d.get("shard_compression"), max_pixels=d.get("max_pixels"))
+
+
+#: label spaces of datasets whose sets were written before labels declared theirs (dataset, field)
+KNOWN_SPACES: dict[tuple[str, str], tuple[int, str]] = {
+    ("imagenet", "label"): (1000, "ILSVRC-2012"),
+    ("ade20k", "segmentation"): (150, "ADE20K"),
+}
 
 
 # ------------------------------------------------------------------------------ reading a set

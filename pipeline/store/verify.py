@@ -85,6 +85,15 @@ def stale_keys(source: Any, refs: Iterable[Any], rows: Sequence[dict[str, Any]],
     return stale
 
 
+def read_manifest(data: bytes, columns: list[str] | None = None) -> Any:
+    """A manifest's table read in this thread: no Arrow thread pool is started (pools alive at exit
+    abort some processes), and from an Arrow buffer, not a Python file object."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(data), columns=columns, use_threads=False, pre_buffer=False)
+
+
 def _set_indexes(store: OutputStore, dataset: str | None, split: str | None) -> list[str]:
     """Every ``OUT/<dataset>/<split>/<tag>/index.json`` (narrowed by dataset and split)."""
     pattern = store.join(dataset or "*", split or "*", "*", layout.INDEX)
@@ -113,11 +122,9 @@ def _check_shards(store: OutputStore, folder: str, index: dict[str, Any], report
 
 def _check_manifest(store: OutputStore, folder: str, index: dict[str, Any], report: VerifyReport) -> list[dict]:
     """Manifest rows (key, shard, status, source_sha256) after checking them against the index."""
-    import pyarrow.parquet as pq
-
     loc = store.child(folder, index.get("manifest", layout.MANIFEST))
     try:
-        table = pq.read_table(io.BytesIO(store.read_bytes(loc)), columns=["key", "shard", "status", "source_sha256"])
+        table = read_manifest(store.read_bytes(loc), ["key", "shard", "status", "source_sha256"])
     except Exception as exc:  # noqa: BLE001 - missing or unreadable: reported, the other checks go on
         report.problems.append(Problem(loc, f"unreadable manifest ({type(exc).__name__})"))
         return []
@@ -153,12 +160,46 @@ def verify_output(out: str, *, dataset: str | None = None, split: str | None = N
         report.sets += 1
         _check_shards(store, folder, index, report)
         rows = _check_manifest(store, folder, index, report)
+        _check_labels(store, folder, index, report)
         if sources is not None:
             cache = listed.setdefault((index["dataset"], index["split"]), {})
             _check_sources(index, rows, sources, cache, folder, report)
     if report.sets == 0:
         report.problems.append(Problem(out, "no finished set (no index.json) here"))
     return report
+
+
+def _check_labels(store: OutputStore, folder: str, index: dict[str, Any], report: VerifyReport) -> None:
+    """An ImageNet set written before labels were standard ILSVRC-2012 indices (its index records no
+    ``source.labels``): its manifest's labels against the standard index of each sample's wnid.
+
+    A set of the full 1,000 classes had them right already (sorted folders are the standard order);
+    a subset, or a tree with a stray folder, did not. Without timm the standard list is unknown here
+    and nothing is said."""
+    source = index.get("source") or {}
+    if source.get("name", index.get("dataset")) != "imagenet" or "labels" in source:
+        return
+    from ..sources.synsets import timm_list
+
+    standard = timm_list()
+    loc = store.child(folder, index.get("manifest", layout.MANIFEST))
+    try:
+        rows = read_manifest(store.read_bytes(loc), ["key", "label", "wnid"]).to_pylist()
+    except Exception:  # noqa: BLE001 - unreadable manifests are reported by _check_manifest
+        return
+    if standard is None:
+        return
+    position = standard.index()
+    wrong = [r for r in rows if r["wnid"] is not None and r["label"] is not None
+             and position.get(r["wnid"]) != r["label"]]
+    if wrong:
+        r = wrong[0]
+        report.problems.append(Problem(folder, (
+            f"labels are not the standard ILSVRC-2012 indices ({len(wrong)} of {len(rows)} samples differ, e.g. "
+            f"{r['key']}: {r['wnid']} has label {r['label']}, standard {position.get(r['wnid'])}); this set was "
+            f"written before labels followed the standard list: rewrite it by rerunning mpq transcode imagenet "
+            f"ROOT --split {index.get('split')} --codec {index.get('codec')} with this version (into this --out: "
+            f"the shards whose labels change are rewritten, evaluations of the set redone; or into a new folder)")))
 
 
 def _check_sources(index: dict[str, Any], rows: list[dict], root: str, cache: dict[str, Any],

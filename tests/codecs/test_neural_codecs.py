@@ -231,6 +231,9 @@ def test_shard_stores_bin_png_json_and_exact_bits(zoo_run, photos, arch):
             assert np.array_equal(bitstream.decode_bytes(data, record=record), rec)
     index = json.loads((folder / "index.json").read_text())
     assert index["versions"]["compressai"] == compressai.__version__
+    # float kernels picked by CPU: the machine and torch's kernel level that wrote these bytes
+    (machine,) = index["versions"]["machines"]
+    assert machine["torch_cpu_capability"] == str(torch.backends.cpu.get_cpu_capability())
 
 
 def test_manifest_records_bits_and_device(zoo_run):

@@ -22,13 +22,13 @@ def imagenet_out(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def resnet_weights(tmp_path_factory) -> Path:
-    """A random-weight resnet18 with 3 classes (the fixture's wnids), saved as a state dict."""
+    """A random-weight resnet18 with the 1,000 ImageNet classes, saved as a state dict."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "resnet18-3.pt"
-    torch.save(torchvision.models.get_model("resnet18", weights=None, num_classes=3).state_dict(), path)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-1000.pt"
+    torch.save(torchvision.models.get_model("resnet18", weights=None, num_classes=1000).state_dict(), path)
     return path
 
 

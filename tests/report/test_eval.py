@@ -70,7 +70,7 @@ def test_report_includes_eval_results(tmp_path):
     built = fx.build_imagenet(tmp_path / "src", "folders")
     fx.transcode("imagenet", built["val"], tmp_path / "out", split="val", codecs=("none", "jpeg:quality=10"))
     weights = tmp_path / "w.pt"
-    torch.save(torchvision.models.get_model("resnet18", weights=None, num_classes=3).state_dict(), weights)
+    torch.save(torchvision.models.get_model("resnet18", weights=None, num_classes=1000).state_dict(), weights)
     evaluate(EvalConfig.create(str(tmp_path / "out"), "imagenet", "val", "classify", "torchvision:resnet18",
                                weights=str(weights)))
     target = write_report(tmp_path / "out")

@@ -82,6 +82,14 @@ def test_fields_refuse_bad_declarations():
     assert Field.from_dict(record("bits", "int", view=True).to_dict()) == record("bits", "int", view=True)
 
 
+def test_label_fields_declare_their_space_and_others_are_written_as_before():
+    label = attachment("label", "cls", "int", "integer", classes=1000, label_space="ILSVRC-2012")
+    assert label.to_dict()["classes"] == 1000 and Field.from_dict(label.to_dict()) == label
+    assert "classes" not in record("bits", "int", view=True).to_dict()  # unchanged keys for every other field
+    with pytest.raises(ConfigError, match="only an int or mask label has classes"):
+        Field("transcript", "attachment", "text", "txt", "text", classes=3)
+
+
 def test_unknown_formats_and_missing_keys_are_refused():
     with pytest.raises(ConfigError, match="format"):
         SetIndex.from_dict({"format": "mpq-shards/9", "dataset": "d", "split": "s", "codec": "none", "shards": []})
@@ -109,7 +117,9 @@ def test_v2_round_trip_and_schema_of_a_written_set(classes_out):
         assert raw["format"] == FORMAT
         ext = "png" if index.codec == "none" else "jpg"
         assert index.payload == Field("image", "payload", "image", ext, "codec")
-        assert attachment("label", "cls", "int", "integer") in index.schema  # imagefolder's class folders
+        space = {"classes": 2, "label_space": "2 class folders"}  # imagefolder's class folders
+        assert attachment("label", "cls", "int", "integer", **space) in index.schema
+        assert index.label_space("label") == (2, "2 class folders")
         assert {f.name for f in index.fields("record", view=True)} == {"bits", "bpp"}
         assert read_index(LocalRoot(classes_out), "imagefolder", "all", index.codec) == index
 
@@ -141,7 +151,7 @@ def test_v1_ade20k_set_loads_the_same_samples(ade20k, tmp_path):
     out = tmp_path / "out"
     assert not fx.transcode("ade20k", ade20k["val"], out, split="val", codecs=("none", "webp:quality=20")).failed
     index = read_index(LocalRoot(out), "ade20k", "val", "webp:quality=20")
-    assert attachment("segmentation", "seg.png", "mask", "label_map") in index.schema
+    assert attachment("segmentation", "seg.png", "mask", "label_map", classes=150, label_space="ADE20K") in index.schema
     flips = []
 
     def flip(*xs):  # a transform sees the image and the segmentation as one call

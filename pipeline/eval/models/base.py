@@ -2,10 +2,29 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ...errors import ConfigError, MissingWeightsError
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A classifier's or segmenter's outputs, read from the model before any work.
+
+    ``offset``: leading outputs that are no class of the label space (a background class at 0,
+    as some Hugging Face MobileNets declare in ``id2label``); the predictor drops them, so output
+    ``offset + i`` is class ``i``.
+    """
+
+    count: int
+    offset: int = 0
+    origin: str = ""  # where the count was read: the state dict's head, the config's id2label, ...
+
+    @property
+    def classes(self) -> int:
+        return self.count - self.offset
 
 
 class ModelKind:
@@ -62,6 +81,11 @@ class ModelKind:
             return version(cls.library)
         except PackageNotFoundError:
             return "unknown"
+
+    @classmethod
+    def outputs(cls, config: Any) -> Outputs | None:
+        """The model's class outputs for this task (None: not a classifier or segmenter, or not knowable)."""
+        return None
 
     @classmethod
     def load(cls, config: Any) -> Any:

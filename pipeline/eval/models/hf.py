@@ -10,9 +10,18 @@ from typing import Any, Sequence, cast
 
 from ...errors import ConfigError
 from . import register_model
-from .base import ModelKind, missing, torch_device
+from .base import ModelKind, Outputs, missing, torch_device
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: names a model's ``id2label`` gives a leading class that is no class of the label space
+BACKGROUND = ("background", "unlabeled", "unlabelled")
+
+
+def background_offset(model_config: Any) -> int:
+    """1 when the model's output 0 is a background class (``id2label[0]``), else 0."""
+    id2label = getattr(model_config, "id2label", None) or {}
+    first = id2label.get(0, id2label.get("0"))
+    return 1 if str(first).strip().lower() in BACKGROUND else 0
 
 
 def cached_file(repo: str, filename: str, offline: bool, what: str) -> Path | None:
@@ -56,6 +65,21 @@ class HuggingFace(ModelKind):
         return None
 
     @classmethod
+    def outputs(cls, config: Any) -> Outputs | None:
+        """From the model's config (``num_labels``, ``id2label``), read from the cache or the folder."""
+        if config.task not in ("classify", "segment"):
+            return None
+        import transformers
+
+        kw = {"local_files_only": bool(config.offline) or Path(config.model.name).is_dir()}
+        try:
+            model_config = transformers.AutoConfig.from_pretrained(config.model.name, **kw)
+        except (OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"cannot read the config of {config.model.canonical}: {first}") from None
+        return Outputs(int(model_config.num_labels), background_offset(model_config), "the model's id2label")
+
+    @classmethod
     def load(cls, config: Any) -> Any:
         device = torch_device(config)
         kw = {"local_files_only": bool(config.offline) or Path(config.model.name).is_dir()}
@@ -75,13 +99,14 @@ class _HFImage:
         self.processor = transformers.AutoImageProcessor.from_pretrained(name, **kw)
         self.net = getattr(transformers, self.auto).from_pretrained(name, **kw).eval().to(device)
         self.device = device
+        self.offset = background_offset(self.net.config)  # the background class is dropped
 
     def outputs(self, images: Sequence[Any]) -> Any:
         import torch
 
         batch = self.processor(images=list(images), return_tensors="pt")
         with torch.inference_mode():
-            return self.net(pixel_values=batch["pixel_values"].to(self.device)).logits
+            return self.net(pixel_values=batch["pixel_values"].to(self.device)).logits[:, self.offset:]
 
 
 class _HFClassifier(_HFImage):

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 from ...errors import ConfigError
 from . import register_model
-from .base import ModelKind, hub_fetch, load_state_dict, torch_device
+from .base import ModelKind, Outputs, hub_fetch, load_state_dict, torch_device
 
 
 def _num_classes(state: dict[str, Any]) -> int | None:
@@ -15,15 +15,27 @@ def _num_classes(state: dict[str, Any]) -> int | None:
     return int(heads[-1].shape[0]) if heads else None
 
 
-class Classifier:
-    """Batches of HxWx3 uint8 images -> logits, through the model's own preprocessing."""
+def _state_outputs(path: str) -> Outputs:
+    """The outputs of a ``--weights`` state dict: the rows of its head (no background class known)."""
+    count = _num_classes(load_state_dict(path))
+    if count is None:
+        raise ConfigError(f"--weights {path}: no 2-D weight (classifier head) in this state dict")
+    return Outputs(count, 0, f"the head of {Path(path).name}")
 
-    def __init__(self, net: Any, preprocess: Callable[[Any], Any], device: str):
+
+class Classifier:
+    """Batches of HxWx3 uint8 images -> logits, through the model's own preprocessing.
+
+    ``offset``: leading outputs that are no class (a background class), dropped from the logits.
+    """
+
+    def __init__(self, net: Any, preprocess: Callable[[Any], Any], device: str, offset: int = 0):
         import torch
 
         self.net = net.eval().to(device)
         self.preprocess = preprocess
         self.device = device
+        self.offset = offset
         self.no_grad = torch.inference_mode
 
     def inputs(self, images: Sequence[Any]) -> Any:
@@ -33,7 +45,7 @@ class Classifier:
 
     def logits(self, images: Sequence[Any]) -> Any:
         with self.no_grad():
-            return self.net(self.inputs(images).to(self.device))
+            return self.net(self.inputs(images).to(self.device))[:, self.offset:]
 
 
 @register_model
@@ -63,6 +75,13 @@ class TorchVision(ModelKind):
     def check(cls, config: Any) -> None:
         super().check(config)
         cls._weights_enum(config)
+
+    @classmethod
+    def outputs(cls, config: Any) -> Outputs:
+        if config.weights:
+            return _state_outputs(config.weights)
+        default = cls._weights_enum(config)
+        return Outputs(len(default.meta["categories"]), 0, f"{default} categories")
 
     @classmethod
     def load(cls, config: Any) -> Classifier:
@@ -109,6 +128,17 @@ class Timm(ModelKind):
         return None
 
     @classmethod
+    def outputs(cls, config: Any) -> Outputs | None:
+        if config.weights:
+            return _state_outputs(config.weights)
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(config.model.name)
+        if cfg is None or not cfg.num_classes:
+            return None
+        return Outputs(int(cfg.num_classes), int(cfg.label_offset or 0), "timm's pretrained_cfg")
+
+    @classmethod
     def load(cls, config: Any) -> Classifier:
         import timm
         from timm.data import create_transform, resolve_data_config
@@ -120,10 +150,11 @@ class Timm(ModelKind):
         else:
             net = timm.create_model(config.model.name, pretrained=True)
         transform = create_transform(**resolve_data_config({}, model=net))
+        outputs = None if config.weights else cls.outputs(config)  # a state dict declares no background class
 
         def preprocess(image: Any) -> Any:
             from PIL import Image
 
             return transform(Image.fromarray(image))
 
-        return Classifier(net, preprocess, torch_device(config))
+        return Classifier(net, preprocess, torch_device(config), outputs.offset if outputs else 0)

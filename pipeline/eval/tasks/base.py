@@ -19,6 +19,8 @@ class Task:
     reads ``none``); that set must exist and is not evaluated itself.
     ``perception``: the figures measure a model's perception (False: a distortion measure, which
     the report correlates with the perception figures instead of plotting as one).
+    ``label_field``: the sample field whose label space the model's outputs must fit (checked
+    before any work); None for tasks without class outputs.
     """
 
     name: ClassVar[str] = ""
@@ -29,6 +31,7 @@ class Task:
     higher_is_better: ClassVar[bool] = True
     reference: ClassVar[str | None] = None
     perception: ClassVar[bool] = True
+    label_field: ClassVar[str | None] = None
 
     @classmethod
     def bind(cls, config: Any) -> type[Task]:

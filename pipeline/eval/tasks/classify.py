@@ -12,6 +12,7 @@ class Classify(Task):
     name = "classify"
     requires = ("image", "label")
     default_model = None
+    label_field = "label"
     primary = "top1"
     definitions = {
         "top1": "fraction of counted samples whose highest-scoring class is the label (mean of correct1); "

@@ -52,6 +52,7 @@ class Segment(Task):
     name = "segment"
     requires = ("image", "segmentation")
     default_model = None
+    label_field = "segmentation"
     primary = "miou"
     definitions = {
         "miou": "mean over classes 1..150 with a non-zero union of IoU_c = sum(intersection_c) / sum(union_c), "

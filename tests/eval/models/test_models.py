@@ -22,7 +22,7 @@ def test_timm_with_a_state_dict(imagenet_out, tmp_path):
 
     out = fresh_copy(imagenet_out, tmp_path / "out")
     torch.manual_seed(2)
-    net = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    net = timm.create_model("resnet18", pretrained=False, num_classes=1000).eval()
     torch.save(net.state_dict(), tmp_path / "timm.pt")
     config = EvalConfig.create(str(out), "imagenet", "val", "classify", "timm:resnet18",
                                weights=str(tmp_path / "timm.pt"), codecs=["none"])
@@ -43,7 +43,7 @@ def test_transformers_classifier_from_a_folder(imagenet_out, tmp_path):
     torch.manual_seed(3)
     folder = tmp_path / "tiny-vit"
     cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=32, num_labels=3)
+                    intermediate_size=32, num_labels=1000)
     ViTForImageClassification(cfg).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     config = EvalConfig.create(str(out), "imagenet", "val", "classify", f"hf:{folder}", codecs=["none"])

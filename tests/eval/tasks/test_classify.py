@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+import tolerance
 from eval_fixtures import fresh_copy, rows_of
 from pipeline.eval import EvalConfig, evaluate
 from pipeline.eval.tasks import get_task
@@ -31,7 +32,7 @@ def test_run_rows_match_bare_model_and_torchmetrics(imagenet_out, resnet_weights
                                weights=str(resnet_weights), batch_size=2)
     result = evaluate(config)
     assert not result.failed and {d["tag"] for d in result.published} == {"none", "jpeg-q10"}
-    net = torchvision.models.get_model("resnet18", weights=None, num_classes=3)
+    net = torchvision.models.get_model("resnet18", weights=None, num_classes=1000)
     net.load_state_dict(torch.load(resnet_weights, weights_only=True))
     net.eval()
     tf = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
@@ -40,18 +41,25 @@ def test_run_rows_match_bare_model_and_torchmetrics(imagenet_out, resnet_weights
         rows = rows_of(folder / "classify-torchvision_resnet18.parquet")
         samples = list(load(str(imagenet_out), "imagenet", "val", doc["codec"]))
         assert [r["key"] for r in rows] == [s["__key__"] for s in samples]
+        inputs = torch.stack([tf(s["image"]) for s in samples])
         with torch.no_grad():
-            logits = net(torch.stack([tf(s["image"]) for s in samples]))
+            logits = net(inputs)
+        # the pipeline ran batches of 2, this one pass of 3: other kernels, other rounding. A logit's
+        # float32 error (measured against float64 here) moves the cross-entropy by at most twice as much.
+        tol = 2 * tolerance.bound(tolerance.float32_error(net, lambda m, x: m(x), inputs), float(logits.abs().max()))
         labels = torch.tensor([int(s["label"]) for s in samples])
+        assert sorted(set(labels.tolist())) == [0, 1, 217]  # standard ILSVRC-2012 indices of the fixture's wnids
         loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
         assert [r["pred"] for r in rows] == logits.argmax(1).tolist()
         assert [r["label"] for r in rows] == labels.tolist()
-        assert [r["loss"] for r in rows] == pytest.approx(loss.tolist(), abs=1e-4)
-        acc = torchmetrics.functional.accuracy(torch.tensor([r["pred"] for r in rows]), labels, task="multiclass",
-                                               num_classes=3)
+        assert [r["loss"] for r in rows] == pytest.approx(loss.tolist(), abs=tol)
+        preds = torch.tensor([r["pred"] for r in rows])
+        acc = torchmetrics.functional.accuracy(preds, labels, task="multiclass", num_classes=1000)
+        acc5 = torchmetrics.functional.accuracy(logits, labels, task="multiclass", num_classes=1000, top_k=5)
         assert doc["figures"]["top1"] == pytest.approx(float(acc))
-        assert doc["figures"]["loss"] == pytest.approx(float(loss.mean()), abs=1e-4)
-        assert doc["figures"]["top5"] == 1.0  # 3 classes: the label is always among the top 3
+        assert doc["figures"]["top5"] == pytest.approx(float(acc5))
+        assert doc["figures"]["loss"] == pytest.approx(float(loss.mean()), abs=tol)
+        assert doc["model"]["outputs"] == 1000 and doc["model"]["label_offset"] == 0
         assert doc["samples"] == 3 and doc["errors"] == 0
         assert doc["model"]["weights_sha256"] and len(doc["model"]["weights_sha256"]) == 64
         assert set(doc["definitions"]) == {"top1", "top5", "loss"}
