@@ -82,3 +82,40 @@ def test_report_includes_eval_results(tmp_path):
     md = (target / "report.md").read_text()
     assert "Machine perception" in md and "classify with `torchvision:resnet18`" in md
     assert (target / "eval-imagenet-val-classify-torchvision_resnet18.png").is_file()
+
+
+def _coverage(reference_keys, evaluated, failed_transcode=0, failed_eval=0, excluded=0, extra=0):
+    return {"reference": "none", "reference_keys": reference_keys, "evaluated": evaluated,
+            "failed_transcode": failed_transcode, "failed_eval": failed_eval, "excluded": excluded, "extra": extra,
+            "fraction": evaluated / reference_keys}
+
+
+def test_coverage_is_shown_and_a_set_under_100_percent_is_flagged(tmp_path):
+    """mpq-eval/2 results: coverage columns in eval.csv, a flag and a footnote (counts, paired figure) for
+    the set under 100 %; an mpq-eval/1 result beside them still renders, with no coverage and a note."""
+    from pipeline.report.eval import FLAG, eval_blocks
+    from pipeline.report.render import to_markdown
+
+    summary = _summary([("imagenet", "none", "bpp", 12.0), ("imagenet", "jpeg-1", "bpp", 0.5),
+                        ("imagenet", "jpeg-2", "bpp", 1.0), ("imagenet", "webp-1", "bpp", 0.6)])
+    v2 = {"format": "mpq-eval/2"}
+    docs = [{**_doc("imagenet", "none", "classify", {"top1": 0.75}, samples=100), **v2,
+             "figures_paired": {"top1": 0.75}, "coverage": _coverage(100, 100)},
+            {**_doc("imagenet", "jpeg-1", "classify", {"top1": 0.70}, samples=95, errors=1), **v2,
+             "figures_paired": {"top1": 0.7368}, "coverage": _coverage(100, 95, failed_transcode=4, failed_eval=1)},
+            {**_doc("imagenet", "jpeg-2", "classify", {"top1": 0.74}, samples=100), **v2,
+             "figures_paired": {"top1": 0.74}, "coverage": _coverage(100, 100)},
+            _doc("imagenet", "webp-1", "classify", {"top1": 0.71})]  # mpq-eval/1: no coverage
+    table = eval_table(docs, summary).set_index("tag")
+    assert table.loc["jpeg-1", "coverage_fraction"] == 0.95 and table.loc["jpeg-1", "value"] == 0.70
+    assert table.loc["jpeg-1", "value_paired"] == 0.7368 and table.loc["jpeg-1", "coverage_failed_transcode"] == 4
+    assert table.loc["jpeg-1", "delta"] == pytest.approx(0.70 - 0.75)  # figures (all reference keys), not paired
+    assert math.isnan(table.loc["webp-1", "coverage_fraction"]) and math.isnan(table.loc["webp-1", "value_paired"])
+    md = to_markdown(eval_blocks(eval_table(docs, summary), eval_bd(eval_table(docs, summary)), tmp_path)[0])
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| `")}
+    assert f"95.0 % {FLAG}" in lines["`jpeg:q=1`"] and "100.0 %" in lines["`jpeg:q=2`"]
+    assert FLAG not in lines["`jpeg:q=2`"] + lines["`none`"] and "| – |" in lines["`webp:q=1`"]
+    assert (f"{FLAG} `jpeg:q=1`: 95 of 100 reference keys evaluated ok (4 failed transcode, 1 failed eval); top1 "
+            "counts a missing or failed sample as the task's failure") in md
+    assert "over the keys ok both here and in the reference: 0.7368." in md
+    assert "Coverage –: the result was written before coverage was recorded (mpq-eval/1)" in md
