@@ -14,7 +14,9 @@ artefact of which points each one happened to get:
 - **Points are lossy settings.** The reference ``none`` (and any setting of a codec the registry
   declares lossless) is never a point: it is where every metric is at its best for free.
 - **Keys are the eval's keys.** A setting's metric means are over the manifest's ok samples whose key
-  is in that result's rows (with ``mpq eval --limit N`` the first N keys, not the whole set).
+  is in that result's rows (with ``mpq eval --limit N`` the first N reference keys, not the whole set),
+  less the ``extra`` keys that are not ok in the reference set its coverage names (in no figure):
+  :func:`pipeline.report.eval.figure_keys`. The AUC's samples are chosen the same way.
 - **Means of dB metrics** (:data:`DB_METRICS`: PSNR, SNR, SI-SDR) are the level of the mean linear
   noise-to-signal ratio, ``-10 log10(mean(10^(-d/10)))`` (:func:`db_mean`); for PSNR (peak 255) that is
   exactly the PSNR of the mean MSE. A bit-exact sample (+inf dB) adds no noise instead of making the
@@ -47,7 +49,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..metrics.deep import columns as deep_columns
-from .eval import distortion_column, evaluated_keys, find_results, rows_path, safe_name, task_figure
+from .eval import distortion_column, figure_keys, find_results, rows_path, safe_name, task_figure
 from .load import CodecSet
 from .tables import METRICS
 
@@ -118,6 +120,7 @@ def setting_points(sets: Iterable[CodecSet]):
     """
     import pandas as pd
 
+    sets = list(sets)
     rows = []
     for s in sets:
         results = set_results(s)
@@ -129,7 +132,7 @@ def setting_points(sets: Iterable[CodecSet]):
                 continue
             if metrics is None:
                 metrics = _sample_metrics(s, results)
-            keys = evaluated_keys(doc)
+            keys = figure_keys(doc, sets)
             sel = metrics if keys is None else metrics[metrics["key"].isin(keys)]
             means = {m: metric_mean(m, sel[m].to_numpy(dtype=np.float64, na_value=np.nan))
                      for m in METRICS if m in sel.columns}
@@ -229,6 +232,7 @@ def sample_outcomes(sets: Iterable[CodecSet]):
     has them: ok eval rows only (an error or missing row carries no prediction)."""
     import pandas as pd
 
+    sets = list(sets)
     frames = []
     for s in sets:
         if is_reference(s):
@@ -244,7 +248,9 @@ def sample_outcomes(sets: Iterable[CodecSet]):
                 continue
             if metrics is None:
                 metrics = _sample_metrics(s, results)
-            rows = rows[rows["status"] == "ok"][["key", "correct1"]]
+            keys = figure_keys(doc, sets)  # an extra key (not ok in the reference) is in no figure
+            rows = rows[(rows["status"] == "ok") & (rows["key"].isin(keys) if keys is not None else True)]
+            rows = rows[["key", "correct1"]]
             joined = rows.merge(metrics, on="key", how="inner")
             for name, value in (("model", doc["model"]["name"]), ("task", doc["task"]), ("tag", s.tag),
                                 ("split", s.split), ("dataset", s.dataset)):

@@ -77,6 +77,20 @@ def evaluated_keys(doc: dict[str, Any]) -> frozenset[str] | None:
     return _keys(str(path), st.st_mtime_ns, st.st_size)
 
 
+def figure_keys(doc: dict[str, Any], sets: Iterable[Any]) -> frozenset[str] | None:
+    """The keys behind a result's figures: its rows' keys (:func:`evaluated_keys`), less the ``extra`` keys
+    (evaluated here but not ok in the reference set the result's coverage names, so not in its figures)."""
+    keys = evaluated_keys(doc)
+    ref = (doc.get("coverage") or {}).get("reference")
+    if keys is None or not ref:
+        return keys
+    for s in sets:
+        if (s.dataset, s.split, s.tag) == (doc["dataset"], doc["split"], ref):
+            m = s.manifest
+            return keys & frozenset(m.loc[m["status"] == "ok", "key"].astype(str))
+    return keys
+
+
 @functools.lru_cache(maxsize=256)
 def _keys(path: str, mtime_ns: int, size: int) -> frozenset[str]:
     import pyarrow.parquet as pq
@@ -117,12 +131,12 @@ def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
             "figure_sets": doc.get("figure_sets") or {"figures": V1_FIGURES, "figures_paired": V1_FIGURES}}
 
 
-def eval_rate(s: Any, doc: dict[str, Any], unit: str) -> tuple[float, int] | None:
-    """(mean ``unit``, samples) over the set's ok samples among the keys the eval saw; None when the
-    result has no rows file or the manifest no such column."""
+def eval_rate(s: Any, doc: dict[str, Any], unit: str, sets: Iterable[Any] = ()) -> tuple[float, int] | None:
+    """(mean ``unit``, samples) over the set's ok samples among the keys behind the figures (:func:`figure_keys`);
+    None when the result has no rows file or the manifest no such column."""
     import numpy as np
 
-    keys = evaluated_keys(doc)
+    keys = figure_keys(doc, sets)
     ok = s.manifest[s.manifest["status"] == "ok"]
     if keys is None or unit not in ok.columns:
         return None
@@ -140,6 +154,7 @@ def eval_table(results: list[dict[str, Any]], summary: Any, sets: Iterable[Any] 
     rates = {}
     for r in summary.to_dict(orient="records") if len(summary) else []:
         rates[(r["dataset"], r["split"], r["tag"])] = (r["family"], r["rate_unit"], r.get(f"{r['rate_unit']}_mean"))
+    sets = list(sets)
     by_tag = {(s.dataset, s.split, s.tag): s for s in sets}
     rows = []
     for doc in results:
@@ -148,7 +163,7 @@ def eval_table(results: list[dict[str, Any]], summary: Any, sets: Iterable[Any] 
             continue
         where = (doc["dataset"], doc["split"], doc["tag"])
         family, unit, rate = rates.get(where, (doc["codec"].split(":")[0], "", None))
-        measured = eval_rate(by_tag[where], doc, unit) if where in by_tag and unit else None
+        measured = eval_rate(by_tag[where], doc, unit, sets) if where in by_tag and unit else None
         rate, rate_samples = measured if measured is not None else (rate, doc.get("samples"))
         coverage = doc.get("coverage") or {}
         rows.append({"dataset": doc["dataset"], "split": doc["split"], "task": doc["task"],

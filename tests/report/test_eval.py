@@ -60,27 +60,45 @@ def test_lower_is_better_is_oriented():
 
 
 def test_report_includes_eval_results(tmp_path):
+    """A real mpq eval (mpq-eval/2) over none, jpeg q10 and a bpp target one sample cannot reach: the report's
+    figure is the JSON's over every reference key, its coverage is shown and the short set flagged."""
+    import json
+
+    import pyarrow.parquet as pq
     import torch
     import torchvision
 
     import fixtures as fx
     from pipeline.eval import EvalConfig, evaluate
     from pipeline.report import write_report
+    from pipeline.report.eval import FLAG
 
     built = fx.build_imagenet(tmp_path / "src", "folders")
-    fx.transcode("imagenet", built["val"], tmp_path / "out", split="val", codecs=("none", "jpeg:quality=10"))
+    fx.transcode("imagenet", built["val"], tmp_path / "out", split="val",
+                 codecs=("none", "jpeg:quality=10", "jpeg:bpp=0.8"))
     weights = tmp_path / "w.pt"
     torch.save(torchvision.models.get_model("resnet18", weights=None, num_classes=3).state_dict(), weights)
     evaluate(EvalConfig.create(str(tmp_path / "out"), "imagenet", "val", "classify", "torchvision:resnet18",
                                weights=str(weights)))
     target = write_report(tmp_path / "out")
-    table = pd.read_csv(target / "eval.csv")
-    assert sorted(table["tag"]) == ["jpeg-q10", "none"]
-    summary = pd.read_csv(target / "summary.csv").set_index("tag")
-    for r in table.to_dict(orient="records"):
-        assert r["rate"] == pytest.approx(summary.loc[r["tag"], "bpp_mean"])
+    table = pd.read_csv(target / "eval.csv").set_index("tag")
+    assert sorted(table.index) == ["jpeg-bpp0p8", "jpeg-q10", "none"]
+    base = tmp_path / "out" / "imagenet" / "val"
+    for tag, r in table.iterrows():
+        doc = json.loads((base / tag / "eval" / "classify-torchvision_resnet18.json").read_text())
+        assert r["value"] == doc["figures"]["top1"] and r["coverage_fraction"] == doc["coverage"]["fraction"]
+        manifest = pq.read_table(base / tag / "manifest.parquet").to_pandas()
+        assert r["rate"] == pytest.approx(manifest.loc[manifest["status"] == "ok", "bpp"].mean(), rel=1e-15)
+    short = table.loc["jpeg-bpp0p8"]
+    assert (short["coverage_reference_keys"], short["coverage_evaluated"], short["coverage_failed_transcode"]) == \
+        (3, 2, 1)
+    rows = pq.read_table(base / "jpeg-bpp0p8" / "eval" / "classify-torchvision_resnet18.parquet").to_pandas()
+    assert short["value"] == pytest.approx(rows.loc[rows["status"] == "ok", "correct1"].sum() / 3, abs=0)
     md = (target / "report.md").read_text()
     assert "Machine perception" in md and "classify with `torchvision:resnet18`" in md
+    assert f"66.7 % {FLAG}" in md
+    assert f"{FLAG} `{short['codec']}`: 2 of 3 reference keys evaluated ok (1 failed transcode)" in md
+    assert md.count(FLAG) == 2  # the flagged cell and its footnote: jpeg q10 and none are at 100 %
     assert (target / "eval-imagenet-val-classify-torchvision_resnet18.png").is_file()
 
 
@@ -119,3 +137,23 @@ def test_coverage_is_shown_and_a_set_under_100_percent_is_flagged(tmp_path):
             "counts a missing or failed sample as the task's failure") in md
     assert "over the keys ok both here and in the reference: 0.7368." in md
     assert "Coverage –: the result was written before coverage was recorded (mpq-eval/1)" in md
+
+
+def test_figure_keys_leave_out_the_extra_keys(tmp_path):
+    """Rows of a, b, c (c ok here but not in the reference set none: coverage's extra): the figures are over
+    a and b, so the means and the rate are too; a result without coverage keeps every key of its rows."""
+    from types import SimpleNamespace
+
+    from pipeline.report.eval import eval_rate, figure_keys
+
+    pd.DataFrame({"key": ["a", "b", "c"], "status": ["ok", "error", "ok"]}).to_parquet(tmp_path / "r.parquet")
+    none = SimpleNamespace(dataset="d", split="s", tag="none",
+                           manifest=pd.DataFrame({"key": ["a", "b", "c"], "status": ["ok", "ok", "error"]}))
+    lossy = SimpleNamespace(dataset="d", split="s", tag="x", manifest=pd.DataFrame(
+        {"key": ["a", "b", "c"], "status": ["ok", "ok", "ok"], "bpp": [1.0, 2.0, 4.0]}))
+    doc = {"dataset": "d", "split": "s", "tag": "x", "path": str(tmp_path / "r.json"), "rows": "r.parquet",
+           "coverage": {"reference": "none"}}
+    assert figure_keys(doc, [none, lossy]) == {"a", "b"}
+    assert eval_rate(lossy, doc, "bpp", [none, lossy]) == (1.5, 2)
+    assert figure_keys({**doc, "coverage": None}, [none, lossy]) == {"a", "b", "c"}
+    assert figure_keys({**doc, "rows": "absent.parquet"}, [none, lossy]) is None
