@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..errors import SampleError
+from ..errors import ConfigError, SampleError
 from ..store import layout
 from .config import EvalConfig
 from .unit import EvalShardTask, ShardOutcome, _error, rows_table
@@ -49,14 +49,35 @@ class ReferenceShardTask:
         return f"{self.reference_shard} for {len(self.members)} sets ({', '.join(self.codecs)})"
 
 
-def group_by_shard(tasks: Sequence[EvalShardTask], shard_index: Mapping[tuple[str, str], int],
-                   reference: str, reference_shards: Sequence[str]) -> list[ReferenceShardTask]:
-    """One unit per shard index over every set's task of that index (``shard_index[(codec, shard)]`` = j)."""
+def reference_units(config: EvalConfig, sets: Sequence[Any], tasks: Sequence[EvalShardTask],
+                    reference: str) -> list[ReferenceShardTask]:
+    """One unit per shard index j over every set's task of that index, with the reference's shard j.
+
+    Raises ConfigError when a set was written from another listing than the reference (source, shard
+    size, limit) or with another number of shards: shard j would not hold the same keys.
+    """
+    from ..store.index import LocalRoot, read_index
+
+    root = LocalRoot(config.out)
+    ref = read_index(root, config.dataset, config.split, tag=reference)
+    index: dict[tuple[str, str], int] = {}
+    for s in sets:
+        if not any(t.codec == s.codec for t in tasks):
+            continue
+        other = read_index(root, config.dataset, config.split, tag=s.tag)
+        for what in ("source", "samples_per_shard", "limit"):
+            if getattr(other, what) != getattr(ref, what):
+                raise ConfigError(f"set {s.tag} and the reference set {reference} were written from different "
+                                  f"listings ({what} differs): shard by shard they do not hold the same keys")
+        if len(other.shards) != len(ref.shards):
+            raise ConfigError(f"set {s.tag} has {len(other.shards)} shards, the reference set {reference} "
+                              f"{len(ref.shards)}")
+        index.update(((s.codec, e.name), j) for j, e in enumerate(other.shards))
     by_j: dict[int, list[EvalShardTask]] = {}
     for t in tasks:
-        by_j.setdefault(shard_index[(t.codec, t.shard)], []).append(t)
-    return [ReferenceShardTask(members[0].config, reference, reference_shards[j], tuple(members), members[0].resources)
-            for j, members in sorted(by_j.items())]
+        by_j.setdefault(index[(t.codec, t.shard)], []).append(t)
+    return [ReferenceShardTask(members[0].config, reference, ref.shards[j].name, tuple(members),
+                               members[0].resources) for j, members in sorted(by_j.items())]
 
 
 class Rows:
