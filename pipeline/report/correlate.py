@@ -59,7 +59,7 @@ LOWER_IS_BETTER = frozenset(deep_columns())  # the deep metrics are distances
 DB_METRICS = frozenset({"psnr", "snr", "si_sdr"})
 MIN_SETTINGS = 3
 COLUMNS = ["dataset", "split", "task", "model", "figure", "metric", "n", "pearson", "pearson_p", "spearman",
-           "spearman_p", "kendall", "kendall_p"]
+           "spearman_p", "kendall", "kendall_p", "settings"]
 AUC_COLUMNS = ["dataset", "split", "task", "model", "metric", "n", "wrong", "auc"]
 GROUP = ["dataset", "split", "task", "model", "figure"]
 
@@ -185,7 +185,8 @@ def common_points(part: Any) -> tuple[Any, list[str], list[tuple[str, str]]]:
 
 def correlation_table(points: Any):
     """Per dataset, split, task, model, figure: every compared metric over the same lossy settings
-    (:func:`common_points`), so n is one number per table; Pearson, Spearman, Kendall."""
+    (:func:`common_points`), so n is one number per table; Pearson, Spearman, Kendall, and the settings'
+    tags (``;``-separated)."""
     import pandas as pd
 
     rows = []
@@ -193,9 +194,10 @@ def correlation_table(points: Any):
         for key, part in points.groupby(GROUP, sort=True):
             kept, metrics, _ = common_points(part)
             y = kept["value"].to_numpy(dtype=np.float64)
+            settings = ";".join(str(t) for t in kept["tag"])  # the points, so that a row can be recomputed
             for m in metrics:
                 c = correlate(kept[m].to_numpy(dtype=np.float64, na_value=np.nan), y)
-                rows.append({**dict(zip(GROUP, key)), "metric": m, **c})
+                rows.append({**dict(zip(GROUP, key)), "metric": m, **c, "settings": settings})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -164,6 +164,7 @@ def test_one_n_per_table_no_none_point_recomputed_with_scipy(out):
     table = correlation_table(setting_points(sets))
     assert set(table["metric"]) == {"psnr", "ms_ssim"}  # what the manifests hold (no deep metric)
     assert table["n"].tolist() == [len(QUALITIES)] * 2
+    assert set(table["settings"]) == {";".join(sorted(f"jpeg-q{q}" for q in QUALITIES))}  # no none
     xs: dict[str, list[float]] = {"psnr": [], "ms_ssim": []}
     ys = []
     for folder in set_folders(out):
