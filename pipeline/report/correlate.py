@@ -313,10 +313,10 @@ INTRO = ("Correlation across lossy codec settings (all families together; the re
          "between each setting's mean distortion and its task figure. Every metric of one table is correlated "
          "over the same settings: those where the figure and every compared metric are finite, so n is the "
          "same on every row; settings left out are named below the table. Means are over the samples the "
-         "eval saw (its rows' keys); PSNR, SNR and SI-SDR are averaged as the dB level of the mean noise ratio "
-         "(for PSNR: the PSNR of the mean MSE), so a bit-exact sample adds no noise rather than an infinite "
-         "mean. Kendall is tau-b. WER falls as quality rises, so a good metric correlates negatively with it. "
-         "All figures: `correlation.csv`, `auc.csv`.")
+         "eval saw (its rows' keys that are reference keys); PSNR, SNR and SI-SDR are averaged as the dB "
+         "level of the mean noise ratio (for PSNR: the PSNR of the mean MSE), so a bit-exact sample adds no "
+         "noise rather than an infinite mean. Kendall is tau-b. WER falls as quality rises, so a good metric "
+         "correlates negatively with it. All figures: `correlation.csv`, `auc.csv`.")
 
 
 def _table_blocks(key: tuple, part: Any, points: Any, target: Path) -> list[Any]:
