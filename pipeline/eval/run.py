@@ -47,6 +47,8 @@ class EvalPlan:
     todo: list[str]  # tags whose results are not finished
     tasks: list[EvalShardTask]
     keys: dict[str, KeyPlan] = field(default_factory=dict)  # set tag -> its reference keys (see .coverage)
+    #: what runs: one unit per shard index for a task that reads a reference set (.reference); else ``tasks``
+    units: list[ReferenceShardTask] = field(default_factory=list)
 
 
 @dataclass
@@ -116,7 +118,8 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
             continue
         todo.append(s.tag)
         tasks += _shard_tasks(config, s, parts, resources, keys[s.tag])
-    return EvalPlan(config, sets, model, stamps, todo, tasks, keys)
+    units = reference_units(config, sets, tasks, reference.tag) if reference is not None else []
+    return EvalPlan(config, sets, model, stamps, todo, tasks, keys, units)
 
 
 def _reference_set(task_cls: Any, config: EvalConfig, sets: list[EvalSet]) -> EvalSet | None:
@@ -232,11 +235,8 @@ def evaluate(config: EvalConfig, executor: cf.Executor | None = None, *,
     from ..run.units import run_units
 
     plan = planned if planned is not None else plan_eval(config)
-    reference = get_task(config.task).bind(config).reference
-    units: Sequence[Any] = plan.tasks
-    run_unit: Callable[[Any], Any] = run_eval_shard
-    if reference is not None:  # one unit per shard index: the reference's shard decoded once for every set
-        units, run_unit = reference_units(config, plan.sets, plan.tasks, reference), run_reference_shard
+    units: Sequence[Any] = plan.units or plan.tasks  # one unit per shard index: the reference decoded once
+    run_unit: Callable[[Any], Any] = run_reference_shard if plan.units else run_eval_shard
     _prepare_parts(plan)
     result = EvalResult(plan)
 

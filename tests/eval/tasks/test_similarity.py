@@ -239,3 +239,12 @@ def test_the_reference_is_decoded_once_for_every_set(squeeze_cache, imagefolder_
     assert ("things_coins", "error") in statuses and ("cats_chelsea", "error") in statuses
     bpp = next(d for d in result.published if d["tag"] == "jpeg-bpp0p75")
     assert bpp["coverage"]["failed_transcode"] == (1 if limit else 2)
+
+
+def test_a_set_from_another_listing_is_refused_before_work(lpips_out, imagefolder_classes):
+    """Shard j of every set must hold the keys of none's shard j: a set cut into other shards stops the plan."""
+    out, dataset, split = lpips_out
+    fx.transcode("imagefolder", imagefolder_classes, out, codecs=("jpeg:quality=50",), limit=4, samples_per_shard=3)
+    with pytest.raises(ConfigError, match="jpeg-q50 and the reference set none were written from different "
+                                          r"listings \(samples_per_shard differs\)"):
+        plan_eval(EvalConfig.create(str(out), dataset, split, "similarity", "lpips:squeeze", offline=True))
