@@ -6,6 +6,7 @@ real one (``$TORCH_HOME/hub/checkpoints``, its name's hash check turned off); CD
 """
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -225,6 +226,8 @@ def test_the_reference_is_decoded_once_for_every_set(squeeze_cache, imagefolder_
     config = EvalConfig.create(str(out), "imagefolder", "all", "similarity", "lpips:squeeze", batch_size=2,
                                offline=True, limit=limit)
     plan = plan_eval(config)
+    assert len(plan.units) == (2 if limit else 3) and all(len(u.members) == 3 for u in plan.units)  # shard j, 3 sets
+    assert pickle.loads(pickle.dumps(plan.units[0])) == plan.units[0]  # it travels to Dask workers
     result = evaluate(config, planned=plan)
     assert not result.failed and len(result.published) == 3
     none_reads = [shards for codec, shards in reads if codec == "none"]
