@@ -21,7 +21,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from ..store import layout
@@ -32,6 +32,7 @@ from .models import get_model_kind
 from .sets import EvalSet, find_sets
 from .tasks import get_task
 from .tasks.base import has_failure_value
+from .reference import ReferenceShardTask, reference_units, run_reference_shard
 from .unit import EvalShardTask, ShardOutcome, run_eval_shard
 
 PARTS = ".parts"
@@ -47,6 +48,8 @@ class EvalPlan:
     todo: list[str]  # tags whose results are not finished
     tasks: list[EvalShardTask]
     keys: dict[str, KeyPlan] = field(default_factory=dict)  # set tag -> its reference keys (see .coverage)
+    #: what runs: one unit per shard index for a task that reads a reference set (.reference); else ``tasks``
+    units: list[ReferenceShardTask] = field(default_factory=list)
 
 
 @dataclass
@@ -117,7 +120,8 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
             continue
         todo.append(s.tag)
         tasks += _shard_tasks(config, s, parts, resources, keys[s.tag])
-    return EvalPlan(config, sets, model, stamps, todo, tasks, keys)
+    units = reference_units(config, sets, tasks, reference.tag) if reference is not None else []
+    return EvalPlan(config, sets, model, stamps, todo, tasks, keys, units)
 
 
 def _reference_set(task_cls: Any, config: EvalConfig, sets: list[EvalSet]) -> EvalSet | None:
@@ -212,6 +216,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def unit_label(t: EvalShardTask | ReferenceShardTask) -> str:
+    return t.label if isinstance(t, ReferenceShardTask) else f"{t.codec} {t.shard}"
+
+
+def unit_codecs(t: EvalShardTask | ReferenceShardTask) -> tuple[str, ...]:
+    """The sets a unit writes parts of (a failed unit leaves each of them unpublished)."""
+    return t.codecs if isinstance(t, ReferenceShardTask) else (t.codec,)
+
+
 def evaluate(config: EvalConfig, executor: cf.Executor | None = None, *,
              progress: bool | Callable[[int, int], None] = False, planned: EvalPlan | None = None) -> EvalResult:
     """Run an evaluation; finished sets are skipped, finished parts reused (see the module doc).
@@ -224,18 +237,21 @@ def evaluate(config: EvalConfig, executor: cf.Executor | None = None, *,
     from ..run.units import run_units
 
     plan = planned if planned is not None else plan_eval(config)
+    units: Sequence[Any] = plan.units or plan.tasks  # one unit per shard index: the reference decoded once
+    run_unit: Callable[[Any], Any] = run_reference_shard if plan.units else run_eval_shard
     _prepare_parts(plan)
     result = EvalResult(plan)
 
-    def collect(t: EvalShardTask, out: ShardOutcome) -> None:
-        result.shards_cached += out.cached
-        result.shards_run += not out.cached
+    def collect(t: Any, out: ShardOutcome | list[ShardOutcome]) -> None:
+        for o in out if isinstance(out, list) else [out]:
+            result.shards_cached += o.cached
+            result.shards_run += not o.cached
 
-    failed = run_units(executor or InlineExecutor(), run_eval_shard, plan.tasks, collect,
-                       label=lambda t: f"{t.codec} {t.shard}", weight=lambda t: t.samples, progress=progress,
-                       unit="sample", desc=f"eval {config.dataset}/{config.split}")
+    failed = run_units(executor or InlineExecutor(), run_unit, units, collect, label=unit_label,
+                       weight=lambda t: t.samples, progress=progress, unit="sample",
+                       desc=f"eval {config.dataset}/{config.split}")
     result.failed += [f.message for f in failed]  # a set with a failed unit is not published
-    failed_sets = {f.unit.codec for f in failed}
+    failed_sets = {c for f in failed for c in unit_codecs(f.unit)}
     failures = FailureValues(get_task(config.task).bind(config), config.out, config.dataset, config.split)
     for s in plan.sets:
         if s.tag in plan.todo and s.codec not in failed_sets:

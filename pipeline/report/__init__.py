@@ -205,7 +205,7 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
         group_sets = [s for s in sets if (s.dataset, s.split) == (ds, sp)]
         blocks += group_blocks(ds, sp, part, bd, storage, extremes, _errors(group_sets), plots)
     blocks += correlation_section(sets, target)  # correlation.csv, auc.csv: where sets have eval files
-    ev = eval_table(find_results(out_root, dataset, split), summary)  # mpq eval results, when there are any
+    ev = eval_table(find_results(out_root, dataset, split), summary, sets)  # mpq eval results, when there are any
     ev_bd = eval_bd(ev, anchor)
     ev_blocks, ev_plots = eval_blocks(ev, ev_bd, target)
     blocks += ev_blocks

@@ -3,20 +3,37 @@
 Inputs are only files a run published: each set's manifest (per-sample distortion, as measured at
 transcode time) and the results ``mpq eval`` writes next to it, read through
 :func:`pipeline.report.eval.find_results` (the one reader of eval results): the task figure named
-by the task registry (``primary``), the per-sample rows for ``classify``'s ``correct1``, and the
+by the task registry (``primary``, from the JSON's ``figures``: over all reference keys where the
+result records coverage), the per-sample rows for ``classify``'s ``correct1``, and the
 ``similarity`` results as a second source of deep metrics (LPIPS, DISTS, CDPAM) for sets
 transcoded without ``--lpips``/``--dists``/``--cdpam``.
 
-- **Across settings** (:func:`correlation_table`): per dataset, split, task, model and figure, one
-  point per codec setting (every family together, the lossless reference included where the
-  metric is finite): x = the setting's mean of a distortion metric over ok samples, y = its task
-  figure. Pearson, Spearman and Kendall (tau-b) from scipy with their two-sided p-values, and n,
-  the number of settings where both are finite; fewer than :data:`MIN_SETTINGS` give no correlation.
+Every figure here compares metrics over the same points, so that a ranking of metrics is not an
+artefact of which points each one happened to get:
+
+- **Points are lossy settings.** The reference ``none`` (and any setting of a codec the registry
+  declares lossless) is never a point: it is where every metric is at its best for free.
+- **Keys are the eval's keys.** A setting's metric means are over the manifest's ok samples whose key
+  is in that result's rows (with ``mpq eval --limit N`` the first N reference keys, not the whole set),
+  less the ``extra`` keys that are not ok in the reference set its coverage names (in no figure):
+  :func:`pipeline.report.eval.figure_keys`. The AUC's samples are chosen the same way.
+- **Means of dB metrics** (:data:`DB_METRICS`: PSNR, SNR, SI-SDR) are the level of the mean linear
+  noise-to-signal ratio, ``-10 log10(mean(10^(-d/10)))`` (:func:`db_mean`); for PSNR (peak 255) that is
+  exactly the PSNR of the mean MSE. A bit-exact sample (+inf dB) adds no noise instead of making the
+  mean infinite; the other metrics are arithmetic means. NaN samples are left out of every mean.
+- **Across settings** (:func:`correlation_table`): per dataset, split, task, model and figure, the
+  compared metrics are those with a finite mean on at least one lossy setting with a finite figure;
+  a setting enters only where the figure and every compared metric are finite, so ``n`` is one
+  number per table (settings left out are listed, with the metric that lacks). Pearson, Spearman
+  and Kendall (tau-b) from scipy with their two-sided p-values; fewer than :data:`MIN_SETTINGS`
+  settings give no correlation.
 - **Per sample** (:func:`auc_table`, tasks with a per-sample outcome: ``classify``'s ``correct1``):
-  over every (setting, sample) pair with an ok evaluation and a finite metric, the ROC AUC of the
-  metric as a detector of a wrong prediction, oriented so that "more distortion" predicts "wrong"
-  (lower PSNR/MS-SSIM/SNR/SI-SDR/PESQ/STOI, higher LPIPS/DISTS/CDPAM): 0.5 is chance, 1 perfect.
-  Computed as the Mann-Whitney U statistic over n_wrong x n_correct (ties count one half).
+  over the (lossy setting, sample) pairs with an ok evaluation where every compared metric is a
+  number (not NaN; +inf, a bit-exact sample, ranks as the least distorted), the ROC AUC of the metric
+  as a detector of a wrong prediction, oriented so that "more distortion" predicts "wrong" (lower
+  PSNR/MS-SSIM/SNR/SI-SDR/PESQ/STOI, higher LPIPS/DISTS/CDPAM): 0.5 is chance, 1 perfect. The same
+  pairs for every metric of a model. Computed as the Mann-Whitney U statistic over n_wrong x n_correct
+  (ties count one half).
 
 Task figures (the registry's ``primary``): ``top1`` (classify), ``miou`` (segment), ``wer`` (asr),
 ``sdr`` (separate: the mean over stems). Signs are as measured: WER falls as quality rises, so a
@@ -32,16 +49,19 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..metrics.deep import columns as deep_columns
-from .eval import distortion_column, find_results, rows_path, safe_name, task_figure
+from .eval import distortion_column, figure_keys, find_results, rows_path, safe_name, task_figure
 from .load import CodecSet
 from .tables import METRICS
 
 #: metrics where a larger value means more distortion (the others: larger is better)
 LOWER_IS_BETTER = frozenset(deep_columns())  # the deep metrics are distances
+#: metrics in dB of a signal-to-noise power ratio: averaged as the level of the mean noise ratio (db_mean)
+DB_METRICS = frozenset({"psnr", "snr", "si_sdr"})
 MIN_SETTINGS = 3
 COLUMNS = ["dataset", "split", "task", "model", "figure", "metric", "n", "pearson", "pearson_p", "spearman",
-           "spearman_p", "kendall", "kendall_p"]
+           "spearman_p", "kendall", "kendall_p", "settings"]
 AUC_COLUMNS = ["dataset", "split", "task", "model", "metric", "n", "wrong", "auc"]
+GROUP = ["dataset", "split", "task", "model", "figure"]
 
 
 def set_results(s: CodecSet) -> list[dict[str, Any]]:
@@ -49,7 +69,42 @@ def set_results(s: CodecSet) -> list[dict[str, Any]]:
     return find_results(s.folder.parents[2], s.dataset, s.split, s.tag)
 
 
-def _finite_mean(values: Any) -> float | None:
+def is_reference(s: CodecSet) -> bool:
+    """The lossless reference ``none``, or a setting of a codec the registry declares lossless: never a point."""
+    from ..codecs import get_codec
+    from ..errors import ConfigError
+
+    if s.tag == "none" or s.family == "none":
+        return True
+    try:
+        return bool(get_codec(s.family).lossless)
+    except ConfigError:  # a codec this install does not know: judged by its numbers (an infinite PSNR mean)
+        return False
+
+
+def db_mean(values: Any) -> float | None:
+    """``-10 log10(mean(10^(-d/10)))`` over the non-NaN samples: the dB level of the mean linear noise ratio.
+
+    For PSNR with its fixed peak (255) this is the PSNR of the mean MSE, since MSE = 255^2 10^(-PSNR/10);
+    a bit-exact sample (+inf dB) contributes zero noise, so one such sample no longer makes the mean
+    infinite; only a setting whose every sample is bit-exact has +inf. None without any sample.
+    """
+    d = np.asarray(values, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    if not len(d):
+        return None
+    with np.errstate(over="ignore"):
+        noise = float(np.mean(np.power(10.0, -d / 10.0)))
+    if noise == 0.0:
+        return math.inf
+    return -10.0 * math.log10(noise) if math.isfinite(noise) else -math.inf
+
+
+def metric_mean(metric: str, values: Any) -> float | None:
+    """A setting's mean of one metric: :func:`db_mean` for :data:`DB_METRICS`, else the arithmetic mean
+    over the non-NaN samples (None without any)."""
+    if metric in DB_METRICS:
+        return db_mean(values)
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
     return float(v.mean()) if len(v) else None
@@ -58,32 +113,33 @@ def _finite_mean(values: Any) -> float | None:
 def setting_points(sets: Iterable[CodecSet]):
     """One row per (set, perception result): the setting's metric means next to its task figure.
 
-    Metric means come from the manifest (transcode-time columns) and, for a metric the manifest
-    lacks, from the set's ``similarity`` results (the same per-sample numbers, measured afterwards).
+    Metric means are over the set's ok samples among the keys of that result's rows (the keys the eval
+    saw), from the manifest (transcode-time columns) and, for a metric the manifest lacks, from the
+    set's ``similarity`` rows (the same per-sample numbers, measured afterwards). ``reference`` marks
+    the lossless reference (no point of any table); ``samples`` counts the ok samples averaged.
     """
     import pandas as pd
 
+    sets = list(sets)
     rows = []
     for s in sets:
-        ok = s.manifest[s.manifest["status"] == "ok"]
-        means = {}
-        for m in METRICS:
-            if m in ok.columns:
-                mean = _finite_mean(ok[m].to_numpy(dtype=np.float64, na_value=np.nan))
-                if mean is not None:
-                    means[m] = mean
         results = set_results(s)
-        for doc in results:
-            column = distortion_column(doc)
-            if column in METRICS and column not in means and doc["figures"].get("mean") is not None:
-                means[column] = float(doc["figures"]["mean"])  # mean over ok samples with a finite distance
+        metrics = None
         for doc in results:
             figure, _ = task_figure(doc["task"])
             value = doc["figures"].get(figure) if figure else None
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                rows.append({"dataset": s.dataset, "split": s.split, "tag": s.tag, "family": s.family,
-                             "codec": s.codec, "task": doc["task"], "model": doc["model"]["name"], "figure": figure,
-                             "value": float(value), **means})
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if metrics is None:
+                metrics = _sample_metrics(s, results)
+            keys = figure_keys(doc, sets)
+            sel = metrics if keys is None else metrics[metrics["key"].isin(keys)]
+            means = {m: metric_mean(m, sel[m].to_numpy(dtype=np.float64, na_value=np.nan))
+                     for m in METRICS if m in sel.columns}
+            rows.append({"dataset": s.dataset, "split": s.split, "tag": s.tag, "family": s.family,
+                         "codec": s.codec, "reference": is_reference(s), "task": doc["task"],
+                         "model": doc["model"]["name"], "figure": figure, "value": float(value),
+                         "samples": len(sel), **{m: v for m, v in means.items() if v is not None}})
     return pd.DataFrame(rows)
 
 
@@ -105,19 +161,43 @@ def correlate(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _finite(part: Any, column: str) -> np.ndarray:
+    return np.isfinite(part[column].to_numpy(dtype=np.float64, na_value=np.nan))
+
+
+def common_points(part: Any) -> tuple[Any, list[str], list[tuple[str, str]]]:
+    """The points one table correlates: (lossy settings where the figure and every compared metric are
+    finite, the compared metrics, [(tag, why left out)] for the other lossy settings)."""
+    lossy = part[~part["reference"].astype(bool)] if "reference" in part.columns else part[part["tag"] != "none"]
+    figure_ok = _finite(lossy, "value")
+    metrics = [m for m in METRICS if m in lossy.columns and (_finite(lossy, m) & figure_ok).any()]
+    keep = figure_ok.copy()
+    for m in metrics:
+        keep &= _finite(lossy, m)
+    dropped = []
+    for i, r in enumerate(lossy.to_dict(orient="records")):
+        if not keep[i]:
+            lacking = ([part["figure"].iloc[0]] if not figure_ok[i] else []) + [
+                m for m in metrics if not (isinstance(r.get(m), float) and math.isfinite(r[m]))]
+            dropped.append((str(r["tag"]), "no finite " + ", ".join(lacking)))
+    return lossy[keep], metrics, dropped
+
+
 def correlation_table(points: Any):
-    """Per dataset, split, task, model, figure and metric present: n, Pearson, Spearman, Kendall."""
+    """Per dataset, split, task, model, figure: every compared metric over the same lossy settings
+    (:func:`common_points`), so n is one number per table; Pearson, Spearman, Kendall, and the settings'
+    tags (``;``-separated)."""
     import pandas as pd
 
     rows = []
     if len(points):
-        keys = ["dataset", "split", "task", "model", "figure"]
-        for key, part in points.groupby(keys, sort=True):
-            for m in METRICS:
-                if m in part.columns and part[m].notna().any():
-                    c = correlate(part[m].to_numpy(dtype=np.float64, na_value=np.nan),
-                                  part["value"].to_numpy(dtype=np.float64))
-                    rows.append({**dict(zip(keys, key)), "metric": m, **c})
+        for key, part in points.groupby(GROUP, sort=True):
+            kept, metrics, _ = common_points(part)
+            y = kept["value"].to_numpy(dtype=np.float64)
+            settings = ";".join(str(t) for t in kept["tag"])  # the points, so that a row can be recomputed
+            for m in metrics:
+                c = correlate(kept[m].to_numpy(dtype=np.float64, na_value=np.nan), y)
+                rows.append({**dict(zip(GROUP, key)), "metric": m, **c, "settings": settings})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -135,7 +215,8 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def _sample_metrics(s: CodecSet, results: list[dict[str, Any]]):
-    """key and every per-sample metric of a set: the manifest's, then those only its similarity results hold."""
+    """key and every per-sample metric of a set's ok samples: the manifest's, then those only its
+    similarity results hold (their ok rows; a key they lack is NaN)."""
     import pandas as pd
 
     ok = s.manifest[s.manifest["status"] == "ok"]
@@ -149,11 +230,15 @@ def _sample_metrics(s: CodecSet, results: list[dict[str, Any]]):
 
 
 def sample_outcomes(sets: Iterable[CodecSet]):
-    """Per-sample rows (set, key, correct1 and every metric) where a classify evaluation has them."""
+    """Per-sample rows (set, key, correct1 and every metric) of the lossy sets where a classify evaluation
+    has them: ok eval rows only (an error or missing row carries no prediction)."""
     import pandas as pd
 
+    sets = list(sets)
     frames = []
     for s in sets:
+        if is_reference(s):
+            continue
         results = set_results(s)
         metrics = None
         for doc in results:
@@ -165,7 +250,9 @@ def sample_outcomes(sets: Iterable[CodecSet]):
                 continue
             if metrics is None:
                 metrics = _sample_metrics(s, results)
-            rows = rows[rows["status"] == "ok"][["key", "correct1"]]
+            keys = figure_keys(doc, sets)  # an extra key (not ok in the reference) is in no figure
+            rows = rows[(rows["status"] == "ok") & (rows["key"].isin(keys) if keys is not None else True)]
+            rows = rows[["key", "correct1"]]
             joined = rows.merge(metrics, on="key", how="inner")
             for name, value in (("model", doc["model"]["name"]), ("task", doc["task"]), ("tag", s.tag),
                                 ("split", s.split), ("dataset", s.dataset)):
@@ -175,24 +262,24 @@ def sample_outcomes(sets: Iterable[CodecSet]):
 
 
 def auc_table(samples: Any):
-    """Per dataset, split, task, model and metric: how well the metric flags wrong predictions (ROC AUC)."""
+    """Per dataset, split, task and model: how well each metric flags wrong predictions (ROC AUC), every
+    metric over the same (setting, sample) pairs: those where every compared metric is a number."""
     import pandas as pd
 
     rows = []
     if len(samples):
         keys = ["dataset", "split", "task", "model"]
         for key, part in samples.groupby(keys, sort=True):
-            wrong = ~part["correct1"].astype(bool).to_numpy()
-            for m in METRICS:
-                if m not in part.columns:
-                    continue
-                x = part[m].to_numpy(dtype=np.float64, na_value=np.nan)
-                keep = ~np.isnan(x)  # +inf (lossless PSNR) is kept: it ranks as the least distorted
-                if not keep.any():
-                    continue
-                score = x[keep] if m in LOWER_IS_BETTER else -x[keep]
+            metrics = [m for m in METRICS if m in part.columns and part[m].notna().any()]
+            if not metrics:
+                continue
+            values = {m: part[m].to_numpy(dtype=np.float64, na_value=np.nan) for m in metrics}
+            keep = np.logical_and.reduce([~np.isnan(v) for v in values.values()])  # +inf ranks least distorted
+            wrong = ~part["correct1"].astype(bool).to_numpy()[keep]
+            for m in metrics:
+                score = values[m][keep] if m in LOWER_IS_BETTER else -values[m][keep]
                 rows.append({**dict(zip(keys, key)), "metric": m, "n": int(keep.sum()),
-                             "wrong": int(wrong[keep].sum()), "auc": roc_auc(score, wrong[keep])})
+                             "wrong": int(wrong.sum()), "auc": roc_auc(score, wrong)})
     return pd.DataFrame(rows, columns=AUC_COLUMNS)
 
 
@@ -211,7 +298,8 @@ def scatter_plot(part: Any, metric: str, figure: str, path: Path, title: str) ->
     for family in sorted(set(families[keep])):
         sel = keep & (families == family)
         ax.scatter(x[sel], y[sel], label=family, s=24)
-    ax.set_xlabel(f"{metric} (mean over samples)")
+    label = "level of the mean noise ratio, dB" if metric in DB_METRICS else "mean over samples"
+    ax.set_xlabel(f"{metric} ({label})")
     ax.set_ylabel(figure)
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
@@ -221,12 +309,45 @@ def scatter_plot(part: Any, metric: str, figure: str, path: Path, title: str) ->
     return True
 
 
+INTRO = ("Correlation across lossy codec settings (all families together; the reference `none` is no point) "
+         "between each setting's mean distortion and its task figure. Every metric of one table is correlated "
+         "over the same settings: those where the figure and every compared metric are finite, so n is the "
+         "same on every row; settings left out are named below the table. Means are over the samples the "
+         "eval saw (its rows' keys that are reference keys); PSNR, SNR and SI-SDR are averaged as the dB "
+         "level of the mean noise ratio (for PSNR: the PSNR of the mean MSE), so a bit-exact sample adds no "
+         "noise rather than an infinite mean. Kendall is tau-b. WER falls as quality rises, so a good metric "
+         "correlates negatively with it. All figures: `correlation.csv`, `auc.csv`.")
+
+
+def _table_blocks(key: tuple, part: Any, points: Any, target: Path) -> list[Any]:
+    """One correlation table with its note on left-out settings and its scatter plots (the same points)."""
+    from .render import Heading, Image, Para, Table, fmt
+
+    ds, sp, task, model, figure = key
+    blocks: list[Any] = [Heading(f"{ds} / {sp}: {figure} ({task}, `{model}`)", 3)]
+    rows = [[r["metric"], fmt(r["n"], 0), fmt(r["pearson"], 3), fmt(r["spearman"], 3), fmt(r["kendall"], 3),
+             fmt(r["pearson_p"], 3)] for r in part.to_dict(orient="records")]
+    blocks.append(Table(["metric", "n", "Pearson", "Spearman", "Kendall", "Pearson p"], rows, right={1, 2, 3, 4, 5}))
+    sel = points
+    for k, v in zip(GROUP, key):
+        sel = sel[sel[k] == v]
+    kept, _, dropped = common_points(sel)
+    if dropped:
+        blocks.append(Para("Settings left out of this table: "
+                           + "; ".join(f"`{tag}` ({why})" for tag, why in dropped) + "."))
+    for metric in part["metric"]:
+        path = target / safe_name(f"corr-{ds}-{sp}-{task}-{model}-{figure}-{metric}.png")
+        if scatter_plot(kept, metric, figure, path, f"{ds} / {sp}: {figure} ({model}) against {metric}"):
+            blocks.append(Image(path, f"{figure} against mean {metric}, one point per lossy setting"))
+    return blocks
+
+
 def correlation_section(sets: list[CodecSet], target: Path) -> list[Any]:
     """Write ``correlation.csv``, ``auc.csv`` and ``corr-*.png`` into ``target``; the report's blocks.
 
     Nothing is written (and no block returned) when no set has eval files.
     """
-    from .render import Heading, Image, Para, Table, fmt
+    from .render import Heading, Para, Table, fmt
 
     for old in target.glob("corr-*.png"):
         old.unlink()
@@ -237,31 +358,16 @@ def correlation_section(sets: list[CodecSet], target: Path) -> list[Any]:
     aucs = auc_table(sample_outcomes(sets))
     table.to_csv(target / "correlation.csv", index=False)
     aucs.to_csv(target / "auc.csv", index=False)
-    blocks: list[Any] = [Heading("What predicts machine perception", 2), Para(
-        "Correlation across codec settings (all families together) between each setting's mean distortion "
-        "and its task figure; n = settings where both are finite. Kendall is tau-b. WER falls as quality "
-        "rises, so a good metric correlates negatively with it. All figures: `correlation.csv`, `auc.csv`.")]
-    keys = ["dataset", "split", "task", "model", "figure"]
-    for key, part in table.groupby(keys, sort=True):
-        ds, sp, task, model, figure = key
-        blocks.append(Heading(f"{ds} / {sp}: {figure} ({task}, `{model}`)", 3))
-        rows = [[r["metric"], fmt(r["n"], 0), fmt(r["pearson"], 3), fmt(r["spearman"], 3), fmt(r["kendall"], 3),
-                 fmt(r["pearson_p"], 3)] for r in part.to_dict(orient="records")]
-        blocks.append(Table(["metric", "n", "Pearson", "Spearman", "Kendall", "Pearson p"], rows,
-                            right={1, 2, 3, 4, 5}))
-        sel = points
-        for k, v in zip(keys, key):
-            sel = sel[sel[k] == v]
-        for metric in part["metric"]:
-            path = target / safe_name(f"corr-{ds}-{sp}-{task}-{model}-{figure}-{metric}.png")
-            if scatter_plot(sel, metric, figure, path, f"{ds} / {sp}: {figure} ({model}) against {metric}"):
-                blocks.append(Image(path, f"{figure} against mean {metric}, one point per setting"))
+    blocks: list[Any] = [Heading("What predicts machine perception", 2), Para(INTRO)]
+    for key, part in table.groupby(GROUP, sort=True):
+        blocks += _table_blocks(key, part, points, target)
     if len(aucs):
         blocks.append(Heading("Per sample: which metric flags wrong predictions", 3))
-        blocks.append(Para("ROC AUC of each metric as a detector of a wrong top-1 prediction, over every (setting, "
-                           "sample) pair, oriented so that more distortion predicts wrong: 0.5 is chance."))
+        blocks.append(Para("ROC AUC of each metric as a detector of a wrong top-1 prediction, over the (lossy "
+                           "setting, sample) pairs with an ok evaluation where every metric is measured (the same "
+                           "pairs for every metric of a model), oriented so that more distortion predicts wrong: "
+                           "0.5 is chance."))
         rows = [[f"{r['dataset']} / {r['split']}", f"`{r['model']}`", r["metric"], fmt(r["n"], thousands=True),
                  fmt(r["wrong"], thousands=True), fmt(r["auc"], 3)] for r in aucs.to_dict(orient="records")]
         blocks.append(Table(["set", "model", "metric", "samples", "wrong", "AUC"], rows, right={3, 4, 5}))
     return blocks
-

@@ -1,24 +1,35 @@
 """Task figures against rate: the ``mpq eval`` results joined to the rate of each set.
 
 For every (dataset, split, task, model) with results: a table of the task's figure per setting
-with its mean bpp or kbps and the change from the lossless reference ``none``, one plot per
-codec family (PNG), and a machine BD-rate: the percent rate change of a family against the
-anchor family at equal task figure (:func:`pipeline.report.bdrate.bd_rate`, at least
-:data:`~pipeline.report.bdrate.MIN_POINTS` points per family, else a reason). Figures where lower
-is better (WER) are negated for the BD-rate, so that quality rises with rate.
+with its mean bpp or kbps, the change from the lossless reference ``none`` and the result's
+coverage, one plot per codec family (PNG), and a machine BD-rate: the percent rate change of a
+family against the anchor family at equal task figure (:func:`pipeline.report.bdrate.bd_rate`, at
+least :data:`~pipeline.report.bdrate.MIN_POINTS` points per family, else a reason). Figures where
+lower is better (WER) are negated for the BD-rate, so that quality rises with rate.
+
+The figure is the JSON's ``figures`` (``mpq-eval/2``: over every reference key, a sample missing or
+failed here counted as the task's failure); its ``coverage`` is shown beside it and a set under
+100 % is flagged, with the paired figure in a footnote. The rate is the mean over the set's ok
+samples among the keys of the result's rows (the keys the eval saw: with ``--limit N`` the first N),
+not over the whole set. Results written before coverage existed (``mpq-eval/1``) show none.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .bdrate import MIN_POINTS, bd_rate
 from .render import Block, Heading, Image, Para, Table, fmt
 
+#: what a result's ``coverage`` holds (mpq-eval/2), as columns of eval.csv (NaN for an mpq-eval/1 result)
+COVERAGE_FIELDS = ("reference_keys", "evaluated", "failed_transcode", "failed_eval", "excluded", "extra", "fraction")
 EVAL_COLUMNS = ["dataset", "split", "task", "model", "figure", "higher_is_better", "family", "codec", "tag",
-                "rate_unit", "rate", "value", "reference", "delta", "samples", "errors"]
+                "rate_unit", "rate", "rate_samples", "value", "value_paired", "reference", "delta", "samples", "errors",
+                *(f"coverage_{f}" for f in COVERAGE_FIELDS)]
+FLAG = "†"  # marks a set under 100 % coverage in the report's tables
 EVAL_BD_COLUMNS = ["dataset", "split", "task", "model", "figure", "anchor", "family", "anchor_points", "points",
                    "bd_rate_cubic", "bd_rate_pchip", "reason"]
 
@@ -57,6 +68,36 @@ def rows_path(doc: dict[str, Any]) -> Path:
     return Path(doc["path"]).with_name(doc["rows"])
 
 
+def evaluated_keys(doc: dict[str, Any]) -> frozenset[str] | None:
+    """The keys of a result's rows, whatever their status (the keys the eval saw); None without its parquet."""
+    path = rows_path(doc)
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return _keys(str(path), st.st_mtime_ns, st.st_size)
+
+
+def figure_keys(doc: dict[str, Any], sets: Iterable[Any]) -> frozenset[str] | None:
+    """The keys behind a result's figures: its rows' keys (:func:`evaluated_keys`), less the ``extra`` keys
+    (evaluated here but not ok in the reference set the result's coverage names, so not in its figures)."""
+    keys = evaluated_keys(doc)
+    ref = (doc.get("coverage") or {}).get("reference")
+    if keys is None or not ref:
+        return keys
+    for s in sets:
+        if (s.dataset, s.split, s.tag) == (doc["dataset"], doc["split"], ref):
+            m = s.manifest
+            return keys & frozenset(m.loc[m["status"] == "ok", "key"].astype(str))
+    return keys
+
+
+@functools.lru_cache(maxsize=256)
+def _keys(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    import pyarrow.parquet as pq
+
+    return frozenset(str(k) for k in pq.read_table(path, columns=["key"]).column("key").to_pylist())
+
+
 def find_results(out_root: Path, dataset: str | None = None, split: str | None = None,
                  tag: str | None = None) -> list[dict[str, Any]]:
     """Every finished evaluation JSON under ``OUT/D/S/<tag>/eval/`` (the one reader of eval results),
@@ -90,24 +131,48 @@ def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
             "figure_sets": doc.get("figure_sets") or {"figures": V1_FIGURES, "figures_paired": V1_FIGURES}}
 
 
-def eval_table(results: list[dict[str, Any]], summary: Any) -> Any:
-    """One row per result: the task figure, the set's mean rate, the change from ``none``."""
+def eval_rate(s: Any, doc: dict[str, Any], unit: str, sets: Iterable[Any] = ()) -> tuple[float, int] | None:
+    """(mean ``unit``, samples) over the set's ok samples among the keys behind the figures (:func:`figure_keys`);
+    None when the result has no rows file or the manifest no such column."""
+    import numpy as np
+
+    keys = figure_keys(doc, sets)
+    ok = s.manifest[s.manifest["status"] == "ok"]
+    if keys is None or unit not in ok.columns:
+        return None
+    v = ok.loc[ok["key"].astype(str).isin(keys), unit].to_numpy(dtype="float64", na_value=math.nan)
+    v = v[~np.isnan(v)]
+    return (float(v.mean()) if len(v) else math.nan), len(v)
+
+
+def eval_table(results: list[dict[str, Any]], summary: Any, sets: Iterable[Any] = ()) -> Any:
+    """One row per result: the task figure (``figures``), its coverage, the rate over the keys the eval
+    saw (from ``sets``' manifests; the summary's whole-set mean where a set or rows file is missing), the
+    change from ``none``."""
     import pandas as pd
 
     rates = {}
     for r in summary.to_dict(orient="records") if len(summary) else []:
         rates[(r["dataset"], r["split"], r["tag"])] = (r["family"], r["rate_unit"], r.get(f"{r['rate_unit']}_mean"))
+    sets = list(sets)
+    by_tag = {(s.dataset, s.split, s.tag): s for s in sets}
     rows = []
     for doc in results:
         figure, higher = task_figure(doc["task"])
         if figure is None:
             continue
-        fallback = (doc["codec"].split(":")[0], "", None)
-        family, unit, rate = rates.get((doc["dataset"], doc["split"], doc["tag"]), fallback)
+        where = (doc["dataset"], doc["split"], doc["tag"])
+        family, unit, rate = rates.get(where, (doc["codec"].split(":")[0], "", None))
+        measured = eval_rate(by_tag[where], doc, unit, sets) if where in by_tag and unit else None
+        rate, rate_samples = measured if measured is not None else (rate, doc.get("samples"))
+        coverage = doc.get("coverage") or {}
         rows.append({"dataset": doc["dataset"], "split": doc["split"], "task": doc["task"],
                      "model": doc["model"]["name"], "figure": figure, "higher_is_better": higher, "family": family,
                      "codec": doc["codec"], "tag": doc["tag"], "rate_unit": unit, "rate": _num(rate),
-                     "value": _num(doc["figures"].get(figure)), "samples": doc["samples"], "errors": doc["errors"]})
+                     "rate_samples": _num(rate_samples), "value": _num(doc["figures"].get(figure)),
+                     "value_paired": _num((doc.get("figures_paired") or {}).get(figure)),
+                     "samples": doc["samples"], "errors": doc["errors"],
+                     **{f"coverage_{f}": _num(coverage.get(f)) for f in COVERAGE_FIELDS}})
     frame = pd.DataFrame(rows, columns=[c for c in EVAL_COLUMNS if c not in ("reference", "delta")])
     keys = ["dataset", "split", "task", "model"]
     ref = frame[frame["tag"] == "none"].set_index(keys)["value"].to_dict() if len(frame) else {}
@@ -196,10 +261,14 @@ def eval_blocks(table: Any, bd: Any, target: Path) -> tuple[list[Block], list[st
         anchor = b["anchor"].iloc[0] if len(b) else None
         blocks.append(Heading(f"{ds} / {sp}: {task} with `{model}`", 3))
         rows = [[f"`{r['codec']}`", fmt(r["rate"], 4 if unit == "bpp" else 2), fmt(r["value"], 4),
-                 fmt(r["delta"], 4), fmt(r["samples"], thousands=True), fmt(r["errors"], thousands=True)]
+                 fmt(r["delta"], 4), coverage_cell(r), fmt(r["samples"], thousands=True),
+                 fmt(r["errors"], thousands=True)]
                 for r in part.to_dict(orient="records")]
-        blocks.append(Table(["setting", f"{unit} mean", figure, "change from none", "samples", "errors"], rows,
-                            right={1, 2, 3, 4, 5}))
+        blocks.append(Table(["setting", f"{unit} mean", figure, "change from none", "coverage", "samples", "errors"],
+                            rows, right={1, 2, 3, 4, 5, 6}))
+        notes = coverage_notes(part)
+        if notes:
+            blocks.append(Para(" ".join(notes)))
         name = f"eval-{ds}-{sp}-{task}-{safe_name(model)}.png"
         if eval_plot(part, target / name, f"{ds} / {sp}: {task} {figure} ({model}) against {unit}", anchor):
             blocks.append(Image(target / name, f"{figure} against {unit}, one curve per codec family"))
@@ -215,6 +284,44 @@ def eval_blocks(table: Any, bd: Any, target: Path) -> tuple[list[Block], list[st
                                f"({better} is better); negative means fewer bits for the same machine figure. "
                                f"At least {MIN_POINTS} points per family."))
     return blocks, plots
+
+
+def _covered(r: dict[str, Any]) -> bool | None:
+    """True at 100 % coverage, False under it, None for a result that records none (mpq-eval/1)."""
+    frac = r.get("coverage_fraction")
+    if frac is None or math.isnan(frac):
+        return None
+    keys, evaluated = r.get("coverage_reference_keys"), r.get("coverage_evaluated")
+    return bool(keys == evaluated) if keys is not None and not math.isnan(keys) else bool(frac >= 1.0)
+
+
+def coverage_cell(r: dict[str, Any]) -> str:
+    """The coverage as a percentage, flagged with :data:`FLAG` under 100 %; an en dash where none is recorded."""
+    covered = _covered(r)
+    if covered is None:
+        return "–"
+    text = fmt(100.0 * r["coverage_fraction"], 1) + " %"
+    return text if covered else f"{text} {FLAG}"
+
+
+def coverage_notes(part: Any) -> list[str]:
+    """Footnotes under a task table: what each flagged set lacks, and what a missing coverage means."""
+    notes = []
+    records = part.to_dict(orient="records")
+    for r in records:
+        if _covered(r) is not False:
+            continue
+        n = {f: int(r[f"coverage_{f}"]) if math.isfinite(r[f"coverage_{f}"]) else 0 for f in COVERAGE_FIELDS[:-1]}
+        parts = [f"{n[f]} {f.replace('_', ' ')}" for f in ("failed_transcode", "failed_eval", "excluded") if n[f]]
+        paired = fmt(r["value_paired"], 4)
+        notes.append(f"{FLAG} `{r['codec']}`: {n['evaluated']} of {n['reference_keys']} reference keys evaluated ok"
+                     + (f" ({', '.join(parts)})" if parts else "") + f"; {r['figure']} counts a missing or failed "
+                     "sample as the task's failure (excluded where the task has none); over the keys ok both here and "
+                     f"in the reference: {paired}.")
+    if any(_covered(r) is None for r in records):
+        notes.append("Coverage –: the result was written before coverage was recorded (mpq-eval/1); its figure is "
+                     "over the samples it evaluated, which may differ from the reference's.")
+    return notes
 
 
 def safe_name(text: str) -> str:

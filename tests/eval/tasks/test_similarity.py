@@ -6,6 +6,7 @@ real one (``$TORCH_HOME/hub/checkpoints``, its name's hash check turned off); CD
 """
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -161,3 +162,92 @@ def test_cdpam_rows_equal_the_transcode_column(tmp_path):
     expected = _manifest_column(folder, "cdpam")
     assert row["status"] == "ok" and row["cdpam"] == pytest.approx(expected[row["key"]], rel=1e-5)
     assert row["cdpam"] > 0
+
+
+def _break_payload(folder: Path, key: str) -> None:
+    """Overwrite the first 8 bytes of a sample's payload in its tar (its signature): it no longer decodes."""
+    import tarfile
+
+    for shard in folder.glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            member = next((m for m in tar if m.name.split(".")[0] == key and m.name.endswith((".png", ".jpg"))), None)
+        if member is not None:
+            with open(shard, "r+b") as fh:
+                fh.seek(member.offset_data)
+                fh.write(b"\0" * 8)
+            return
+    raise AssertionError(f"{key} not in {folder}")
+
+
+def _paired_rows(config: EvalConfig, codec: str, shard: str, keys: tuple[str, ...] | None) -> list[dict]:
+    """One set's rows of one shard as a unit of that set alone reads them: the loader's paired join of none and
+    the set (the reference decoded once per set)."""
+    from pipeline.eval.models import loaded
+    from pipeline.eval.unit import evaluate_samples, rows_table
+    from pipeline.loaders import load
+
+    task_cls = get_task("similarity").bind(config)
+    errors: list = []
+    ds = load(config.out, config.dataset, config.split, ["none", codec], paired=True, shards=[shard],
+              image_format="numpy", on_error=lambda k, e: errors.append((k, e)))
+    rows = evaluate_samples(task_cls(), loaded(config), ds, config.batch_size, errors, keys)
+    return rows_table(task_cls, rows).to_pylist()
+
+
+def _no_address(rows: list[dict]) -> list[dict]:
+    """Rows with object addresses (``<_io.BytesIO object at 0x...>`` in an error) blanked: they differ per run."""
+    import re
+
+    return [{**r, "error": re.sub(r" at 0x[0-9a-f]+", "", r["error"]) if r["error"] else None} for r in rows]
+
+
+@pytest.mark.parametrize("limit", [None, 4])
+def test_the_reference_is_decoded_once_for_every_set(squeeze_cache, imagefolder_classes, tmp_path, monkeypatch,
+                                                     limit):
+    """Three lossy sets (one lacking two keys its bpp target cannot reach), a sample that does not decode in
+    none and one in a lossy set: each none shard is read once for all sets, and every part holds the rows a
+    unit of that set alone writes (the loader's paired join), to the bit."""
+    import pipeline.loaders
+
+    out = tmp_path / "out"
+    fx.transcode("imagefolder", imagefolder_classes, out, codecs=("none", "jpeg:quality=20", "jpeg:quality=50",
+                                                                  "jpeg:bpp=0.75"), samples_per_shard=3)
+    base = out / "imagefolder" / "all"
+    _break_payload(base / "none", "things_coins")  # an error row in every set that holds it
+    _break_payload(base / "jpeg-q50", "cats_chelsea")  # an error row in that set only
+    reads: list[tuple[str, tuple[str, ...]]] = []
+    real_load = pipeline.loaders.load
+
+    def counting_load(root, dataset, split, codec=None, *args, **kwargs):
+        reads.append((str(codec), tuple(kwargs.get("shards") or ())))
+        return real_load(root, dataset, split, codec, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.loaders, "load", counting_load)
+    config = EvalConfig.create(str(out), "imagefolder", "all", "similarity", "lpips:squeeze", batch_size=2,
+                               offline=True, limit=limit)
+    plan = plan_eval(config)
+    assert len(plan.units) == (2 if limit else 3) and all(len(u.members) == 3 for u in plan.units)  # shard j, 3 sets
+    assert pickle.loads(pickle.dumps(plan.units[0])) == plan.units[0]  # it travels to Dask workers
+    result = evaluate(config, planned=plan)
+    assert not result.failed and len(result.published) == 3
+    none_reads = [shards for codec, shards in reads if codec == "none"]
+    assert len(none_reads) == len(set(none_reads)) == len({t.shard[-10:] for t in plan.tasks})  # shard indices
+    assert not any(codec.startswith("[") for codec, _ in reads)  # no paired load: one decode of none per shard
+    monkeypatch.setattr(pipeline.loaders, "load", real_load)
+    statuses = set()
+    for t in plan.tasks:
+        got = _no_address(rows_of(Path(t.part)))
+        assert got == _no_address(_paired_rows(config, t.codec, t.shard, t.keys)), (t.codec, t.shard)
+        statuses |= {(r["key"], r["status"]) for r in got}
+    assert ("things_coins", "error") in statuses and ("cats_chelsea", "error") in statuses
+    bpp = next(d for d in result.published if d["tag"] == "jpeg-bpp0p75")
+    assert bpp["coverage"]["failed_transcode"] == (1 if limit else 2)
+
+
+def test_a_set_from_another_listing_is_refused_before_work(lpips_out, imagefolder_classes):
+    """Shard j of every set must hold the keys of none's shard j: a set cut into other shards stops the plan."""
+    out, dataset, split = lpips_out
+    fx.transcode("imagefolder", imagefolder_classes, out, codecs=("jpeg:quality=50",), limit=4, samples_per_shard=3)
+    with pytest.raises(ConfigError, match="jpeg-q50 and the reference set none were written from different "
+                                          r"listings \(samples_per_shard differs\)"):
+        plan_eval(EvalConfig.create(str(out), dataset, split, "similarity", "lpips:squeeze", offline=True))
