@@ -14,7 +14,7 @@ import json
 from typing import Any, ClassVar, Mapping, Sequence
 
 from . import register_task
-from .base import Task, as_numpy
+from .base import OK, Task, as_numpy, counted_rows
 
 #: COCOeval's ``stats`` in order (bbox and segm alike), as named in the figures
 STATS = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small",
@@ -50,8 +50,10 @@ def _encode_masks(masks: Any) -> list[str]:
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    arr = np.asfortranarray(np.asarray(masks, dtype=np.uint8))
-    return [rle["counts"].decode("ascii") for rle in mask_utils.encode(arr)] if len(arr) else []
+    arr = np.asarray(masks, dtype=np.uint8)
+    if not len(arr):
+        return []
+    return [rle["counts"].decode("ascii") for rle in mask_utils.encode(np.asfortranarray(arr.transpose(1, 2, 0)))]
 
 
 @register_task
@@ -136,9 +138,9 @@ class Detect(Task):
     @classmethod
     def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """COCOeval over the rows that carry ground truth (ok rows; failed or missing ones count as no detections)."""
-        counted = [r for r in rows if r.get("ground_truth") is not None]
+        counted = counted_rows(rows, "ground_truth")
         out: dict[str, Any] = {"images": len(counted)}
-        with_masks = any(r.get("status") == "ok" and r.get("masks") is not None for r in counted)
+        with_masks = any(r.get("status") == OK and r.get("masks") is not None for r in counted)
         for prefix, iou in (("", "bbox"), ("segm_", "segm")):
             stats = coco_stats(counted, iou) if counted and (iou == "bbox" or with_masks) else None
             for i, name in enumerate(STATS):
@@ -168,7 +170,7 @@ def coco_datasets(rows: Sequence[Mapping[str, Any]], iou: str) -> tuple[dict[str
         for a in json.loads(r["ground_truth"]):
             anns.append({**a, "image_id": image_id, "id": len(anns) + 1})
             cats.add(int(a["category_id"]))
-        if r.get("status") != "ok":
+        if r.get("status") != OK:
             continue
         masks = r.get("masks") or []
         for j, (box, score, cat) in enumerate(zip(r["bbox"], r["scores"], r["category_ids"])):
