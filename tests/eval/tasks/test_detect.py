@@ -223,6 +223,23 @@ def test_random_torchvision_detector_on_0_and_2_dask_workers(coco_sets, detector
         want = independent(annotation_file, _rows_as_results(a), image_ids=[r["image_id"] for r in a])
         assert figures_as_list(doc["figures"]) == pytest.approx(want, abs=1e-12)
         assert doc["coverage"]["fraction"] == 1.0 and doc["figures_paired"] == doc["figures"]
+    _report_shows_map(inline)
+
+
+def _report_shows_map(out: Path) -> None:
+    """mpq report renders the detect results from the task registry: map against bpp, change from none."""
+    from pipeline.report import write_report
+
+    text = (write_report(out) / "report.md").read_text()
+    assert f"coco / val2017: detect with `{MODEL}`" in text
+    docs = {tag: json.loads((out / "coco" / "val2017" / tag / "eval" / f"{NAME}.json").read_text())
+            for tag in ("none", "jpeg-q30")}
+    header = next(line for line in text.splitlines() if "| map |" in line.replace("`", ""))
+    assert "change from none" in header
+    row = next(line for line in text.splitlines() if line.startswith("| `jpeg:quality=30")).split("|")
+    delta = docs["jpeg-q30"]["figures"]["map"] - docs["none"]["figures"]["map"]
+    assert float(row[3]) == pytest.approx(docs["jpeg-q30"]["figures"]["map"], abs=1e-4)
+    assert float(row[4]) == pytest.approx(delta, abs=1e-4)
 
 
 def test_failed_sample_counts_as_no_detections(coco_sets, detector_weights, annotation_file, tmp_path):
