@@ -234,6 +234,11 @@ def apply_transform(sample: dict[str, Any], transform: Callable, *, views: list[
         args = ([tv_tensors.Image(x) if isinstance(x, torch.Tensor) else x for x in args[:len(slots)]]
                 + [tv_tensors.Mask(x) if isinstance(x, torch.Tensor) else wrap(x, canvas) if isinstance(x, dict)
                    else x for x in args[len(slots):]])
+    elif len(args) > 1 and _is_pil(args[0]):  # detection targets move with a PIL image too
+        from .detection import wrap
+
+        canvas = (int(args[0].size[1]), int(args[0].size[0]))
+        args = [*args[:len(slots)], *(wrap(x, canvas) if isinstance(x, dict) else x for x in args[len(slots):])]
     out = transform(*args)
     if len(args) == 1:
         out = (out,)
@@ -242,6 +247,12 @@ def apply_transform(sample: dict[str, Any], transform: Callable, *, views: list[
                           f"for its {len(args)} inputs")
     for (d, k), value in zip(slots + mask_slots, out):
         d[k] = plain(value)
+
+
+def _is_pil(value: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
 
 
 def plain(value: Any) -> Any:

@@ -109,6 +109,19 @@ def test_collate_and_transform_move_boxes(coco_out):
     assert seen == 5
 
 
+def test_pil_images_move_boxes_too(coco_out):
+    import torch
+    from torchvision.transforms import v2
+
+    flip = load(str(coco_out), "coco", "val2017", image_format="pil", transform=v2.RandomHorizontalFlip(p=1.0))
+    plain = {s["__key__"]: s for s in load(str(coco_out), "coco", "val2017", image_format="pil")}
+    for s in flip:
+        ref = plain[s["__key__"]]
+        want = ref["target"]["boxes"].clone()
+        want[:, [0, 2]] = ref["image"].size[0] - ref["target"]["boxes"][:, [2, 0]]
+        assert torch.equal(s["target"]["boxes"], want) and type(s["target"]["boxes"]) is torch.Tensor
+
+
 def test_grayscale_and_cmyk_become_rgb(coco_out):
     samples = {s["image_id"]: s for s in load(str(coco_out), "coco", "val2017", image_format="numpy")}
     for image_id in (724, 776):  # grayscale, CMYK
