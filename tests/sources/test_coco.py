@@ -157,3 +157,11 @@ def test_config_errors(tmp_path, coco):
     (tmp_path / "val2017").mkdir()
     with pytest.raises(ConfigError, match="lists no images"):
         make_source("coco", tmp_path, "val2017").list()
+
+
+def test_hf_features_refuse_untyped_annotations(coco_out):
+    pytest.importorskip("datasets")
+    from pipeline.loaders import hf_features
+
+    with pytest.raises(ConfigError, match="no Arrow type"):
+        hf_features(str(coco_out), "coco", "val2017")
