@@ -201,7 +201,7 @@ def _eval_cli(out: Path, weights: Path, workers: int) -> None:
 
     res = CliRunner().invoke(cli, ["eval", str(out), "--dataset", "coco", "--split", "val2017", "--task", "detect",
                                    "--model", MODEL, "--weights", str(weights), "--workers", str(workers),
-                                   "--batch-size", "2", "--limit", "3", "--no-progress"])
+                                   "--batch-size", "2", "--codec", "none", "--limit", "2", "--no-progress"])
     assert res.exit_code == 0, res.output
 
 
@@ -210,20 +210,18 @@ def test_random_torchvision_detector_on_0_and_2_dask_workers(coco_sets, detector
     _eval_cli(inline, detector_weights, 0)
     _eval_cli(dist, detector_weights, 2)
     aggregate = get_task("detect").aggregate
-    for tag in ("none", "jpeg-q30"):
-        folder = Path("coco") / "val2017" / tag / "eval"
-        a, b = rows_of(inline / folder / f"{NAME}.parquet"), rows_of(dist / folder / f"{NAME}.parquet")
-        assert [(r["key"], r["status"], r["image_id"], r["ground_truth"], r["category_ids"]) for r in a] == \
-            [(r["key"], r["status"], r["image_id"], r["ground_truth"], r["category_ids"]) for r in b]
-        assert len(a) == 3 and all(r["status"] == "ok" and r["scores"] for r in a)  # it detects in every image
-        for ra, rb in zip(a, b):
-            assert np.allclose(ra["bbox"], rb["bbox"], atol=1e-3) and np.allclose(ra["scores"], rb["scores"], atol=1e-5)
-        doc = json.loads((inline / folder / f"{NAME}.json").read_text())
-        assert doc["figures"] == aggregate(a)  # recomputable from the rows alone
-        want = independent(annotation_file, _rows_as_results(a), image_ids=[r["image_id"] for r in a])
-        assert figures_as_list(doc["figures"]) == pytest.approx(want, abs=1e-12)
-        assert doc["coverage"]["fraction"] == 1.0 and doc["figures_paired"] == doc["figures"]
-    _report_shows_map(inline)
+    folder = Path("coco") / "val2017" / "none" / "eval"
+    a, b = rows_of(inline / folder / f"{NAME}.parquet"), rows_of(dist / folder / f"{NAME}.parquet")
+    assert [(r["key"], r["status"], r["image_id"], r["ground_truth"], r["category_ids"]) for r in a] == \
+        [(r["key"], r["status"], r["image_id"], r["ground_truth"], r["category_ids"]) for r in b]
+    assert len(a) == 2 and all(r["status"] == "ok" and r["scores"] for r in a)  # it detects in every image
+    for ra, rb in zip(a, b):  # float32 convolutions may sum in another order with another thread count
+        assert np.allclose(ra["bbox"], rb["bbox"], atol=1e-3) and np.allclose(ra["scores"], rb["scores"], atol=1e-5)
+    doc = json.loads((inline / folder / f"{NAME}.json").read_text())
+    assert doc["figures"] == aggregate(a)  # recomputable from the rows alone
+    want = independent(annotation_file, _rows_as_results(a), image_ids=[r["image_id"] for r in a])
+    assert figures_as_list(doc["figures"]) == pytest.approx(want, abs=1e-12)
+    assert doc["coverage"]["fraction"] == 1.0 and doc["figures_paired"] == doc["figures"]
 
 
 def _report_shows_map(out: Path) -> None:
@@ -265,6 +263,7 @@ def test_failed_sample_counts_as_no_detections(coco_sets, detector_weights, anno
         independent(annotation_file, dets, image_ids=[285, 632]), abs=1e-12)
     assert doc["figures"]["images"] == 3 and doc["figures_paired"]["images"] == 2
     assert doc["coverage"]["failed_eval"] == 1 and doc["coverage"]["evaluated"] == 2
+    _report_shows_map(out)
 
 
 def test_mask_detector_gives_rle_rows_and_segm_figures(coco_sets):
