@@ -69,13 +69,12 @@ class Detect(Task):
     @classmethod
     def bind(cls, config: Any) -> type[Task]:
         """The task with the set's category table, to map a model's label names onto the dataset's ids."""
+        from ...store.index import LocalRoot, read_index
         from ..sets import find_sets
 
-        table: list[Any] = []
-        for s in find_sets(config.out, config.dataset, config.split, config.codecs):
-            table = list((json.loads((s.folder / "index.json").read_text()).get("source") or {})
-                         .get("categories") or [])
-            break
+        first = find_sets(config.out, config.dataset, config.split, config.codecs)[0]  # every set: one source
+        index = read_index(LocalRoot(config.out), config.dataset, config.split, tag=first.tag)
+        table = list(index.source.get("categories") or [])
         names = {str(c["name"]).strip().lower(): int(c["id"]) for c in table if "name" in c and "id" in c}
         return type(cls.__name__, (cls,), {"categories": names})
 
