@@ -165,3 +165,13 @@ def test_hf_features_refuse_untyped_annotations(coco_out):
 
     with pytest.raises(ConfigError, match="no Arrow type"):
         hf_features(str(coco_out), "coco", "val2017")
+
+
+def test_drop_crowd_for_training(coco_out):
+    from pipeline.loaders.detection import drop_crowd
+
+    samples = {s["image_id"]: s["target"] for s in load(str(coco_out), "coco", "val2017", masks=True)}
+    t = drop_crowd(samples[285])  # a cup and a crowd region
+    assert t["labels"].tolist() == [47] and t["iscrowd"].tolist() == [0] and t["masks"].shape[0] == 1
+    assert t["boxes"].tolist() == [[20.0, 30.0, 70.0, 75.0]] and t["coco"] == samples[285]["coco"]
+    assert drop_crowd(samples[632])["boxes"].shape == (0, 4)
