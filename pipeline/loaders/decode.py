@@ -54,10 +54,15 @@ def run_decoder(decoder: FieldDecoder, members: Mapping[str, bytes], ext: str,
         raise SampleError(f".{ext}: {type(exc).__name__}: {exc}") from exc
 
 
-def convert(value: Any, type_: str, image_format: str) -> Any:
-    """A decoded value as handed out: by the field's type, never by dataset."""
+def convert(value: Any, type_: str, image_format: str, masks: bool = False) -> Any:
+    """A decoded value as handed out: by the field's type, never by dataset (``masks``: detection targets
+    carry instance masks)."""
     import torch
 
+    if type_ == "detection":
+        from .detection import target
+
+        return target(value, image_format, masks)
     if not isinstance(value, np.ndarray):
         return value
     if type_ == "audio":  # (n, channels) -> (channels, n), torchaudio's layout
@@ -82,8 +87,9 @@ class ViewDecoder:
     """How one set's members become fields, worked out once per process (not per sample)."""
 
     def __init__(self, index: SetIndex, spec: Any, user: Mapping[str, Decoder], *, decode_payload: bool = False,
-                 meta: bool = False, image_format: str = "tensor"):
+                 meta: bool = False, image_format: str = "tensor", masks: bool = False):
         self.canonical, self.meta, self.image_format = index.codec, meta, image_format
+        self.instance_masks = masks
         self._spec, self._user = spec, dict(user)
         self._restorer: WithRecord | None = None
         main = index.payload
@@ -110,8 +116,8 @@ class ViewDecoder:
         self.view_groups = tuple(dict.fromkeys(group for group, m in self.coded if m.field.type in SIGNALS))
         self.sample_groups = tuple(dict.fromkeys(m.field.group for m in self.attachments
                                                  if m.field.group and m.field.type in SIGNALS))
-        self.masks = tuple(dict.fromkeys(m.field.name for m in self.attachments
-                                         if m.field.type == "mask" and not m.field.group))
+        self.masks = tuple(dict.fromkeys(m.field.name for m in self.attachments  # moved with the image
+                                         if m.field.type in ("mask", "detection") and not m.field.group))
 
     def _resolve(self, f: Field) -> Member:
         if f.ext is None or f.decoder is None:
@@ -178,7 +184,8 @@ class ViewDecoder:
         extra: dict[str, Any] = {}
         for f, ext, fn in self.attachments:
             if ext in members:
-                value = convert(run_decoder(fn, members, ext, record), f.type, self.image_format)
+                value = convert(run_decoder(fn, members, ext, record), f.type, self.image_format,
+                                self.instance_masks)
                 if f.group:
                     extra.setdefault(f.group, {})[f.name] = value
                 else:
@@ -191,4 +198,4 @@ class ViewDecoder:
 
 
 #: the safe table's entry behind each plain decoder name (the table is keyed by member extension)
-_SAFE = {"label_map": "seg.png", "integer": "cls", "text": "txt"}
+_SAFE = {"label_map": "seg.png", "integer": "cls", "text": "txt", "json": "json"}

@@ -285,7 +285,7 @@ def test_task_figures_come_from_the_task_registry():
         cls = get_task(task)
         assert task_figure(task) == ((cls.primary if cls.perception else None), cls.higher_is_better)
     assert task_figure("separate")[0] == "sdr" and task_figure("similarity")[0] is None
-    assert task_figure("detect") == (None, True)
+    assert task_figure("caption") == (None, True)  # an unknown task has no figure
 
 
 def test_similarity_results_give_the_metrics_the_manifests_lack(out, tmp_path):
