@@ -54,11 +54,13 @@ class EvalConfig:
     device: str = "cpu"
     limit: int | None = None  # the first N samples of each set, in shard order
     offline: bool = False
+    variant: str | None = None  # results kept apart from the model's own (fine-tuned weights)
 
     @classmethod
     def create(cls, out: str, dataset: str, split: str, task: str, model: str | ModelSpec, *,
                codecs: Sequence[str] = (), weights: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-               device: str = "cpu", limit: int | None = None, offline: bool = False) -> EvalConfig:
+               device: str = "cpu", limit: int | None = None, offline: bool = False,
+               variant: str | None = None) -> EvalConfig:
         """Validate the values that can be checked without reading any set."""
         from .tasks import get_task
 
@@ -70,13 +72,15 @@ class EvalConfig:
             raise ConfigError(f"--limit must be at least 1, not {limit}")
         if device.split(":")[0] not in DEVICES:
             raise ConfigError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+        if variant is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", variant):
+            raise ConfigError(f"--variant must be letters, digits, '.', '_' or '-' (a file name part), not {variant!r}")
         return cls(str(out), dataset, split, task, spec, tuple(codecs), weights, int(batch_size), device,
-                   limit, bool(offline))
+                   limit, bool(offline), variant or None)
 
     @property
     def name(self) -> str:
-        """``<task>-<model-tag>``: the stem of the result files."""
-        return f"{self.task}-{self.model.tag}"
+        """``<task>-<model-tag>`` (``-<variant>`` with one): the stem of the result files."""
+        return f"{self.task}-{self.model.tag}" + (f"-{self.variant}" if self.variant else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

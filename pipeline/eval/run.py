@@ -100,6 +100,8 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
             raise ConfigError(f"task {config.task} does not fit {config.dataset}/{config.split}: it needs sample "
                               f"fields {', '.join(task_cls.requires)}; set {s.tag} has {', '.join(sorted(s.fields))}")
     model = kind.preflight(config)  # last: it may download weights (never with --offline)
+    if config.variant:  # the report tells a fine-tuned model from its starting point by this
+        model["variant"] = config.variant
     resources = {"GPU": 1} if kind.uses_torch and config.device.startswith("cuda") else None
     stamps, todo, tasks = {}, [], []
     for s in sets:

@@ -6,6 +6,11 @@ codec family (PNG), and a machine BD-rate: the percent rate change of a family a
 anchor family at equal task figure (:func:`pipeline.report.bdrate.bd_rate`, at least
 :data:`~pipeline.report.bdrate.MIN_POINTS` points per family, else a reason). Figures where lower
 is better (WER) are negated for the BD-rate, so that quality rises with rate.
+
+A result of ``mpq eval --variant V`` (fine-tuned weights) is the model ``NAME [V]``; when the
+model's own result (no variant, its starting point) is there too, each setting gets
+``recovered``: the fraction of the starting point's drop from ``none`` that the variant wins back,
+``(variant - start) / (start at none - start)``.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from .bdrate import MIN_POINTS, bd_rate
 from .render import Block, Heading, Image, Para, Table, fmt
 
 EVAL_COLUMNS = ["dataset", "split", "task", "model", "figure", "higher_is_better", "family", "codec", "tag",
-                "rate_unit", "rate", "value", "reference", "delta", "samples", "errors"]
+                "rate_unit", "rate", "value", "reference", "delta", "samples", "errors", "recovered"]
 EVAL_BD_COLUMNS = ["dataset", "split", "task", "model", "figure", "anchor", "family", "anchor_points", "points",
                    "bd_rate_cubic", "bd_rate_pchip", "reason"]
 
@@ -82,23 +87,43 @@ def eval_table(results: list[dict[str, Any]], summary: Any) -> Any:
     rates = {}
     for r in summary.to_dict(orient="records") if len(summary) else []:
         rates[(r["dataset"], r["split"], r["tag"])] = (r["family"], r["rate_unit"], r.get(f"{r['rate_unit']}_mean"))
-    rows = []
+    rows, starts = [], {}
     for doc in results:
         figure, higher = task_figure(doc["task"])
         if figure is None:
             continue
         fallback = (doc["codec"].split(":")[0], "", None)
         family, unit, rate = rates.get((doc["dataset"], doc["split"], doc["tag"]), fallback)
+        model, variant = doc["model"]["name"], doc["model"].get("variant")
+        if variant:  # its starting point is the same model without a variant
+            starts[f"{model} [{variant}]"] = model
+            model = f"{model} [{variant}]"
         rows.append({"dataset": doc["dataset"], "split": doc["split"], "task": doc["task"],
-                     "model": doc["model"]["name"], "figure": figure, "higher_is_better": higher, "family": family,
+                     "model": model, "figure": figure, "higher_is_better": higher, "family": family,
                      "codec": doc["codec"], "tag": doc["tag"], "rate_unit": unit, "rate": _num(rate),
                      "value": _num(doc["figures"].get(figure)), "samples": doc["samples"], "errors": doc["errors"]})
-    frame = pd.DataFrame(rows, columns=[c for c in EVAL_COLUMNS if c not in ("reference", "delta")])
+    frame = pd.DataFrame(rows, columns=[c for c in EVAL_COLUMNS if c not in ("reference", "delta", "recovered")])
     keys = ["dataset", "split", "task", "model"]
     ref = frame[frame["tag"] == "none"].set_index(keys)["value"].to_dict() if len(frame) else {}
     frame["reference"] = [ref.get(tuple(r[k] for k in keys), math.nan) for r in frame.to_dict(orient="records")]
     frame["delta"] = frame["value"] - frame["reference"]
+    frame["recovered"] = _recovered(frame, starts)
     return frame.sort_values(keys + ["family", "rate", "tag"], kind="stable")[EVAL_COLUMNS].reset_index(drop=True)
+
+
+def _recovered(frame: Any, starts: dict[str, str]) -> list[float]:
+    """Per row of a variant: (variant - start) / (start at none - start) at the same setting; NaN elsewhere
+    (no starting point, the reference itself, or no drop to recover)."""
+    value = frame.set_index(["dataset", "split", "task", "model", "tag"])["value"].to_dict() if len(frame) else {}
+    out = []
+    for r in frame.to_dict(orient="records"):
+        start = starts.get(r["model"])
+        where = (r["dataset"], r["split"], r["task"], start)
+        s, s0 = value.get((*where, r["tag"]), math.nan), value.get((*where, "none"), math.nan)
+        drop = s0 - s
+        ok = start is not None and r["tag"] != "none" and math.isfinite(drop) and drop != 0
+        out.append((r["value"] - s) / drop if ok else math.nan)
+    return out
 
 
 def _num(v: Any) -> float:
@@ -183,8 +208,12 @@ def eval_blocks(table: Any, bd: Any, target: Path) -> tuple[list[Block], list[st
         rows = [[f"`{r['codec']}`", fmt(r["rate"], 4 if unit == "bpp" else 2), fmt(r["value"], 4),
                  fmt(r["delta"], 4), fmt(r["samples"], thousands=True), fmt(r["errors"], thousands=True)]
                 for r in part.to_dict(orient="records")]
-        blocks.append(Table(["setting", f"{unit} mean", figure, "change from none", "samples", "errors"], rows,
-                            right={1, 2, 3, 4, 5}))
+        head = ["setting", f"{unit} mean", figure, "change from none", "samples", "errors"]
+        if part["recovered"].notna().any():  # a fine-tuned variant whose starting point was evaluated too
+            head.append("recovered")
+            for row, rec in zip(rows, part["recovered"]):
+                row.append(fmt(100 * rec, 1, pct=True))
+        blocks.append(Table(head, rows, right=set(range(1, len(head)))))
         name = f"eval-{ds}-{sp}-{task}-{safe_name(model)}.png"
         if eval_plot(part, target / name, f"{ds} / {sp}: {task} {figure} ({model}) against {unit}", anchor):
             blocks.append(Image(target / name, f"{figure} against {unit}, one curve per codec family"))

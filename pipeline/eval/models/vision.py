@@ -1,4 +1,4 @@
-"""Image classifiers from torchvision and timm, with their own preprocessing."""
+"""Image classifiers from torchvision and timm, and torchvision segmentation models, with their own preprocessing."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,12 +36,40 @@ class Classifier:
             return self.net(self.inputs(images).to(self.device))
 
 
+class Segmenter:
+    """HxWx3 uint8 images -> model classes per pixel at each image's own size (logits upsampled
+    bilinearly, then argmax, as for ``hf:`` segmenters); one image per forward, as sizes differ."""
+
+    def __init__(self, net: Any, preprocess: Callable[[Any], Any], device: str):
+        import torch
+
+        self.net = net.eval().to(device)
+        self.preprocess = preprocess
+        self.device = device
+        self.no_grad = torch.inference_mode
+
+    def segment(self, images: Sequence[Any]) -> list[Any]:
+        import torch.nn.functional as F
+
+        out = []
+        with self.no_grad():
+            for im in images:
+                logits = self.net(self.preprocess(im)[None].to(self.device))["out"]
+                up = F.interpolate(logits.float(), size=im.shape[:2], mode="bilinear", align_corners=False)
+                out.append(up[0].argmax(0).cpu().numpy())
+        return out
+
+
 @register_model
 class TorchVision(ModelKind):
-    """``torchvision:NAME``: ``torchvision.models.get_model``; default weights from the torch hub cache."""
+    """``torchvision:NAME``: ``torchvision.models.get_model``; default weights from the torch hub cache.
+
+    Segmentation models (``deeplabv3_*``, ``fcn_*``, ``lraspp_*``) need ``--weights``: torchvision's
+    own are for the 21 Pascal VOC classes, the segment task scores ADE20K's 150.
+    """
 
     name = "torchvision"
-    tasks = ("classify",)
+    tasks = ("classify", "segment")
     library = "torchvision"
 
     @classmethod
@@ -63,13 +91,25 @@ class TorchVision(ModelKind):
     def check(cls, config: Any) -> None:
         super().check(config)
         cls._weights_enum(config)
+        if config.task == "segment":
+            import torchvision
+
+            if config.model.name not in torchvision.models.list_models(module=torchvision.models.segmentation):
+                raise ConfigError(f"torchvision:{config.model.name} is not a segmentation model "
+                                  "(torchvision.models.segmentation: deeplabv3_*, fcn_*, lraspp_*)")
+            if not config.weights:
+                raise ConfigError(f"torchvision:{config.model.name}: torchvision's segmentation weights are for the "
+                                  "21 Pascal VOC classes; give --weights FILE with 150 ADE20K classes "
+                                  "(examples/finetune.py --task segment writes one)")
 
     @classmethod
-    def load(cls, config: Any) -> Classifier:
+    def load(cls, config: Any) -> Classifier | Segmenter:
         import torch
         import torchvision
 
         name, default = config.model.name, cls._weights_enum(config)
+        if config.task == "segment":
+            return cls._segmenter(config, default)
         if config.weights:
             state = load_state_dict(config.weights)
             net = torchvision.models.get_model(name, weights=None, num_classes=_num_classes(state) or 1000)
@@ -82,6 +122,27 @@ class TorchVision(ModelKind):
             return transform(torch.from_numpy(image).permute(2, 0, 1))
 
         return Classifier(net, preprocess, torch_device(config))
+
+    @classmethod
+    def _segmenter(cls, config: Any, default: Any) -> Segmenter:
+        """The architecture with the segment task's 150 classes (and the auxiliary head when the state
+        dict has one), strictly loaded; preprocessing from torchvision's weights (resize, normalize)."""
+        import torch
+        import torchvision
+
+        from ..tasks.segment import NUM_CLASSES
+
+        state = load_state_dict(config.weights)
+        extra = {"aux_loss": True} if any(k.startswith("aux_classifier.") for k in state) else {}
+        net = torchvision.models.get_model(config.model.name, weights=None, weights_backbone=None,
+                                           num_classes=NUM_CLASSES, **extra)
+        net.load_state_dict(state)
+        transform = default.transforms()
+
+        def preprocess(image: Any) -> Any:
+            return transform(torch.from_numpy(image).permute(2, 0, 1))
+
+        return Segmenter(net, preprocess, torch_device(config))
 
 
 @register_model
