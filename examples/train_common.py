@@ -28,7 +28,7 @@ DEFAULT_MIXTURE = {"jpeg:quality=5": 0.5, "none": 0.5}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics (torchvision's weights)
 
 
-def add_common_arguments(p: argparse.ArgumentParser, *, lr: float, weight_decay: float, epochs: int,
+def add_common_arguments(p: argparse.ArgumentParser, *, lr: float | None, weight_decay: float, epochs: int,
                          schedule: str, warmup: float, amp: bool, checkpoint: str, output: str) -> None:
     """The options every example takes (data, optimisation, checkpoints); defaults differ per recipe."""
     p.add_argument("shards", help="output folder of `mpq transcode` (OUT)")
@@ -37,7 +37,8 @@ def add_common_arguments(p: argparse.ArgumentParser, *, lr: float, weight_decay:
                         f"mixture) [default: {json.dumps(DEFAULT_MIXTURE)}]")
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch-size", type=int, default=64, help="per rank")
-    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (after warmup)")
+    p.add_argument("--lr", type=float, default=lr,
+                   help="peak learning rate (after warmup)" + ("" if lr is not None else " [default: 0.1 per 256 images]"))
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=weight_decay)
     p.add_argument("--decay-norm-bias", action=argparse.BooleanOptionalAction, default=False,
@@ -260,12 +261,23 @@ def fit(args: argparse.Namespace, recipe: Recipe, rank: int, world: int, device:
                 print(f"epoch {epoch} done at step {st.step}", flush=True)
         if rank == 0:
             write_outputs(args.output, recipe.net, st.ema)
+            print(f"evaluate it with: {eval_command(args)}", flush=True)
         return 0
     finally:
         if keys_log is not None:
             keys_log.close()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def eval_command(args: argparse.Namespace) -> str:
+    """The ``mpq eval`` command that evaluates the output on every finished set of the val split."""
+    import shlex
+
+    split = {"train": "val", "train2017": "val2017"}.get(args.split, "SPLIT")
+    variant = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(args.output).stem)
+    return (f"mpq eval {shlex.quote(args.shards)} --dataset {args.dataset} --split {split} --task {args.task} "
+            f"--model {shlex.quote(args.model)} --weights {shlex.quote(args.output)} --variant {variant}")
 
 
 def write_outputs(output: str, net: torch.nn.Module, ema: Any) -> None:
