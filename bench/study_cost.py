@@ -120,7 +120,7 @@ def loader_rate(out: Path, codec: str, rounds: int = 2) -> float:
         ds = load(str(out), "imagenet", "val", codec, shuffle=True, seed=r, buffer=64, transform=transform)
         loader = Loader(ds, batch_size=64, num_workers=0, collate_fn=train_tasks.classify_collate)
         cpu, n = time.process_time(), 0
-        for keys, images, _ in loader:
+        for keys, _images, _ in loader:
             n += len(keys)
         rate = n / (time.process_time() - cpu)
         best = rate if r > 0 and rate > best else best

@@ -45,6 +45,12 @@ def ade20k(tmp_path_factory) -> dict[str, fx.Built]:
 
 
 @pytest.fixture(scope="session")
+def coco(tmp_path_factory) -> dict[str, fx.Built]:
+    """COCO 2017 one folder below the root: coco/{val2017,train2017}/ and coco/annotations/instances_*.json."""
+    return fx.build_coco(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="session")
 def imagefolder_classes(tmp_path_factory) -> fx.Built:
     return fx.build_imagefolder(tmp_path_factory.mktemp("imagefolder-classes"), classes=True)
 

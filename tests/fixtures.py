@@ -319,6 +319,109 @@ def build_hf(root: Path) -> dict[str, Built]:
     return out
 
 
+COCO_CATEGORIES = [{"supercategory": "person", "id": 1, "name": "person"},
+                   {"supercategory": "animal", "id": 17, "name": "cat"},
+                   {"supercategory": "kitchen", "id": 47, "name": "cup"},
+                   {"supercategory": "indoor", "id": 90, "name": "toothbrush"}]
+
+
+def _polygon_area(poly: list[float]) -> float:
+    """Shoelace area of one flat [x0, y0, x1, y1, ...] polygon (COCO's ``area`` of a polygon mask)."""
+    x, y = np.asarray(poly[0::2]), np.asarray(poly[1::2])
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def _crowd_rle(height: int, width: int, top: int, left: int, h: int, w: int) -> dict[str, Any]:
+    """An uncompressed (column-major) RLE of a rectangle, as COCO stores crowd regions: counts alternate 0s, 1s."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[top:top + h, left:left + w] = 1
+    flat = mask.flatten(order="F")
+    counts, current, run = [], 0, 0
+    for v in flat:
+        if v == current:
+            run += 1
+        else:
+            counts.append(run)
+            current, run = int(v), 1
+    counts.append(run)
+    return {"counts": counts, "size": [height, width]}
+
+
+def coco_val_json() -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A hand-made instances_val2017.json and the image files it names (real photographs).
+
+    Boxes are ``[x, y, w, h]`` with fractional values as COCO writes them; one image has polygons
+    of two parts, one an RLE crowd region, one (the cat) no annotation, one is a grayscale JPEG and
+    one a CMYK JPEG. Areas carry many digits so a lossy float round trip would show.
+    """
+    files = {
+        "000000000139.jpg": jpeg_bytes(photo("astronaut", 96, 128)),
+        "000000000285.jpg": jpeg_bytes(photo("coffee", 80, 112)),
+        "000000000632.jpg": jpeg_bytes(photo("chelsea", 72, 96)),  # no annotation
+        "000000000724.jpg": gray_jpeg("camera", (64, 80)),
+        "000000000776.jpg": cmyk_jpeg("coffee", (64, 96)),
+    }
+    images, anns = [], []
+    for i, (name, data) in enumerate(files.items()):
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+        images.append({"license": 1 + i % 2, "file_name": name, "coco_url": f"http://images.cocodataset.org/val2017/{name}",
+                       "height": h, "width": w, "date_captured": "2013-11-14 17:02:52", "flickr_url": "",
+                       "id": int(name[:-4])})
+    person = [[30.5, 10.25, 90.75, 12.0, 95.0, 90.5, 28.125, 88.0]]
+    helmet = [[40.0, 8.0, 60.5, 8.0, 60.5, 30.0], [61.0, 9.0, 70.0, 9.0, 70.0, 20.0]]  # two parts
+    cup = [[20.0, 30.0, 70.0, 30.0, 70.0, 75.0, 20.0, 75.0]]
+    anns += [
+        {"segmentation": person, "area": _polygon_area(person[0]), "iscrowd": 0, "image_id": 139,
+         "bbox": [28.125, 10.25, 66.875, 80.25], "category_id": 1, "id": 1768},
+        {"segmentation": helmet, "area": _polygon_area(helmet[0]) + _polygon_area(helmet[1]), "iscrowd": 0,
+         "image_id": 139, "bbox": [40.0, 8.0, 30.0, 22.0], "category_id": 90, "id": 1769},
+        {"segmentation": cup, "area": 2250.0 / 3.0, "iscrowd": 0, "image_id": 285,
+         "bbox": [20.0, 30.0, 50.0, 45.0], "category_id": 47, "id": 2001},
+        {"segmentation": _crowd_rle(80, 112, 5, 80, 30, 25), "area": 750, "iscrowd": 1, "image_id": 285,
+         "bbox": [80.0, 5.0, 25.0, 30.0], "category_id": 1, "id": 900100285},
+        {"segmentation": [[10.0, 12.0, 50.0, 12.0, 50.0, 60.0, 10.0, 60.0]], "area": 1920.0, "iscrowd": 0,
+         "image_id": 724, "bbox": [10.0, 12.0, 40.0, 48.0], "category_id": 1, "id": 3001},
+        {"segmentation": [[5.0, 5.0, 30.0, 5.0, 30.0, 40.0]], "area": 437.5, "iscrowd": 0, "image_id": 776,
+         "bbox": [5.0, 5.0, 25.0, 35.0], "category_id": 47, "id": 4001},
+        {"segmentation": [[50.0, 20.0, 90.0, 20.0, 90.0, 60.0, 50.0, 60.0]], "area": 1600.0, "iscrowd": 0,
+         "image_id": 776, "bbox": [50.0, 20.0, 40.0, 40.0], "category_id": 17, "id": 4002},
+    ]
+    data = {"info": {"description": "mpq test COCO", "version": "1.0", "year": 2017},
+            "licenses": [{"url": "http://example.org/1", "id": 1, "name": "one"},
+                         {"url": "http://example.org/2", "id": 2, "name": "two"}],
+            "images": images, "annotations": anns, "categories": COCO_CATEGORIES}
+    return data, files
+
+
+def build_coco(root: Path) -> dict[str, Built]:
+    """COCO 2017 as downloaded, one folder below ``root``: ``coco/{val2017,train2017}/``, ``coco/annotations/``.
+
+    val2017: :func:`coco_val_json`. train2017: two images, one of them listed in the JSON but absent
+    from the folder (an error row).
+    """
+    base = root / "coco"
+    out = {}
+    val, files = coco_val_json()
+    train_files = {"000000000009.jpg": jpeg_bytes(photo("rocket", 64, 96))}
+    train = {"images": [{"file_name": "000000000009.jpg", "height": 64, "width": 96, "id": 9},
+                        {"file_name": "000000000025.jpg", "height": 64, "width": 96, "id": 25}],
+             "annotations": [{"segmentation": [[1.0, 1.0, 20.0, 1.0, 20.0, 30.0]], "area": 285.0, "iscrowd": 0,
+                              "image_id": 9, "bbox": [1.0, 1.0, 19.0, 29.0], "category_id": 90, "id": 77}],
+             "categories": COCO_CATEGORIES}
+    for split, data, imgs in (("val2017", val, files), ("train2017", train, train_files)):
+        _write(base / "annotations" / f"instances_{split}.json", json.dumps(data).encode())
+        built = Built(root, {})
+        for image in data["images"]:
+            name = image["file_name"]
+            if name in imgs:
+                built.samples[name] = Expected(name, _write(base / split / name, imgs[name]))
+            else:
+                built.samples[name] = Expected(name, b"", None, "cannot read")
+        out[split] = built
+    return out
+
+
 # --------------------------------------------------------------------------- reading output back
 
 

@@ -2,7 +2,7 @@
 
 The one place evaluation learns about sets, and only through their typed index
 (:func:`pipeline.store.index.read_index`): spec, shard names and sample counts, and the sample
-fields (``image``, ``label``, ``segmentation``, ``audio``, ``transcript``, ``mixture``, ``stems``)
+fields (``image``, ``label``, ``segmentation``, ``target``, ``audio``, ``transcript``, ``mixture``, ``stems``)
 that the index's schema declares, so whether a task fits a set never depends on the dataset's name.
 """
 from __future__ import annotations

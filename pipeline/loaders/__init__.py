@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .decoders import DECODERS, decoder_table
+from .detection import collate as detection_collate
 from .options import LoadOptions
 from .tables import hf_data_files, hf_features, manifests
 from .wds import wds_decoder, wds_sample_decoder
@@ -43,8 +44,10 @@ def load(root: str, dataset: str, split: str, codec: Any = None, options: LoadOp
     entries to the safe decoder table (never for pickle-like members). ``shards``: read only these
     shard files, whole and in the given order, with no shuffle and no rank or worker split.
     ``image_format`` (``tensor``, ``numpy``, ``pil``), ``decode_payload`` (decode a learned codec's
-    payload rather than its stored ``.png``) and ``meta`` (the ``.json`` record as ``json``) say
-    how samples are handed out.
+    payload rather than its stored ``.png``), ``meta`` (the ``.json`` record as ``json``) and ``masks``
+    (detection targets carry instance masks) say how samples are handed out. A detection set (``coco``)
+    gives ``target``: torchvision's detection target (see :mod:`pipeline.loaders.detection`; batch with
+    ``collate_fn=pipeline.loaders.detection_collate``).
     """
     from .dataset import ShardDataset
 
@@ -56,6 +59,10 @@ def __getattr__(name: str) -> Any:
         from .dataset import ShardDataset
 
         return ShardDataset
+    if name == "coco_ground_truth":
+        from .annotations import ground_truth
+
+        return ground_truth
     if name == "Loader":
         from .loader import Loader
 
@@ -63,5 +70,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["DECODERS", "LoadOptions", "Loader", "ShardDataset", "decoder_table", "hf_data_files", "hf_features", "load",
+__all__ = ["DECODERS", "LoadOptions", "Loader", "ShardDataset", "coco_ground_truth", "decoder_table",
+           "detection_collate", "hf_data_files", "hf_features", "load",
            "manifests", "wds_decoder", "wds_sample_decoder"]

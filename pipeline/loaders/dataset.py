@@ -201,7 +201,8 @@ class ShardDataset(IterableDataset):
         if self._tables is None:  # built once per process: codecs (and any model) live in the worker
             o = self.options
             self._tables = [ViewDecoder(s.index, s.spec, o.decoders or {}, decode_payload=o.decode_payload,
-                                        meta=o.meta, image_format=o.image_format) for s in self.sets]
+                                        meta=o.meta, image_format=o.image_format, masks=o.masks)
+                            for s in self.sets]
         return self._tables
 
     def _decode(self, key: str, views: list[tuple[int, dict[str, bytes]]]) -> dict[str, Any]:

@@ -54,10 +54,15 @@ def run_decoder(decoder: FieldDecoder, members: Mapping[str, bytes], ext: str,
         raise SampleError(f".{ext}: {type(exc).__name__}: {exc}") from exc
 
 
-def convert(value: Any, type_: str, image_format: str) -> Any:
-    """A decoded value as handed out: by the field's type, never by dataset."""
+def convert(value: Any, type_: str, image_format: str, masks: bool = False) -> Any:
+    """A decoded value as handed out: by the field's type, never by dataset (``masks``: detection targets
+    carry instance masks)."""
     import torch
 
+    if type_ == "detection":
+        from .detection import target
+
+        return target(value, image_format, masks)
     if not isinstance(value, np.ndarray):
         return value
     if type_ == "audio":  # (n, channels) -> (channels, n), torchaudio's layout
@@ -82,8 +87,9 @@ class ViewDecoder:
     """How one set's members become fields, worked out once per process (not per sample)."""
 
     def __init__(self, index: SetIndex, spec: Any, user: Mapping[str, Decoder], *, decode_payload: bool = False,
-                 meta: bool = False, image_format: str = "tensor"):
+                 meta: bool = False, image_format: str = "tensor", masks: bool = False):
         self.canonical, self.meta, self.image_format = index.codec, meta, image_format
+        self.instance_masks = masks
         self._spec, self._user = spec, dict(user)
         self._restorer: WithRecord | None = None
         main = index.payload
@@ -110,8 +116,8 @@ class ViewDecoder:
         self.view_groups = tuple(dict.fromkeys(group for group, m in self.coded if m.field.type in SIGNALS))
         self.sample_groups = tuple(dict.fromkeys(m.field.group for m in self.attachments
                                                  if m.field.group and m.field.type in SIGNALS))
-        self.masks = tuple(dict.fromkeys(m.field.name for m in self.attachments
-                                         if m.field.type == "mask" and not m.field.group))
+        self.masks = tuple(dict.fromkeys(m.field.name for m in self.attachments  # moved with the image
+                                         if m.field.type in ("mask", "detection") and not m.field.group))
 
     def _resolve(self, f: Field) -> Member:
         if f.ext is None or f.decoder is None:
@@ -140,14 +146,23 @@ class ViewDecoder:
         return self.view_members + (self.sample_members if with_sample_fields else
                                     tuple(e for e in self._user if e not in self.view_members))
 
-    def __call__(self, members: Mapping[str, bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(view fields: payload, measures, codec; sample fields: attachments, record values)."""
+    def _record(self, members: Mapping[str, bytes]) -> dict[str, Any]:
         if "json" not in members:
             raise SampleError("no .json record")
         record = run_decoder(self.json, members, "json")
         if not isinstance(record, dict) or record.get("codec") != self.canonical:
             raise SampleError(f"record names codec {record.get('codec') if isinstance(record, dict) else None!r}, "
                               f"the set is {self.canonical}")
+        return record
+
+    def sample_fields(self, members: Mapping[str, bytes]) -> dict[str, Any]:
+        """The sample fields alone (attachments, record values), the payload neither read nor decoded:
+        the lossless fields an evaluation's failure value is built from (``json`` plus :attr:`sample_members`)."""
+        return self._extra(members, self._record(members))
+
+    def __call__(self, members: Mapping[str, bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(view fields: payload, measures, codec; sample fields: attachments, record values)."""
+        record = self._record(members)
         for m in self.payload:
             if m.ext in members:
                 payload = run_decoder(m.fn, members, m.ext, record)
@@ -163,10 +178,14 @@ class ViewDecoder:
             if ext in members:
                 view.setdefault(group, {})[f.name] = convert(run_decoder(fn, members, ext, record), f.type,
                                                                self.image_format)
+        return view, self._extra(members, record)
+
+    def _extra(self, members: Mapping[str, bytes], record: Mapping[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         for f, ext, fn in self.attachments:
             if ext in members:
-                value = convert(run_decoder(fn, members, ext, record), f.type, self.image_format)
+                value = convert(run_decoder(fn, members, ext, record), f.type, self.image_format,
+                                self.instance_masks)
                 if f.group:
                     extra.setdefault(f.group, {})[f.name] = value
                 else:
@@ -175,8 +194,8 @@ class ViewDecoder:
         for ext, fn in self.user:
             if ext in members:
                 extra[ext] = run_decoder(fn, members, ext)
-        return view, extra
+        return extra
 
 
 #: the safe table's entry behind each plain decoder name (the table is keyed by member extension)
-_SAFE = {"label_map": "seg.png", "integer": "cls", "text": "txt"}
+_SAFE = {"label_map": "seg.png", "integer": "cls", "text": "txt", "json": "json"}

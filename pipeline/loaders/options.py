@@ -37,6 +37,7 @@ class LoadOptions:
     decoders: Mapping[str, Callable[[bytes], Any]] | None = None
     decode_payload: bool = False
     meta: bool = False
+    masks: bool = False
     rank: int | None = None
     world_size: int | None = None
     cache_dir: str | None | bool = None

@@ -214,7 +214,8 @@ def apply_transform(sample: dict[str, Any], transform: Callable, *, views: list[
     """One call of ``transform`` for every aligned input, so random crops and flips match.
 
     Inputs: the payload of each view, then each view's and the sample's named signals (coded
-    and reference stems), then the mask fields (``tv_tensors.Mask`` when ``wrap_images``).
+    and reference stems), then the mask fields (``tv_tensors.Mask`` when ``wrap_images``) and detection
+    targets (their boxes as ``tv_tensors.BoundingBoxes`` on the first image's canvas, masks as ``Mask``).
     """
     import torch
 
@@ -227,8 +228,17 @@ def apply_transform(sample: dict[str, Any], transform: Callable, *, views: list[
     if wrap_images and len(args) > 1:
         from torchvision import tv_tensors
 
+        from .detection import wrap
+
+        canvas = (int(args[0].shape[-2]), int(args[0].shape[-1])) if isinstance(args[0], torch.Tensor) else (0, 0)
         args = ([tv_tensors.Image(x) if isinstance(x, torch.Tensor) else x for x in args[:len(slots)]]
-                + [tv_tensors.Mask(x) if isinstance(x, torch.Tensor) else x for x in args[len(slots):]])
+                + [tv_tensors.Mask(x) if isinstance(x, torch.Tensor) else wrap(x, canvas) if isinstance(x, dict)
+                   else x for x in args[len(slots):]])
+    elif len(args) > 1 and _is_pil(args[0]):  # detection targets move with a PIL image too
+        from .detection import wrap
+
+        canvas = (int(args[0].size[1]), int(args[0].size[0]))
+        args = [*args[:len(slots)], *(wrap(x, canvas) if isinstance(x, dict) else x for x in args[len(slots):])]
     out = transform(*args)
     if len(args) == 1:
         out = (out,)
@@ -239,9 +249,20 @@ def apply_transform(sample: dict[str, Any], transform: Callable, *, views: list[
         d[k] = plain(value)
 
 
+def _is_pil(value: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
+
+
 def plain(value: Any) -> Any:
     """A tv_tensor back to a plain tensor, so collation and user code see ordinary tensors."""
     import torch
+
+    if isinstance(value, dict):  # a detection target: its boxes and masks
+        from .detection import unwrap
+
+        return unwrap(value)
 
     if isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
         return value.as_subclass(torch.Tensor)

@@ -117,6 +117,11 @@ def hf_features(root: str, dataset: str, split: str, codec: Any = None, *, audio
                 records.append(strict_json(read_span(fh, spans["json"])))
     features: dict[str, Any] = {}
     declared = {f.ext: f.type for f in s.index.schema if f.ext}  # what the set index says each member is
+    untyped = [ext for ext, t in declared.items() if t == "detection"]
+    if untyped:  # HF parses the member as JSON, and Arrow has no one type for polygons and RLE in one field
+        raise ConfigError(f"{dataset}: the .{untyped[0]} annotations (COCO segmentation: polygons or RLE) have no "
+                          "Arrow type for Hugging Face's webdataset builder; read the set with "
+                          "pipeline.loaders.load or webdataset (wds_sample_decoder)")
     for ext in exts:
         kind = HF_WEBDATASET.get(ext.rsplit(".", 1)[-1], "bytes")
         if ext == "json":

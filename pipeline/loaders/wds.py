@@ -43,8 +43,9 @@ def _ext(key: str) -> str:
 
 
 def _hand_out(value: Any, field: Field) -> Any:
-    """Signals as our loaders hand them out with ``image_format="numpy"`` (audio channels first); others as decoded."""
-    return convert(value, field.type, "numpy") if field.type in SIGNALS else value
+    """Signals and detection targets as our loaders hand them out with ``image_format="numpy"`` (audio channels
+    first); others as decoded."""
+    return convert(value, field.type, "numpy") if field.type in (*SIGNALS, "detection") else value
 
 
 def _modality_names(codec: Any) -> list[str]:

@@ -8,7 +8,8 @@ from ..errors import ConfigError
 from .base import RawSample, SampleRef, Source, SourceOption
 
 _REGISTRY: dict[str, type[Source]] = {}
-_MODULES = ("pipeline.sources.imagenet", "pipeline.sources.ade20k", "pipeline.sources.imagefolder",
+_MODULES = ("pipeline.sources.imagenet", "pipeline.sources.ade20k", "pipeline.sources.coco",
+            "pipeline.sources.imagefolder",
             "pipeline.sources.hf", "pipeline.sources.librispeech", "pipeline.sources.musdb",
             "pipeline.sources.audiofolder")
 _loaded = False

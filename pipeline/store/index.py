@@ -24,13 +24,14 @@ V1 = "mpq-shards/1"
 #: where a field comes from: the coded payload (one per codec setting), a member copied from the
 #: source, or a value of the sample's ``.json`` record
 ROLES = ("payload", "attachment", "record")
-#: what a field's value is; ``mask`` is a label map that geometric transforms move with the image
-TYPES = ("image", "audio", "mask", "int", "text", "float", "any")
+#: what a field's value is; ``mask`` is a label map that geometric transforms move with the image;
+#: ``detection`` is an image's object annotations (COCO JSON), handed out as a torchvision detection target
+TYPES = ("image", "audio", "mask", "detection", "int", "text", "float", "any")
 #: the loaders' decoders by name: ``codec`` (the set's image payload: the safe table or the codec),
 #: ``audio_codec`` (decode, then restore the source's rate, channels and length from the record),
 #: ``flac`` (a lossless reference checked against the record), ``png`` (stored decoded pixels),
-#: ``label_map``, ``integer``, ``text``; None: a record value, or a member kept but not decoded
-DECODER_NAMES = ("codec", "audio_codec", "flac", "png", "label_map", "integer", "text")
+#: ``label_map``, ``integer``, ``text``, ``json`` (strict JSON); None: a record value, or a member kept but not decoded
+DECODER_NAMES = ("codec", "audio_codec", "flac", "png", "label_map", "integer", "text", "json")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pipeline.eval.tasks import TASKS, get_task
 
 
 def test_names():
-    assert task_names() == ["asr", "classify", "segment", "separate", "similarity"]
+    assert task_names() == ["asr", "classify", "detect", "segment", "separate", "similarity"]
     assert model_kinds() == ["cdpam", "dists", "hf", "htdemucs", "lpips", "pocketsphinx", "timm", "torchvision",
                              "umxhq", "umxl"]
 
@@ -82,7 +82,7 @@ def test_config_round_trip_and_checks():
         with pytest.raises(ConfigError):
             EvalConfig.create("OUT", "imagenet", "val", "classify", "timm:resnet18", **kw)
     with pytest.raises(ConfigError, match="unknown task"):
-        EvalConfig.create("OUT", "imagenet", "val", "detect", "timm:resnet18")
+        EvalConfig.create("OUT", "imagenet", "val", "caption", "timm:resnet18")
 
 
 def test_readme_names_every_task_and_model_kind():

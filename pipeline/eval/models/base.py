@@ -12,7 +12,9 @@ class ModelKind:
     """One family of models. ``tasks``: the tasks it can do; ``named``: the spec needs ``:NAME``.
 
     Predictors offer, by task: ``logits(images) -> (N, C) tensor`` (classify),
-    ``segment(images) -> [HxW model classes]`` (segment), ``transcribe([(audio, rate)]) -> [str]``
+    ``segment(images) -> [HxW model classes]`` (segment), ``detect(images) -> [{boxes (N, 4) xyxy, scores,
+    labels, masks (N, H, W) bool when predicted}]`` with ``label_names`` (None: labels are the dataset's
+    category ids; else id -> name, mapped by name) (detect), ``transcribe([(audio, rate)]) -> [str]``
     (asr), ``separate(mixture, rate) -> {stem: (channels, n)}`` (separate). Images are HxWx3
     uint8 numpy arrays, audio float32 numpy arrays.
     """

@@ -1,4 +1,4 @@
-"""Hugging Face transformers models (classify, segment, asr): a hub id or a ``save_pretrained`` folder.
+"""Hugging Face transformers models (classify, segment, detect, asr): a hub id or a ``save_pretrained`` folder.
 
 Hub ids are read from the Hugging Face cache; with ``--offline`` nothing is downloaded
 (``local_files_only=True``) and a model missing from the cache stops the run before any work.
@@ -31,14 +31,15 @@ def cached_file(repo: str, filename: str, offline: bool, what: str) -> Path | No
 @register_model
 class HuggingFace(ModelKind):
     name = "hf"
-    tasks = ("classify", "segment", "asr")
+    tasks = ("classify", "segment", "detect", "asr")
     library = "transformers"
 
     @classmethod
     def check(cls, config: Any) -> None:
         super().check(config)
-        if config.weights and config.task == "asr":
-            raise ConfigError("--weights applies to hf image models (classify, segment); an ASR model is a folder")
+        if config.weights and config.task not in ("classify", "segment"):
+            raise ConfigError(f"--weights applies to hf classify and segment models; an hf {config.task} model is "
+                              "a folder (save_pretrained)")
 
     @classmethod
     def weights_file(cls, config: Any) -> Path | None:
@@ -69,6 +70,8 @@ class HuggingFace(ModelKind):
             return _HFClassifier(config.model.name, device, kw, config.weights)
         if config.task == "segment":
             return _HFSegmenter(config.model.name, device, kw, config.weights)
+        if config.task == "detect":
+            return _HFDetector(config.model.name, device, kw)
         return _HFSpeech(config.model.name, device, kw)
 
 
@@ -116,6 +119,32 @@ class _HFSegmenter(_HFImage):
             up = F.interpolate(logits[i:i + 1].float(), size=im.shape[:2], mode="bilinear", align_corners=False)
             out.append(up[0].argmax(0).cpu().numpy())
         return out
+
+
+class _HFDetector(_HFImage):
+    """DETR, RT-DETR, ... through their image processor's ``post_process_object_detection``.
+
+    Every query the post-processing returns is kept (threshold 0, as DETR's own COCO evaluation);
+    ``labels`` are the model's ids, named by ``label_names`` (its ``id2label``), which the task maps
+    onto the dataset's category ids by name.
+    """
+
+    auto = "AutoModelForObjectDetection"
+
+    def __init__(self, name: str, device: str, kw: dict[str, Any]):
+        super().__init__(name, device, kw)
+        self.label_names = {int(k): str(v) for k, v in (self.net.config.id2label or {}).items()}
+
+    def detect(self, images: Sequence[Any]) -> list[dict[str, Any]]:
+        import torch
+
+        batch = self.processor(images=list(images), return_tensors="pt")
+        with torch.inference_mode():
+            out = self.net(**{k: v.to(self.device) for k, v in batch.items()})
+        found = self.processor.post_process_object_detection(out, threshold=0.0,
+                                                             target_sizes=[im.shape[:2] for im in images])
+        return [{k: r[k].float().cpu().numpy() if k != "labels" else r[k].cpu().numpy()
+                 for k in ("boxes", "scores", "labels")} for r in found]
 
 
 class _HFSpeech:

@@ -1,4 +1,5 @@
-"""Image classifiers from torchvision and timm, and torchvision segmentation models, with their own preprocessing."""
+"""Image classifiers from torchvision and timm, torchvision's detectors and segmentation models, with their own
+preprocessing."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,6 +37,40 @@ class Classifier:
             return self.net(self.inputs(images).to(self.device))
 
 
+class Detector:
+    """Batches of HxWx3 uint8 images -> torchvision detections (the model resizes and normalizes inside).
+
+    Its ``labels`` are the category ids the weights were trained on: torchvision's COCO detectors
+    predict COCO's ids (1..90, their ``meta["categories"]`` index), so no mapping applies.
+    """
+
+    label_names = None
+
+    def __init__(self, net: Any, preprocess: Callable[[Any], Any], device: str):
+        import torch
+
+        self.net = net.eval().to(device)
+        self.preprocess = preprocess
+        self.device = device
+        self.no_grad = torch.inference_mode
+
+    def detect(self, images: Sequence[Any]) -> list[dict[str, Any]]:
+        """Per image: ``boxes`` (N, 4) xyxy pixels, ``scores``, ``labels``, and ``masks`` (N, H, W) bool when
+        the model predicts them (mask probabilities above 0.5, as torchvision's COCO evaluation does)."""
+        import torch
+
+        with self.no_grad():
+            outs = self.net([self.preprocess(torch.from_numpy(im).permute(2, 0, 1)).to(self.device) for im in images])
+        found = []
+        for o in outs:
+            d = {k: o[k].float().cpu().numpy() if k != "labels" else o[k].cpu().numpy()
+                 for k in ("boxes", "scores", "labels")}
+            if "masks" in o:
+                d["masks"] = (o["masks"][:, 0] > 0.5).cpu().numpy()
+            found.append(d)
+        return found
+
+
 class Segmenter:
     """HxWx3 uint8 images -> model classes per pixel at each image's own size (logits upsampled
     bilinearly, then argmax, as for ``hf:`` segmenters); one image per forward, as sizes differ."""
@@ -60,16 +95,35 @@ class Segmenter:
         return out
 
 
+def _detector(name: str, default: Any, weights: str | None) -> Any:
+    """A torchvision detector with its default weights, or with a state dict over the same architecture."""
+    import torchvision
+
+    if not weights:
+        return torchvision.models.get_model(name, weights=default)
+    state = load_state_dict(weights)
+    classes = len(default.meta.get("categories") or ()) or 91
+    net = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=classes)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"--weights {weights}: not a state dict of {name} with {classes} classes "
+                          f"({str(exc).splitlines()[0]})") from None
+    return net
+
+
 @register_model
 class TorchVision(ModelKind):
     """``torchvision:NAME``: ``torchvision.models.get_model``; default weights from the torch hub cache.
 
-    Segmentation models (``deeplabv3_*``, ``fcn_*``, ``lraspp_*``) need ``--weights``: torchvision's
-    own are for the 21 Pascal VOC classes, the segment task scores ADE20K's 150.
+    Classifiers for ``classify``; detectors (``fasterrcnn_*``, ``retinanet_*``, ``fcos_*``, ``ssd*``,
+    ``maskrcnn_*``) for ``detect``; segmentation models (``deeplabv3_*``, ``fcn_*``, ``lraspp_*``) for
+    ``segment``, with ``--weights`` only: torchvision's own are for the 21 Pascal VOC classes, the segment
+    task scores ADE20K's 150.
     """
 
     name = "torchvision"
-    tasks = ("classify", "segment")
+    tasks = ("classify", "detect", "segment")
     library = "torchvision"
 
     @classmethod
@@ -91,6 +145,11 @@ class TorchVision(ModelKind):
     def check(cls, config: Any) -> None:
         super().check(config)
         cls._weights_enum(config)
+        detector = config.model.name in _detection_models()
+        if detector != (config.task == "detect"):
+            raise ConfigError(f"torchvision model {config.model.name} is {'a' if detector else 'no'} detector: "
+                              f"task {config.task} {'needs' if config.task == 'detect' else 'takes'} "
+                              f"{'one' if config.task == 'detect' else 'a classifier'}")
         if config.task == "segment":
             import torchvision
 
@@ -103,13 +162,15 @@ class TorchVision(ModelKind):
                                   "(examples/finetune.py --task segment writes one)")
 
     @classmethod
-    def load(cls, config: Any) -> Classifier | Segmenter:
+    def load(cls, config: Any) -> Classifier | Detector | Segmenter:
         import torch
         import torchvision
 
         name, default = config.model.name, cls._weights_enum(config)
         if config.task == "segment":
             return cls._segmenter(config, default)
+        if config.task == "detect":
+            return Detector(_detector(name, default, config.weights), default.transforms(), torch_device(config))
         if config.weights:
             state = load_state_dict(config.weights)
             net = torchvision.models.get_model(name, weights=None, num_classes=_num_classes(state) or 1000)
@@ -122,6 +183,7 @@ class TorchVision(ModelKind):
             return transform(torch.from_numpy(image).permute(2, 0, 1))
 
         return Classifier(net, preprocess, torch_device(config))
+
 
     @classmethod
     def _segmenter(cls, config: Any, default: Any) -> Segmenter:
@@ -188,3 +250,9 @@ class Timm(ModelKind):
             return transform(Image.fromarray(image))
 
         return Classifier(net, preprocess, torch_device(config))
+
+
+def _detection_models() -> frozenset[str]:
+    import torchvision
+
+    return frozenset(torchvision.models.list_models(module=torchvision.models.detection))

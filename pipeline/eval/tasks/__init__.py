@@ -1,4 +1,4 @@
-"""The task registry: ``classify``, ``segment``, ``asr``, ``separate``, ``similarity`` (the single source of
+"""The task registry: ``classify``, ``segment``, ``detect``, ``asr``, ``separate``, ``similarity`` (the single source of
 task names).
 
 A task turns loaded samples into model inputs, model outputs into per-sample columns, and
@@ -10,6 +10,7 @@ from ..registry import Registry
 from .base import Task
 
 TASKS: Registry[type[Task]] = Registry("task", ("pipeline.eval.tasks.classify", "pipeline.eval.tasks.segment",
+                                                "pipeline.eval.tasks.detect",
                                                 "pipeline.eval.tasks.asr", "pipeline.eval.tasks.separate",
                                                 "pipeline.eval.tasks.similarity"))
 register_task = TASKS.register

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from . import register_task
-from .base import Task, as_numpy, ok_rows
+from .base import Task, as_numpy, counted_rows
 
 NORMALIZATION = ("lower case; remove punctuation (jiwer.RemovePunctuation: Unicode category P); "
                  "collapse runs of spaces; strip; split on spaces")
@@ -41,8 +41,9 @@ class ASR(Task):
     primary = "wer"
     higher_is_better = False
     definitions = {
-        "wer": "sum over ok samples of (substitutions + deletions + insertions) / sum of reference words, "
-               f"after normalizing reference and hypothesis alike: {NORMALIZATION}",
+        "wer": "sum over counted samples of (substitutions + deletions + insertions) / sum of reference words, "
+               f"after normalizing reference and hypothesis alike: {NORMALIZATION}; counted: ok samples, and "
+               "failed or missing samples, whose every reference word counts as deleted",
     }
 
     @classmethod
@@ -64,8 +65,16 @@ class ASR(Task):
         return [{"reference": ref, "hypothesis": hyp, **word_errors(ref, hyp)} for (_, _, ref), hyp in zip(items, hyps)]
 
     @classmethod
+    def failure_row(cls, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """Every reference word deleted (no hypothesis)."""
+        text = sample.get("transcript")
+        if not text:
+            raise ValueError("the reference sample has no transcript")
+        return {"reference": str(text), "hypothesis": None, **word_errors(str(text), "")}
+
+    @classmethod
     def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        good = ok_rows(rows)
+        good = counted_rows(rows, "ref_words")
         words = sum(int(r["ref_words"]) for r in good)
         edits = sum(int(r["substitutions"]) + int(r["deletions"]) + int(r["insertions"]) for r in good)
         return {"wer": edits / words if words else None, "ref_words": words, "edits": edits}
