@@ -101,12 +101,14 @@ def init(args: argparse.Namespace) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def make_loader(args: argparse.Namespace, dataset: str, split: str, transform: Any, collate: Callable):
-    """The resumable loader over the mixture: shuffled from (seed, epoch), one setting per sample."""
+def make_loader(args: argparse.Namespace, dataset: str, split: str, transform: Any, collate: Callable,
+                **options: Any):
+    """The resumable loader over the mixture: shuffled from (seed, epoch), one setting per sample
+    (``options``: further ``load()`` options, such as ``masks=True``)."""
     from pipeline.loaders import Loader, load
 
     ds = load(args.shards, dataset, split, codec=mixture(args.codec), shuffle=True, seed=args.seed,
-              buffer=args.buffer, transform=transform)
+              buffer=args.buffer, transform=transform, **options)
     return Loader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
 
 

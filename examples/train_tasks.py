@@ -150,3 +150,60 @@ def segment_recipe(args: argparse.Namespace, checkpoint_format: str) -> Recipe:
         return total + 0.5 * ce(out["aux"], target) if "aux" in out else total
 
     return Recipe(loader, net, loss, checkpoint_format)
+
+
+# ------------------------------------------------------------------------------------------ detect
+
+
+class DetectCollate:
+    """(keys, images, targets) as torchvision's detectors take them in training: lists, since images
+    differ in size; crowd regions and empty boxes dropped (torchvision's recipe), masks kept when loaded."""
+
+    def __call__(self, samples: list[dict[str, Any]]) -> tuple[list[str], list[torch.Tensor], list[dict[str, Any]]]:
+        from pipeline.loaders.detection import drop_crowd
+
+        keys = [s["__key__"] for s in samples]
+        targets = [{k: v for k, v in drop_crowd(s["target"]).items() if k in ("boxes", "labels", "masks")}
+                   for s in samples]
+        return keys, [s["image"] for s in samples], targets
+
+
+def detect_model(args: argparse.Namespace) -> torch.nn.Module:
+    """A torchvision detector: torchvision's COCO weights (``--torchvision-weights DEFAULT``), a state
+    dict (``--weights``), or random weights with 91 outputs (COCO's category ids 1..90 and background)."""
+    from torchvision.models import get_model
+
+    kind, _, name = args.model.partition(":")
+    if kind != "torchvision":
+        raise SystemExit(f"--model {args.model}: detection trains torchvision:NAME")
+    torch.manual_seed(args.seed)
+    if args.torchvision_weights:
+        net = get_model(name, weights=args.torchvision_weights)
+    else:
+        net = get_model(name, weights=None, weights_backbone=args.backbone_weights, num_classes=args.num_classes)
+    if args.weights:
+        net.load_state_dict(load_state(args.weights))
+    return net
+
+
+def detect_recipe(args: argparse.Namespace, checkpoint_format: str) -> Recipe:
+    """Flips that move the boxes (and masks) with the image, then floats in [0, 1]: the detectors
+    resize and normalize inside; the loss is the sum of the model's own losses."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    net = detect_model(args)
+    masks = name_has_masks(args.model)
+    flip = [v2.RandomHorizontalFlip()] if args.augment else []
+    transform = v2.Compose([*flip, v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)])
+    loader = make_loader(args, args.dataset, args.split, transform, DetectCollate(), masks=masks)
+
+    def loss(model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> torch.Tensor:
+        return sum(model(images, targets).values())
+
+    return Recipe(loader, net, loss, checkpoint_format)
+
+
+def name_has_masks(model: str) -> bool:
+    """Mask R-CNN trains on instance masks as well: the loader rasterizes them only then."""
+    return model.partition(":")[2].startswith("maskrcnn")

@@ -300,3 +300,43 @@ def test_segformer_fine_tuned_evaluated_beside_its_start_with_recovered(ade_shar
         assert "| recovered |" in (target / "report.md").read_text()
     else:
         assert math.isnan(got)
+
+
+# ------------------------------------------------------------------------------------------- detection
+
+DET_MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision detector
+
+
+@pytest.fixture(scope="module")
+def coco_shards(tmp_path_factory, coco) -> Path:
+    """COCO val2017 (5 images: polygons, a crowd RLE, one without annotations, grayscale, CMYK) at
+    jpeg:quality=10 and none; the test trains and evaluates on it (the fixture's train2017 has one image)."""
+    out = tmp_path_factory.mktemp("finetune-coco")
+    result = fx.transcode("coco", coco["val2017"], out, split="val2017", codecs=("jpeg:quality=10", "none"),
+                          samples_per_shard=2)
+    assert not result.failed
+    return out
+
+
+def test_detection_killed_resumed_and_evaluated(coco_shards, tmp_path):
+    import json
+
+    from torchvision.models import get_model
+
+    base = ("--task", "detect", "--split", "val2017", "--model", f"torchvision:{DET_MODEL}", "--codec", SEG_MIXTURE)
+    killed_and_resumed(coco_shards, tmp_path, base, "coco", "val2017")
+    final = tmp_path / "final.pt"
+    state = torch.load(final, weights_only=True)
+    get_model(DET_MODEL, weights=None, weights_backbone=None, num_classes=91).load_state_dict(state)  # strict
+    torch.manual_seed(7)
+    initial = get_model(DET_MODEL, weights=None, weights_backbone=None, num_classes=91).state_dict()
+    assert any(not torch.equal(initial[k], state[k]) for k in initial if k.startswith("roi_heads."))
+
+    mpq_eval(coco_shards, "coco", "val2017", "detect", f"torchvision:{DET_MODEL}", "--weights", str(final),
+             "--variant", "ft")
+    for tag in ("jpeg-q10", "none"):
+        doc = json.loads((coco_shards / "coco" / "val2017" / tag / "eval" /
+                          f"detect-torchvision_{DET_MODEL}-ft.json").read_text())
+        assert doc["samples"] == sum(1 for _ in load(coco_shards, "coco", "val2017", doc["codec"])) == 5
+        assert doc["model"]["weights"] == str(final) and doc["model"]["variant"] == "ft"
+        assert doc["errors"] == 0 and "figures" in doc
