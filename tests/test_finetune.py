@@ -43,7 +43,8 @@ def torchrun(shards: Path, work: Path, *extra: str, ranks: int = 2, script: Path
     launcher = (["-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(ranks)]
                 if ranks > 1 else [])
     cmd = [sys.executable, *launcher, str(script), str(shards), *base, "--batch-size", "1", "--workers", "2",
-           "--buffer", "4", "--seed", "7", "--checkpoint", str(work / "ck.pt"), "--log-keys", str(work / "keys"), "--output", str(work / "final.pt"),
+           "--buffer", "4", "--seed", "7", "--checkpoint", str(work / "ck.pt"), "--log-keys", str(work / "keys"),
+           "--output", str(work / "final.pt"),
            "--device", "cpu", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
@@ -318,6 +319,7 @@ def coco_shards(tmp_path_factory, coco) -> Path:
     return out
 
 
+@pytest.mark.slow  # a detector's steps on CPU: about a minute alone, three on a loaded machine
 def test_detection_killed_resumed_and_evaluated(coco_shards, tmp_path):
     import json
 

@@ -60,7 +60,7 @@ def test_schedule_and_weight_decay_groups_by_hand():
     assert len(everything["params"]) == len(list(net.parameters()))
 
 
-def test_pretrain_killed_resumed_and_evaluated(shards, val_shards, tmp_path):
+def test_pretrain_killed_resumed_and_evaluated(shards, val_shards, tmp_path):  # noqa: F811 (fixtures)
     out1 = torchrun(shards, tmp_path, "--stop-after-steps", "2", script=SCRIPT, base=RECIPE)
     assert "stopped after 2 steps" in out1
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
@@ -90,7 +90,7 @@ def test_pretrain_killed_resumed_and_evaluated(shards, val_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_resumed_pretraining_ends_with_the_uninterrupted_weights_and_ema(shards, tmp_path):
+def test_resumed_pretraining_ends_with_the_uninterrupted_weights_and_ema(shards, tmp_path):  # noqa: F811
     """Warmup and cosine rates are a function of the position, the EMA is in the checkpoint: stopping
     and resuming changes neither the weights nor their average."""
     whole, parts = tmp_path / "whole", tmp_path / "parts"

@@ -87,7 +87,8 @@ def test_report_includes_eval_results(tmp_path):
 def test_recovered_fraction_of_a_fine_tuned_variant_by_hand():
     """The seed study's segmentation numbers: 44.5 mIoU at none, 30.5 at 0.1 bpp, 42 after fine-tuning:
     (42 - 30.5) / (44.5 - 30.5) = 82 % of the drop recovered."""
-    summary = _summary([("ade20k", "jpeg-1", "bpp", 0.1), ("ade20k", "jpeg-2", "bpp", 0.5), ("ade20k", "none", "bpp", 12)])
+    summary = _summary([("ade20k", "jpeg-1", "bpp", 0.1), ("ade20k", "jpeg-2", "bpp", 0.5),
+                        ("ade20k", "none", "bpp", 12)])
     base = [_doc("ade20k", "none", "segment", {"miou": 0.445}), _doc("ade20k", "jpeg-1", "segment", {"miou": 0.305}),
             _doc("ade20k", "jpeg-2", "segment", {"miou": 0.445})]  # no drop at 0.5 bpp: nothing to recover
     tuned = [_doc("ade20k", "none", "segment", {"miou": 0.44}), _doc("ade20k", "jpeg-1", "segment", {"miou": 0.42}),
