@@ -23,7 +23,9 @@ def _eval_summary(planned) -> None:
             continue
         doc = json.loads(path.read_text())
         figures = ", ".join(f"{k} {v:.4g}" for k, v in doc["figures"].items() if isinstance(v, (int, float)))
-        click.echo(f"  {doc['tag']:<24} ok {doc['samples']:>6}  error {doc['errors']:>4}  {figures}")
+        cov = doc.get("coverage") or {}
+        covered = f"  coverage {cov['fraction']:.1%}" if isinstance(cov.get("fraction"), float) else ""
+        click.echo(f"  {doc['tag']:<24} ok {doc['samples']:>6}  error {doc['errors']:>4}{covered}  {figures}")
 
 
 def _task_choices() -> list[str]:
@@ -50,7 +52,8 @@ def _task_choices() -> list[str]:
                    "own, and the report gives the fraction of the drop from none that it recovers")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
-@click.option("--limit", type=int, default=None, help="only the first N samples of each set")
+@click.option("--limit", type=int, default=None,
+              help="only the first N reference keys (ok samples of the set none, in shard order), in every set")
 @click.option("--offline", is_flag=True, help="never download weights; missing weights stop the run")
 @click.option("--workers", type=int, default=None,
               help="Dask worker processes on this machine [default: one per core]; 0 runs in this process")

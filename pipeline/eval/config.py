@@ -52,7 +52,7 @@ class EvalConfig:
     weights: str | None = None  # a state dict (torchvision, timm, separators)
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "cpu"
-    limit: int | None = None  # the first N samples of each set, in shard order
+    limit: int | None = None  # the first N reference keys (ok in none, in shard order), in every set
     offline: bool = False
     variant: str | None = None  # results kept apart from the model's own (fine-tuned weights)
 

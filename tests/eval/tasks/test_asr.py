@@ -51,6 +51,7 @@ def test_pocketsphinx_on_spoken_sentences(speech_out, tmp_path):
         assert wer == pytest.approx(jiwer.wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows],
                                               reference_transform=normalize(), hypothesis_transform=normalize()))
         assert doc["figures"]["ref_words"] == sum(len(t.split()) for t in texts.values())
+        assert doc["figures_paired"] == doc["figures"] and doc["coverage"]["fraction"] == 1.0  # fully covered
         if doc["tag"] == "none":
             assert wer < 0.6, rows
         assert doc["model"]["weights_sha256"] and "normaliz" in doc["definitions"]["wer"]
