@@ -47,6 +47,9 @@ def _task_choices() -> list[str]:
               help="only these settings (repeatable) [default: every finished set]; none is always added when present")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False),
               help="a state dict (tensors only) loaded into the named architecture")
+@click.option("--variant", default=None,
+              help="name of these weights (e.g. ft-jpeg5): results go to <task>-<model>-VARIANT beside the model's "
+                   "own, and the report gives the fraction of the drop from none that it recovers")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
 @click.option("--limit", type=int, default=None,
@@ -64,7 +67,7 @@ def _task_choices() -> list[str]:
               help="cluster configuration file (as for transcode)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def eval_(out: str, dataset: str, split: str, task: str, model: str | None, codecs: Sequence[str],
-          weights: str | None, batch_size: int, device: str, limit: int | None, offline: bool,
+          weights: str | None, variant: str | None, batch_size: int, device: str, limit: int | None, offline: bool,
           normalizer: str, language: str | None, workers: int | None, scheduler: str | None,
           cluster_file: str | None, no_progress: bool) -> None:
     """Measure machine perception (TASK with MODEL) on every finished set of DATASET/SPLIT under OUT."""
@@ -81,7 +84,7 @@ def eval_(out: str, dataset: str, split: str, task: str, model: str | None, code
             raise ConfigError(f"task {task} has no default model: give --model")
         config = EvalConfig.create(out, dataset, split, task, model, codecs=codecs, weights=weights,
                                    batch_size=batch_size, device=device, limit=limit, offline=offline,
-                                   normalizer=normalizer, language=language)
+                                   normalizer=normalizer, language=language, variant=variant)
         planned = plan_eval(config)  # every check happens here, before any cluster starts
         from ..run.cluster import cluster_option
 

@@ -56,12 +56,13 @@ class EvalConfig:
     offline: bool = False
     normalizer: str = "basic"  # asr: how texts are normalized before counting word errors (basic, whisper)
     language: str | None = None  # asr with Whisper: the spoken language (None: English); always transcribe
+    variant: str | None = None  # results kept apart from the model's own (fine-tuned weights)
 
     @classmethod
     def create(cls, out: str, dataset: str, split: str, task: str, model: str | ModelSpec, *,
                codecs: Sequence[str] = (), weights: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                device: str = "cpu", limit: int | None = None, offline: bool = False, normalizer: str = "basic",
-               language: str | None = None) -> EvalConfig:
+               language: str | None = None, variant: str | None = None) -> EvalConfig:
         """Validate the values that can be checked without reading any set."""
         from .tasks import get_task
 
@@ -83,14 +84,17 @@ class EvalConfig:
             raise ConfigError("--language applies to Whisper models (hf:...) only")
         if language is not None and not re.fullmatch(r"[A-Za-z][A-Za-z -]*", language):
             raise ConfigError(f"--language takes a language name or code (en, english, de, ...), not {language!r}")
+        if variant is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", variant):
+            raise ConfigError(f"--variant must be letters, digits, '.', '_' or '-' (a file name part), not {variant!r}")
         return cls(str(out), dataset, split, task, spec, tuple(codecs), weights, int(batch_size), device,
-                   limit, bool(offline), normalizer, language.lower() if language else None)
+                   limit, bool(offline), normalizer, language.lower() if language else None, variant or None)
 
     @property
     def name(self) -> str:
-        """``<task>-<model-tag>``: the stem of the result files (``-norm_whisper``, ``-lang_de`` where they
-        are not the defaults, so results under other conventions never overwrite each other)."""
-        extra = (f"-norm_{self.normalizer}" if self.normalizer != "basic" else "") + \
+        """``<task>-<model-tag>`` (``-<variant>`` with one; ``-norm_whisper``, ``-lang_de`` where they are not
+        the defaults), so results under other weights or conventions never overwrite each other."""
+        extra = (f"-{self.variant}" if self.variant else "") + \
+            (f"-norm_{self.normalizer}" if self.normalizer != "basic" else "") + \
             (f"-lang_{re.sub(r'[^a-z]+', '_', self.language)}" if self.language else "")
         return f"{self.task}-{self.model.tag}{extra}"
 

@@ -110,6 +110,8 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
                               f"fields {', '.join(task_cls.requires)}; set {s.tag} has {', '.join(sorted(s.fields))}")
     model = kind.preflight(config)  # last: it may download weights (never with --offline)
     model.update(check_label_space(config, task_cls, kind, sets))  # outputs against the sets' label space
+    if config.variant:  # the report tells a fine-tuned model from its starting point by this
+        model["variant"] = config.variant
     resources = {"GPU": 1} if kind.uses_torch and config.device.startswith("cuda") else None
     keys = key_plans(sets, baseline, config.limit)
     stamps, todo, tasks = {}, [], []

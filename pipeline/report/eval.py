@@ -12,6 +12,11 @@ failed here counted as the task's failure); its ``coverage`` is shown beside it 
 100 % is flagged, with the paired figure in a footnote. The rate is the mean over the set's ok
 samples among the keys of the result's rows (the keys the eval saw: with ``--limit N`` the first N),
 not over the whole set. Results written before coverage existed (``mpq-eval/1``) show none.
+
+A result of ``mpq eval --variant V`` (fine-tuned weights) is the model ``NAME [V]``; when the
+model's own result (no variant, its starting point) is there too, each setting gets
+``recovered``: the fraction of the starting point's drop from ``none`` that the variant wins back,
+``(variant - start) / (start at none - start)``.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from .render import Block, Heading, Image, Para, Table, fmt
 COVERAGE_FIELDS = ("reference_keys", "evaluated", "failed_transcode", "failed_eval", "excluded", "extra", "fraction")
 EVAL_COLUMNS = ["dataset", "split", "task", "model", "figure", "higher_is_better", "family", "codec", "tag",
                 "rate_unit", "rate", "rate_samples", "value", "value_paired", "reference", "delta", "samples", "errors",
-                *(f"coverage_{f}" for f in COVERAGE_FIELDS)]
+                "recovered", *(f"coverage_{f}" for f in COVERAGE_FIELDS)]
 FLAG = "†"  # marks a set under 100 % coverage in the report's tables
 EVAL_BD_COLUMNS = ["dataset", "split", "task", "model", "figure", "anchor", "family", "anchor_points", "points",
                    "bd_rate_cubic", "bd_rate_pchip", "reason"]
@@ -156,7 +161,7 @@ def eval_table(results: list[dict[str, Any]], summary: Any, sets: Iterable[Any] 
         rates[(r["dataset"], r["split"], r["tag"])] = (r["family"], r["rate_unit"], r.get(f"{r['rate_unit']}_mean"))
     sets = list(sets)
     by_tag = {(s.dataset, s.split, s.tag): s for s in sets}
-    rows = []
+    rows, starts = [], {}
     for doc in results:
         figure, higher = task_figure(doc["task"])
         if figure is None:
@@ -166,19 +171,39 @@ def eval_table(results: list[dict[str, Any]], summary: Any, sets: Iterable[Any] 
         measured = eval_rate(by_tag[where], doc, unit, sets) if where in by_tag and unit else None
         rate, rate_samples = measured if measured is not None else (rate, doc.get("samples"))
         coverage = doc.get("coverage") or {}
+        model, variant = doc["model"]["name"], doc["model"].get("variant")
+        if variant:  # its starting point is the same model without a variant
+            starts[f"{model} [{variant}]"] = model
+            model = f"{model} [{variant}]"
         rows.append({"dataset": doc["dataset"], "split": doc["split"], "task": doc["task"],
-                     "model": doc["model"]["name"], "figure": figure, "higher_is_better": higher, "family": family,
+                     "model": model, "figure": figure, "higher_is_better": higher, "family": family,
                      "codec": doc["codec"], "tag": doc["tag"], "rate_unit": unit, "rate": _num(rate),
                      "rate_samples": _num(rate_samples), "value": _num(doc["figures"].get(figure)),
                      "value_paired": _num((doc.get("figures_paired") or {}).get(figure)),
                      "samples": doc["samples"], "errors": doc["errors"],
                      **{f"coverage_{f}": _num(coverage.get(f)) for f in COVERAGE_FIELDS}})
-    frame = pd.DataFrame(rows, columns=[c for c in EVAL_COLUMNS if c not in ("reference", "delta")])
+    frame = pd.DataFrame(rows, columns=[c for c in EVAL_COLUMNS if c not in ("reference", "delta", "recovered")])
     keys = ["dataset", "split", "task", "model"]
     ref = frame[frame["tag"] == "none"].set_index(keys)["value"].to_dict() if len(frame) else {}
     frame["reference"] = [ref.get(tuple(r[k] for k in keys), math.nan) for r in frame.to_dict(orient="records")]
     frame["delta"] = frame["value"] - frame["reference"]
+    frame["recovered"] = _recovered(frame, starts)
     return frame.sort_values(keys + ["family", "rate", "tag"], kind="stable")[EVAL_COLUMNS].reset_index(drop=True)
+
+
+def _recovered(frame: Any, starts: dict[str, str]) -> list[float]:
+    """Per row of a variant: (variant - start) / (start at none - start) at the same setting; NaN elsewhere
+    (no starting point, the reference itself, or no drop to recover)."""
+    value = frame.set_index(["dataset", "split", "task", "model", "tag"])["value"].to_dict() if len(frame) else {}
+    out = []
+    for r in frame.to_dict(orient="records"):
+        start = starts.get(r["model"])
+        where = (r["dataset"], r["split"], r["task"], start)
+        s, s0 = value.get((*where, r["tag"]), math.nan), value.get((*where, "none"), math.nan)
+        drop = s0 - s
+        ok = start is not None and r["tag"] != "none" and math.isfinite(drop) and drop != 0
+        out.append((r["value"] - s) / drop if ok else math.nan)
+    return out
 
 
 def _num(v: Any) -> float:
@@ -264,8 +289,12 @@ def eval_blocks(table: Any, bd: Any, target: Path) -> tuple[list[Block], list[st
                  fmt(r["delta"], 4), coverage_cell(r), fmt(r["samples"], thousands=True),
                  fmt(r["errors"], thousands=True)]
                 for r in part.to_dict(orient="records")]
-        blocks.append(Table(["setting", f"{unit} mean", figure, "change from none", "coverage", "samples", "errors"],
-                            rows, right={1, 2, 3, 4, 5, 6}))
+        head = ["setting", f"{unit} mean", figure, "change from none", "coverage", "samples", "errors"]
+        if part["recovered"].notna().any():  # a fine-tuned variant whose starting point was evaluated too
+            head.append("recovered")
+            for row, rec in zip(rows, part["recovered"]):
+                row.append(fmt(100 * rec, 1, pct=True))
+        blocks.append(Table(head, rows, right=set(range(1, len(head)))))
         notes = coverage_notes(part)
         if notes:
             blocks.append(Para(" ".join(notes)))

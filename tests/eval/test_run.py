@@ -106,6 +106,8 @@ def test_batch_size_does_not_change_rows(out, resnet_weights, tmp_path):
     (["--task", "classify", "--model", "pocketsphinx"], "cannot do task classify"),
     (["--task", "classify", "--model", "torchvision:resnet18", "--codec", "webp:quality=5"], "no complete set"),
     (["--task", "classify"], "no default model"),
+    (["--task", "classify", "--model", "torchvision:resnet18", "--variant", "a/b"], "--variant must be"),
+    (["--task", "asr", "--model", "hf:x", "--weights", __file__], "an hf asr model is a folder"),
 ])
 def test_bad_input_exits_2_with_one_line(out, args, words, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
@@ -148,3 +150,19 @@ def test_a_failed_download_is_one_line(out, capsys, monkeypatch, tmp_path):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "cannot download the weights" in err
     assert str(tmp_path / "torch-home") in err and not list(out.rglob("eval"))
+
+
+def test_a_variant_is_kept_beside_the_models_own_results(out, resnet_weights, tmp_path):
+    """--variant: its own result files (the model's own are untouched) and ``model.variant`` in the JSON."""
+    import json
+
+    out = fresh_copy(out, tmp_path / "v")
+    evaluate(_config(out, resnet_weights))
+    plain = (out / "imagenet" / "val" / "none" / "eval" / f"{NAME}.json").read_bytes()
+    config = _config(out, resnet_weights, variant="ft-q10")
+    assert config.name == f"{NAME}-ft-q10" and EvalConfig.from_dict(config.to_dict()) == config
+    evaluate(config)
+    doc = json.loads((out / "imagenet" / "val" / "none" / "eval" / f"{NAME}-ft-q10.json").read_text())
+    assert doc["model"]["variant"] == "ft-q10" and doc["samples"] > 0
+    assert (out / "imagenet" / "val" / "none" / "eval" / f"{NAME}.json").read_bytes() == plain
+    assert "variant" not in json.loads(plain)["model"]

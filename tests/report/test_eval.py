@@ -159,6 +159,28 @@ def test_figure_keys_leave_out_the_extra_keys(tmp_path):
     assert figure_keys({**doc, "rows": "absent.parquet"}, [none, lossy]) is None
 
 
+def test_recovered_fraction_of_a_fine_tuned_variant_by_hand():
+    """The seed study's segmentation numbers: 44.5 mIoU at none, 30.5 at 0.1 bpp, 42 after fine-tuning:
+    (42 - 30.5) / (44.5 - 30.5) = 82 % of the drop recovered."""
+    summary = _summary([("ade20k", "jpeg-1", "bpp", 0.1), ("ade20k", "jpeg-2", "bpp", 0.5),
+                        ("ade20k", "none", "bpp", 12)])
+    base = [_doc("ade20k", "none", "segment", {"miou": 0.445}), _doc("ade20k", "jpeg-1", "segment", {"miou": 0.305}),
+            _doc("ade20k", "jpeg-2", "segment", {"miou": 0.445})]  # no drop at 0.5 bpp: nothing to recover
+    tuned = [_doc("ade20k", "none", "segment", {"miou": 0.44}), _doc("ade20k", "jpeg-1", "segment", {"miou": 0.42}),
+             _doc("ade20k", "jpeg-2", "segment", {"miou": 0.44})]
+    for d in tuned:
+        d["model"] = {"name": "m", "variant": "ft-jpeg"}
+    table = eval_table(base + tuned, summary).set_index(["model", "tag"])
+    assert table.loc[("m [ft-jpeg]", "jpeg-1"), "recovered"] == pytest.approx((0.42 - 0.305) / (0.445 - 0.305))
+    assert round(100 * table.loc[("m [ft-jpeg]", "jpeg-1"), "recovered"]) == 82
+    assert math.isnan(table.loc[("m [ft-jpeg]", "jpeg-2"), "recovered"])  # no drop
+    assert math.isnan(table.loc[("m [ft-jpeg]", "none"), "recovered"])
+    assert table.loc[("m", "jpeg-1"), "recovered"] != table.loc[("m", "jpeg-1"), "recovered"]  # the start: NaN
+    assert table.loc[("m [ft-jpeg]", "jpeg-1"), "delta"] == pytest.approx(0.42 - 0.44)  # its own none
+    alone = eval_table(tuned, summary)  # the starting point not evaluated: no column to fill
+    assert alone["recovered"].isna().all()
+
+
 def test_old_and_new_results_are_both_read(tmp_path):
     """An mpq-eval/1 result (figures over its ok samples) still reads: figures_paired falls back to its
     figures and its coverage is None; an mpq-eval/2 result is read as written and the report uses ``figures``."""

@@ -10,7 +10,7 @@ from typing import Any, Sequence, cast
 
 from ...errors import ConfigError
 from . import register_model
-from .base import ModelKind, Outputs, missing, torch_device
+from .base import ModelKind, Outputs, load_state_dict, missing, torch_device
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 #: names a model's ``id2label`` gives a leading class that is no class of the label space
@@ -44,15 +44,22 @@ class HuggingFace(ModelKind):
     library = "transformers"
 
     @classmethod
+    def check(cls, config: Any) -> None:
+        super().check(config)
+        if config.weights and config.task not in ("classify", "segment"):
+            raise ConfigError(f"--weights applies to hf classify and segment models; an hf {config.task} model is "
+                              "a folder (save_pretrained)")
+
+    @classmethod
     def weights_file(cls, config: Any) -> Path | None:
         name = config.model.name
+        if config.weights:  # a fine-tuned state dict of the named architecture identifies the weights
+            return Path(config.weights)
         if Path(name).is_dir():
             for f in WEIGHT_FILES:
                 if (Path(name) / f).is_file():
                     return Path(name) / f
             raise ConfigError(f"{name}: no {' or '.join(WEIGHT_FILES)} in this folder")
-        if config.weights:
-            raise ConfigError("--weights applies to torchvision, timm and separators; an hf model is a folder")
         for f in WEIGHT_FILES:
             try:
                 got = cached_file(name, f, False, config.model.canonical)
@@ -84,22 +91,28 @@ class HuggingFace(ModelKind):
         device = torch_device(config)
         kw = {"local_files_only": bool(config.offline) or Path(config.model.name).is_dir()}
         if config.task == "classify":
-            return _HFClassifier(config.model.name, device, kw)
+            return _HFClassifier(config.model.name, device, kw, config.weights)
         if config.task == "segment":
-            return _HFSegmenter(config.model.name, device, kw)
+            return _HFSegmenter(config.model.name, device, kw, config.weights)
         if config.task == "detect":
             return _HFDetector(config.model.name, device, kw)
         return _HFSpeech(config.model.name, device, kw, config.language)
 
 
 class _HFImage:
+    """The model and its image processor; ``weights``: a state dict (e.g. from examples/finetune.py)
+    loaded strictly over the named model's own."""
+
     auto = ""
 
-    def __init__(self, name: str, device: str, kw: dict[str, Any]):
+    def __init__(self, name: str, device: str, kw: dict[str, Any], weights: str | None = None):
         import transformers
 
         self.processor = transformers.AutoImageProcessor.from_pretrained(name, **kw)
-        self.net = getattr(transformers, self.auto).from_pretrained(name, **kw).eval().to(device)
+        net = getattr(transformers, self.auto).from_pretrained(name, **kw)
+        if weights:
+            net.load_state_dict(load_state_dict(weights))
+        self.net = net.eval().to(device)
         self.device = device
         self.offset = background_offset(self.net.config)  # the background class is dropped
 

@@ -1,4 +1,5 @@
-"""Image classifiers from torchvision and timm, and torchvision's detectors, with their own preprocessing."""
+"""Image classifiers from torchvision and timm, torchvision's detectors and segmentation models, with their own
+preprocessing."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +22,17 @@ def _state_outputs(path: str) -> Outputs:
     if count is None:
         raise ConfigError(f"--weights {path}: no 2-D weight (classifier head) in this state dict")
     return Outputs(count, 0, f"the head of {Path(path).name}")
+
+
+def _segmenter_outputs(path: str) -> Outputs:
+    """The classes of a torchvision segmentation state dict: output channels of its last ``classifier.``
+    convolution (the auxiliary head, when present, is not the model's output)."""
+    state = load_state_dict(path)
+    heads = [v for k, v in state.items() if k.startswith("classifier.") and k.endswith("weight")
+             and getattr(v, "ndim", 0) == 4]
+    if not heads:
+        raise ConfigError(f"--weights {path}: no classifier convolution in this segmentation state dict")
+    return Outputs(int(heads[-1].shape[0]), 0, f"the classifier of {Path(path).name}")
 
 
 class Classifier:
@@ -82,6 +94,30 @@ class Detector:
         return found
 
 
+class Segmenter:
+    """HxWx3 uint8 images -> model classes per pixel at each image's own size (logits upsampled
+    bilinearly, then argmax, as for ``hf:`` segmenters); one image per forward, as sizes differ."""
+
+    def __init__(self, net: Any, preprocess: Callable[[Any], Any], device: str):
+        import torch
+
+        self.net = net.eval().to(device)
+        self.preprocess = preprocess
+        self.device = device
+        self.no_grad = torch.inference_mode
+
+    def segment(self, images: Sequence[Any]) -> list[Any]:
+        import torch.nn.functional as F
+
+        out = []
+        with self.no_grad():
+            for im in images:
+                logits = self.net(self.preprocess(im)[None].to(self.device))["out"]
+                up = F.interpolate(logits.float(), size=im.shape[:2], mode="bilinear", align_corners=False)
+                out.append(up[0].argmax(0).cpu().numpy())
+        return out
+
+
 def _detector(name: str, default: Any, weights: str | None) -> Any:
     """A torchvision detector with its default weights, or with a state dict over the same architecture."""
     import torchvision
@@ -104,11 +140,13 @@ class TorchVision(ModelKind):
     """``torchvision:NAME``: ``torchvision.models.get_model``; default weights from the torch hub cache.
 
     Classifiers for ``classify``; detectors (``fasterrcnn_*``, ``retinanet_*``, ``fcos_*``, ``ssd*``,
-    ``maskrcnn_*``) for ``detect``.
+    ``maskrcnn_*``) for ``detect``; segmentation models (``deeplabv3_*``, ``fcn_*``, ``lraspp_*``) for
+    ``segment``, with ``--weights`` only: torchvision's own are for the 21 Pascal VOC classes, the segment
+    task scores ADE20K's 150.
     """
 
     name = "torchvision"
-    tasks = ("classify", "detect")
+    tasks = ("classify", "detect", "segment")
     library = "torchvision"
 
     @classmethod
@@ -135,20 +173,34 @@ class TorchVision(ModelKind):
             raise ConfigError(f"torchvision model {config.model.name} is {'a' if detector else 'no'} detector: "
                               f"task {config.task} {'needs' if config.task == 'detect' else 'takes'} "
                               f"{'one' if config.task == 'detect' else 'a classifier'}")
+        if config.task == "segment":
+            import torchvision
+
+            if config.model.name not in torchvision.models.list_models(module=torchvision.models.segmentation):
+                raise ConfigError(f"torchvision:{config.model.name} is not a segmentation model "
+                                  "(torchvision.models.segmentation: deeplabv3_*, fcn_*, lraspp_*)")
+            if not config.weights:
+                raise ConfigError(f"torchvision:{config.model.name}: torchvision's segmentation weights are for the "
+                                  "21 Pascal VOC classes; give --weights FILE with 150 ADE20K classes "
+                                  "(examples/finetune.py --task segment writes one)")
 
     @classmethod
-    def outputs(cls, config: Any) -> Outputs:
+    def outputs(cls, config: Any) -> Outputs | None:
+        if config.task == "segment":  # only with --weights (torchvision's own are VOC's 21 classes)
+            return _segmenter_outputs(config.weights) if config.weights else None
         if config.weights:
             return _state_outputs(config.weights)
         default = cls._weights_enum(config)
         return Outputs(len(default.meta["categories"]), 0, f"{default} categories")
 
     @classmethod
-    def load(cls, config: Any) -> Classifier | Detector:
+    def load(cls, config: Any) -> Classifier | Detector | Segmenter:
         import torch
         import torchvision
 
         name, default = config.model.name, cls._weights_enum(config)
+        if config.task == "segment":
+            return cls._segmenter(config, default)
         if config.task == "detect":
             return Detector(_detector(name, default, config.weights), default.transforms(), torch_device(config))
         if config.weights:
@@ -163,6 +215,28 @@ class TorchVision(ModelKind):
             return transform(torch.from_numpy(image).permute(2, 0, 1))
 
         return Classifier(net, preprocess, torch_device(config))
+
+
+    @classmethod
+    def _segmenter(cls, config: Any, default: Any) -> Segmenter:
+        """The architecture with the segment task's 150 classes (and the auxiliary head when the state
+        dict has one), strictly loaded; preprocessing from torchvision's weights (resize, normalize)."""
+        import torch
+        import torchvision
+
+        from ..tasks.segment import NUM_CLASSES
+
+        state = load_state_dict(config.weights)
+        extra = {"aux_loss": True} if any(k.startswith("aux_classifier.") for k in state) else {}
+        net = torchvision.models.get_model(config.model.name, weights=None, weights_backbone=None,
+                                           num_classes=NUM_CLASSES, **extra)
+        net.load_state_dict(state)
+        transform = default.transforms()
+
+        def preprocess(image: Any) -> Any:
+            return transform(torch.from_numpy(image).permute(2, 0, 1))
+
+        return Segmenter(net, preprocess, torch_device(config))
 
 
 @register_model
