@@ -18,7 +18,7 @@ from pipeline.loaders import load  # noqa: E402
 from test_finetune import REPO, logged, mpq_eval, shards, torchrun, val_shards  # noqa: E402,F401 (fixtures)
 
 SCRIPT = REPO / "examples" / "pretrain.py"
-RECIPE = ("--codec", "jpeg:quality=5", "--arch", "resnet18", "--num-classes", "3", "--size", "64", "--epochs", "1",
+RECIPE = ("--codec", "jpeg:quality=5", "--arch", "resnet18", "--num-classes", "1000", "--size", "64", "--epochs", "1",
           "--warmup-epochs", "0.5", "--ema-decay", "0.9", "--lr", "0.05")
 
 
@@ -75,7 +75,7 @@ def test_pretrain_killed_resumed_and_evaluated(shards, val_shards, tmp_path):  #
     final, ema = tmp_path / "final.pt", tmp_path / "final.ema.pt"
     weights = {p: torch.load(p, weights_only=True) for p in (final, ema)}
     for state in weights.values():
-        get_model("resnet18", weights=None, num_classes=3).load_state_dict(state)  # strict
+        get_model("resnet18", weights=None, num_classes=1000).load_state_dict(state)  # strict
     assert not torch.equal(weights[final]["conv1.weight"], weights[ema]["conv1.weight"])
     assert f"--weights {final} --variant final" in out2
     for path, variant in ((final, "final"), (ema, "final.ema")):
