@@ -14,21 +14,20 @@ counted in ``bits``.
 from __future__ import annotations
 
 import threading
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from . import bitstream, devices, weights
+from . import batching, bitstream, devices, weights
 from ..errors import ConfigError
 from . import params
 from .params import Param
 from .spec import CodecSpec
 from . import target
 from . import register
-from .base import Encoded, ImageCodec
+from .base import ImageCodec
 
 #: models kept in memory per process (a sweep over qualities reuses them shard after shard)
 MODEL_CACHE_SIZE = 8
@@ -44,7 +43,7 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "compressai": compressai.__version__}
 
 
-class ZooCodec(devices.LazyDevice, ImageCodec):
+class ZooCodec(batching.CompressAIBatching, devices.LazyDevice, ImageCodec):
     """One CompressAI zoo architecture; subclasses set ``name`` (the zoo's name) and the quality range."""
 
     extension: ClassVar[str] = bitstream.EXTENSION
@@ -56,8 +55,9 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.params = _params(cls.qualities)
-        cls.rate_knob = params.RateKnob("quality", "bpp", 1, cls.qualities, default=3)
+        if "params" not in cls.__dict__:  # a family declaring its own parameters keeps them
+            cls.params = _params(cls.qualities)
+            cls.rate_knob = params.RateKnob("quality", "bpp", 1, cls.qualities, default=3)
 
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec)
@@ -146,60 +146,31 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
         model.eval().requires_grad_(False)
         return model.to(self.device)
 
-    # ------------------------------------------------------------------ coding
+    # ------------------------------------------------------------------ coding (see batching.CompressAIBatching)
 
     def _stride(self, model: Any) -> int:
         return int(model.downsampling_factor)
 
-    def encode(self, rgb: np.ndarray) -> Encoded:
-        import torch
-        import torch.nn.functional as F
+    def _stream_name(self) -> str:
+        """The setting the ``.bin`` header names (what a decoder builds the model from)."""
+        return self.spec.canonical
 
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"expected RGB uint8 (H, W, 3), got {rgb.shape} {rgb.dtype}")
-        model = self._model()
-        h, w = rgb.shape[:2]
-        stride = self._stride(model)
-        ph, pw = -h % stride, -w % stride
-        x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
-            out = model.compress(x.to(self.device))
-        expected = ((h + ph) // stride, (w + pw) // stride)
-        if tuple(int(v) for v in out["shape"]) != expected:
-            raise RuntimeError(f"{self.name}: latent shape {tuple(out['shape'])} is not {expected}, which the "
-                               f"decoder derives from the image size")
-        groups = [[bytes(s) for s in group] for group in out["strings"]]
-        payload = bitstream.pack(self.spec.canonical, (h, w), groups)
-        return Encoded(payload, self.extension, info=self.environment())
+    def _member(self, name: str) -> "ZooCodec | None":
+        """The fixed setting of this target setting that wrote a stream naming ``name``, else None."""
+        return target.member_of(self, name)
 
     @classmethod
     def stream_spec(cls, payload: bytes) -> str | None:
         return bitstream.unpack(payload).spec  # the .bin header names its setting
 
     def decode(self, payload: bytes) -> np.ndarray:
-        import torch
-
         stream = bitstream.unpack(payload)
-        if stream.spec != self.spec.canonical:
-            chosen = target.member_of(self, stream.spec)  # a target set's stream names the quality chosen
+        if stream.spec != self._stream_name():
+            chosen = self._member(stream.spec)  # a target set's stream names the quality chosen
             if chosen is not None:
                 return chosen.decode(payload)
-            raise bitstream.BitstreamError(f"stream was encoded with {stream.spec}, not {self.spec.canonical}")
-        if len(stream.groups) != self.groups or any(len(g) != 1 for g in stream.groups):
-            raise bitstream.BitstreamError(f"{self.name} expects {self.groups} groups of one string each, "
-                                           f"the stream has {[len(g) for g in stream.groups]}")
-        model = self._model()
-        stride = self._stride(model)
-        h, w = stream.height, stream.width
-        shape = (-(-h // stride), -(-w // stride))
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
-            x_hat = model.decompress([list(g) for g in stream.groups], shape)["x_hat"]
-        x_hat = x_hat[0, :, :h, :w].float().cpu()  # rounding on the CPU: the same for every device
-        return x_hat.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        self._check_stream(stream)
+        return self.decode_streams([stream])[0]
 
 
 def _params(max_quality: int) -> tuple[Param, ...]:
