@@ -22,6 +22,7 @@ coding of one (Python and C++ on the CPU, holding the GIL) runs while the networ
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
 from collections import OrderedDict
@@ -107,8 +108,18 @@ def run_chunks(work: Callable[[list[int]], T], parts: Sequence[list[int]]) -> li
 # ------------------------------------------------------------------------------ exactness checks
 
 _exact: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
+_tokens = itertools.count()
 _exact_lock = threading.Lock()
 _MAX_KEYS = 4096
+
+
+def model_token(model: Any) -> int:
+    """A number naming this model object for the process's life (an ``id`` may be reused after it is freed)."""
+    with _exact_lock:
+        token = model.__dict__.get("_mpq_batch_token")
+        if token is None:
+            token = model.__dict__["_mpq_batch_token"] = next(_tokens)
+        return int(token)
 
 
 def _known(key: tuple[Any, ...]) -> bool | None:
@@ -220,7 +231,7 @@ class CompressAIBatching:
         xs = [self._input(rgb, stride) for rgb in rgbs]
         if len({tuple(x.shape) for x in xs}) != 1:
             raise ValueError("a batch holds images of one padded size (see batch_key)")
-        key = ("encode", id(model), self.device, tuple(xs[0].shape[2:]), len(xs))
+        key = ("encode", model_token(model), self.device, tuple(xs[0].shape[2:]), len(xs))
         strings = checked(key, lambda: self._compress(model, torch.cat(xs)),
                           lambda i: self._compress(model, xs[i])[0], lambda a, b: a == b, len(xs), self.name)
         env, name = self.environment(), self._stream_name()
@@ -256,7 +267,7 @@ class CompressAIBatching:
         if len(shapes) != 1:
             raise ValueError("a batch holds streams of one padded size (see batch_key)")
         shape = shapes.pop()
-        key = ("decode", id(model), self.device, shape, len(streams))
+        key = ("decode", model_token(model), self.device, shape, len(streams))
         x_hats = checked(key, lambda: list(self._decompress(model, streams, shape).unbind(0)),
                          lambda i: self._decompress(model, streams[i: i + 1], shape)[0],
                          lambda a, b: bool(torch.equal(a, b)), len(streams), self.name)
