@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import register, target, weights
-from .compressai_zoo import MODEL_CACHE_SIZE, ZooCodec, _models, _models_lock
+from .compressai_zoo import MODEL_CACHE_SIZE, CompressAIModel, _models, _models_lock
 from .params import Param, RateKnob, bpp_param, check_values
 from .spec import CodecSpec
 from ..errors import ConfigError, MissingWeightsError
@@ -165,7 +165,7 @@ def _params() -> tuple[Param, ...]:
 
 
 @register
-class CompressAICheckpoint(ZooCodec):
+class CompressAICheckpoint(CompressAIModel):
     """A CompressAI architecture with the researcher's own weights (see the module docstring)."""
 
     name = "compressai"
@@ -173,7 +173,7 @@ class CompressAICheckpoint(ZooCodec):
     params: ClassVar[tuple[Param, ...]] = _params()
     #: the class knob says which parameters; each instance's range is its number of checkpoints
     rate_knob: ClassVar[RateKnob | None] = _KNOB
-    groups: ClassVar[int | None] = None  # type: ignore[assignment]  # per architecture; decompress checks
+    groups: ClassVar[int | None] = None  # per architecture; CompressAI's decompress checks
 
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec, device=device)

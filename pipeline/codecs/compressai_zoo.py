@@ -43,28 +43,66 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "compressai": compressai.__version__}
 
 
-class ZooCodec(batching.CompressAIBatching, devices.LazyDevice, ImageCodec):
-    """One CompressAI zoo architecture; subclasses set ``name`` (the zoo's name) and the quality range."""
+class CompressAIModel(batching.CompressAIBatching, devices.LazyDevice, ImageCodec):
+    """A CompressAI model run on one device: ``.bin`` streams, batched coding; subclasses give ``_model()``."""
 
     extension: ClassVar[str] = bitstream.EXTENSION
     library: ClassVar[str] = "CompressAI"
     needs_gpu: ClassVar[bool] = True
     reconstruction: ClassVar[bool] = True
-    groups: ClassVar[int] = 2  # entropy-coded string groups per image (y and z)
-    qualities: ClassVar[int] = 8  # the zoo's qualities 1..N; parameters and rate knob follow from it
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "params" not in cls.__dict__:  # a family declaring its own parameters keeps them
-            cls.params = _params(cls.qualities)
-            cls.rate_knob = params.RateKnob("quality", "bpp", 1, cls.qualities, default=3)
+    groups: ClassVar[int | None] = 2  # entropy-coded string groups per image (y and z); None: unchecked
 
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec)
         self._set_device_request(device)
 
-    def at_spec(self, spec: CodecSpec) -> "ZooCodec":
+    def at_spec(self, spec: CodecSpec) -> "CompressAIModel":
         return type(self)(spec, device=self._requested)
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return _versions()
+
+    def environment(self) -> dict[str, str]:
+        """What the ``.json`` records and a decoder compares: device, its name, library versions."""
+        return {"device": self.device.split(":")[0], "device_name": devices.device_name(self.device), **_versions()}
+
+    # ------------------------------------------------------------------ coding (see batching.CompressAIBatching)
+
+    def _stride(self, model: Any) -> int:
+        return int(model.downsampling_factor)
+
+    def _stream_name(self) -> str:
+        """The setting the ``.bin`` header names (what a decoder builds the model from)."""
+        return self.spec.canonical
+
+    def _member(self, name: str) -> "CompressAIModel | None":
+        """The fixed setting of this target setting that wrote a stream naming ``name``, else None."""
+        return target.member_of(self, name)
+
+    @classmethod
+    def stream_spec(cls, payload: bytes) -> str | None:
+        return bitstream.unpack(payload).spec  # the .bin header names its setting
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        stream = bitstream.unpack(payload)
+        if stream.spec != self._stream_name():
+            chosen = self._member(stream.spec)  # a target set's stream names the quality chosen
+            if chosen is not None:
+                return chosen.decode(payload)
+        self._check_stream(stream)
+        return self.decode_streams([stream])[0]
+
+
+class ZooCodec(CompressAIModel):
+    """One CompressAI zoo architecture; subclasses set ``name`` (the zoo's name) and the quality range."""
+
+    qualities: ClassVar[int] = 8  # the zoo's qualities 1..N; parameters and rate knob follow from it
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.params = _params(cls.qualities)
+        cls.rate_knob = params.RateKnob("quality", "bpp", 1, cls.qualities, default=3)
 
     # ------------------------------------------------------------------ registry hooks
 
@@ -77,10 +115,6 @@ class ZooCodec(batching.CompressAIBatching, devices.LazyDevice, ImageCodec):
         if cls.name not in zoo.model_urls:
             return f"this CompressAI has no {cls.name} in its zoo"
         return None
-
-    @classmethod
-    def versions(cls) -> dict[str, str]:
-        return _versions()
 
     @classmethod
     def checkpoint_url(cls, spec: CodecSpec) -> str:
@@ -112,10 +146,6 @@ class ZooCodec(batching.CompressAIBatching, devices.LazyDevice, ImageCodec):
 
     # ------------------------------------------------------------------ model and device
 
-    def environment(self) -> dict[str, str]:
-        """What the ``.json`` records and a decoder compares: device, its name, library versions."""
-        return {"device": self.device.split(":")[0], "device_name": devices.device_name(self.device), **_versions()}
-
     def _model(self) -> Any:
         path = self.checkpoint(self.spec)
         st = path.stat()
@@ -145,32 +175,6 @@ class ZooCodec(batching.CompressAIBatching, devices.LazyDevice, ImageCodec):
         model.update(force=False)
         model.eval().requires_grad_(False)
         return model.to(self.device)
-
-    # ------------------------------------------------------------------ coding (see batching.CompressAIBatching)
-
-    def _stride(self, model: Any) -> int:
-        return int(model.downsampling_factor)
-
-    def _stream_name(self) -> str:
-        """The setting the ``.bin`` header names (what a decoder builds the model from)."""
-        return self.spec.canonical
-
-    def _member(self, name: str) -> "ZooCodec | None":
-        """The fixed setting of this target setting that wrote a stream naming ``name``, else None."""
-        return target.member_of(self, name)
-
-    @classmethod
-    def stream_spec(cls, payload: bytes) -> str | None:
-        return bitstream.unpack(payload).spec  # the .bin header names its setting
-
-    def decode(self, payload: bytes) -> np.ndarray:
-        stream = bitstream.unpack(payload)
-        if stream.spec != self._stream_name():
-            chosen = self._member(stream.spec)  # a target set's stream names the quality chosen
-            if chosen is not None:
-                return chosen.decode(payload)
-        self._check_stream(stream)
-        return self.decode_streams([stream])[0]
 
 
 def _params(max_quality: int) -> tuple[Param, ...]:
