@@ -11,9 +11,12 @@ host class gives the model, its stride and the stream's header.
 Exactness first. A convolution's float result may depend on the batch it runs in (the library
 picks kernels by shape), and one flipped rounding changes a bitstream, or makes a decoder that runs
 one image (``mpq decode``) compute other probabilities than the encoder did. So the first batch of
-every (model, device, padded size, batch size) in a process is also coded image by image: the
-batch path is used for that key only when every string and every decoded float is identical;
-otherwise that key is coded one image at a time for the rest of the process (a warning says so).
+every (model, device, padded size, batch size) in a process is also coded image by image, with a
+hook on every module of the network: the batch path is used for that key only when every module's
+output (each layer's floats, hashed image by image), every string and every decoded float is
+identical; otherwise that key is coded one image at a time for the rest of the process (a warning
+says so). Comparing the layers, not only the bytes, matters: a float difference flips a rounding
+only now and then, so equal bytes on one batch would not show that the kernels differ.
 Batch sizes are powers of two, so few keys need the check.
 
 Overlap: :func:`run_chunks` keeps two batches in flight on a small thread pool, so the entropy
@@ -22,6 +25,8 @@ coding of one (Python and C++ on the CPU, holding the GIL) runs while the networ
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import threading
 import warnings
@@ -109,6 +114,7 @@ def run_chunks(work: Callable[[list[int]], T], parts: Sequence[list[int]]) -> li
 
 _exact: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
 _tokens = itertools.count()
+_probe_lock = threading.Lock()
 _exact_lock = threading.Lock()
 _MAX_KEYS = 4096
 
@@ -137,25 +143,78 @@ def _learn(key: tuple[Any, ...], exact: bool, what: str) -> None:
                       f"those images are coded one at a time", RuntimeWarning, stacklevel=3)
 
 
+class _Trace:
+    """Fingerprints of every module output of ``model`` computed by this thread while active.
+
+    Each tensor output is cut along its first dimension (the batch) and each slice hashed, so a batch
+    run can be compared image by image, layer by layer, with one-image runs: a float difference
+    anywhere in the network is seen even when it flipped no rounding in this batch's bitstream.
+    """
+
+    def __init__(self, model: Any):
+        self.model, self.calls, self.handles = model, [], []  # type: ignore[var-annotated]
+        self.thread = threading.get_ident()
+
+    def hook(self, module: Any, args: Any, output: Any) -> None:
+        import torch
+
+        if threading.get_ident() != self.thread:
+            return
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                t = t.detach().cpu().contiguous()
+                rows = [t] if t.dim() == 0 else list(t)
+                self.calls.append([hashlib.blake2b(r.numpy().tobytes(), digest_size=16).digest() for r in rows])
+
+    def __enter__(self) -> "_Trace":
+        self.handles = [m.register_forward_hook(self.hook) for m in self.model.modules()]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _same_layers(batch: list[list[bytes]], single: list[list[bytes]], i: int, n: int) -> bool:
+    if len(batch) != len(single):
+        return False
+    for b, s in zip(batch, single):
+        if len(b) == n and len(s) == 1:  # an activation: image i of the batch against the image alone
+            if b[i] != s[0]:
+                return False
+        elif b != s:  # no batch dimension (a reparametrised weight): the whole output
+            return False
+    return True
+
+
 def checked(key: tuple[Any, ...], batched: Callable[[], list[T]], alone: Callable[[int], T],
-            same: Callable[[T, T], bool], n: int, what: str) -> list[T]:
+            same: Callable[[T, T], bool], n: int, what: str, model: Any = None) -> list[T]:
     """The batch result where batching was found exact for ``key``, else the one-image results.
 
-    The first time a key is met both are computed and compared with ``same``.
+    The first time a key is met both are computed and compared: the results with ``same``, and when
+    ``model`` is given every module output of the batch, image by image, with the one-image runs'.
     """
     if n == 1:
         return [alone(0)]
     known = _known(key)
     if known is False:
         return [alone(i) for i in range(n)]
-    out = batched()
-    if known is None:
-        singles = [alone(i) for i in range(n)]
+    if known is not None:
+        return batched()
+    with _probe_lock:  # one probe at a time: its hooks see only its own thread's work
+        with _Trace(model) if model is not None else contextlib.nullcontext() as trace:
+            out = batched()
+        singles: list[T] = []
+        layers: list[Any] = []
+        for i in range(n):
+            with _Trace(model) if model is not None else contextlib.nullcontext() as one:
+                singles.append(alone(i))
+            layers.append(one.calls if one is not None else None)
         exact = all(same(a, b) for a, b in zip(out, singles))
+        if trace is not None:
+            exact = exact and all(_same_layers(trace.calls, layers[i], i, n) for i in range(n))
         _learn(key, exact, what)
-        if not exact:
-            return singles
-    return out
+    return out if exact else singles
 
 
 def batch_exact(key: tuple[Any, ...]) -> bool | None:
@@ -233,7 +292,8 @@ class CompressAIBatching:
             raise ValueError("a batch holds images of one padded size (see batch_key)")
         key = ("encode", model_token(model), self.device, tuple(xs[0].shape[2:]), len(xs))
         strings = checked(key, lambda: self._compress(model, torch.cat(xs)),
-                          lambda i: self._compress(model, xs[i])[0], lambda a, b: a == b, len(xs), self.name)
+                          lambda i: self._compress(model, xs[i])[0], lambda a, b: a == b, len(xs), self.name,
+                          model)
         env, name = self.environment(), self._stream_name()
         return [Encoded(bitstream.pack(name, (rgb.shape[0], rgb.shape[1]), [[s] for s in groups]), self.extension,
                         info=env) for rgb, groups in zip(rgbs, strings)]
@@ -270,7 +330,7 @@ class CompressAIBatching:
         key = ("decode", model_token(model), self.device, shape, len(streams))
         x_hats = checked(key, lambda: list(self._decompress(model, streams, shape).unbind(0)),
                          lambda i: self._decompress(model, streams[i: i + 1], shape)[0],
-                         lambda a, b: bool(torch.equal(a, b)), len(streams), self.name)
+                         lambda a, b: bool(torch.equal(a, b)), len(streams), self.name, model)
         # rounding on the CPU: the same for every device
         return [x[:, : s.height, : s.width].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
                 .permute(1, 2, 0).contiguous().numpy() for x, s in zip(x_hats, streams)]
