@@ -452,10 +452,11 @@ def test_device_choice(monkeypatch):
 
 
 def test_learned_codecs_ask_for_a_gpu_and_store_reconstructions():
-    for name in [*ZOO, "hific"]:
+    learned = [*ZOO, "hific", "compressai"]
+    for name in learned:
         cls = get_codec(name)
         assert cls.needs_gpu and cls.reconstruction and cls.extension == "bin"
-    assert not any(get_codec(n).reconstruction for n in codec_names("image") if n not in [*ZOO, "hific"])
+    assert not any(get_codec(n).reconstruction for n in codec_names("image") if n not in learned)
 
 
 def test_gpu_encode_and_decode(hub, zoo_store, photos, monkeypatch, tmp_path):
