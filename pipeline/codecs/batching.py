@@ -45,6 +45,10 @@ IN_FLIGHT = 2
 T = TypeVar("T")
 
 
+class BatchInexactWarning(RuntimeWarning):
+    """Batching a network changed a float on this device for one size: those images are coded alone."""
+
+
 @runtime_checkable
 class BatchImageCodec(Protocol):
     """What the batch path needs from a codec; each method agrees image by image with encode/decode."""
@@ -140,7 +144,7 @@ def _learn(key: tuple[Any, ...], exact: bool, what: str) -> None:
             _exact.popitem(last=False)
     if not exact:
         warnings.warn(f"{what}: batching changes the result on this device for {key[2:]} (shape, batch); "
-                      f"those images are coded one at a time", RuntimeWarning, stacklevel=3)
+                      f"those images are coded one at a time", BatchInexactWarning, stacklevel=3)
 
 
 class _Trace:

@@ -154,7 +154,6 @@ def decode_bytes(data: bytes, *, record: Mapping[str, Any] | None = None, device
     are compared with this decoder's, and a :class:`CrossDeviceWarning` names any difference.
     """
     from . import runnable_codec
-    from .spec import parse_spec
 
     stream = unpack(data)
     spec = _decoding_spec(stream.spec, record)

@@ -254,6 +254,8 @@ class CompressAICheckpoint(CompressAIModel):
     # ------------------------------------------------------------------ streams
 
     def _stream_name(self) -> str:
+        if self.spec["quality"] is None:  # a target setting writes no stream itself: its members do
+            return self.spec.canonical
         return self._name_for(self._selected()[1])
 
     def _name_for(self, sha: str) -> str:
