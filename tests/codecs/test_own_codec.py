@@ -248,9 +248,13 @@ def test_bpp_with_several_checkpoints_picks_the_right_one(own_run, ckpts, photos
 
 
 @pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "mbt2018-mean"])
-def test_batched_and_one_at_a_time_bitstreams_are_equal(arch, tmp_path):
+def test_batched_and_one_at_a_time_bitstreams_are_equal(arch, tmp_path, monkeypatch):
     """Zoo-sized random models; images of one padded size in one batch, others in their own."""
     from compressai.zoo.image import cfgs
+
+    from pipeline.codecs.compressai_zoo import CompressAIModel
+
+    monkeypatch.setattr(CompressAIModel, "cpu_batch", 2)  # batches on the CPU too (a GPU's default is 8)
 
     path = _save(tmp_path / f"{arch}.pth", arch, *cfgs[arch][1], tables=True)
     codec = make_codec(parse_spec(f"compressai:arch={arch},checkpoint={path}"))
@@ -274,6 +278,34 @@ def test_batched_and_one_at_a_time_bitstreams_are_equal(arch, tmp_path):
         assert got[0] == members
         assert {k: v for k, v in got[1].items() if not k.endswith("_s")} == {
             k: v for k, v in m.items() if not k.endswith("_s")}
+
+
+def test_the_cpu_codes_one_image_at_a_time_by_default(tmp_path):
+    path = _save(tmp_path / "m.pth", "bmshj2018-hyperprior", 16, 24, tables=True)
+    codec = make_codec(parse_spec(f"compressai:arch=bmshj2018-hyperprior,checkpoint={path}"))
+    assert codec.max_batch == 1 and not batching.batchable(codec) and not image_modality.batched(codec, {})
+    codec.gpu_batch = 8
+    codec._device = "cuda"  # what a GPU worker would choose (nothing runs here)
+    assert codec.max_batch == 8 and batching.batchable(codec) and image_modality.batched(codec, {})
+    assert not image_modality.batched(codec, {"deep": True})
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "mbt2018-mean"])
+def test_a_batched_transcode_writes_the_same_shards(arch, tmp_path, photos, monkeypatch):
+    """The whole run, batched (windows of samples through encode_many) against one image at a time."""
+    from pipeline.codecs.compressai_zoo import CompressAIModel
+
+    path = _save(tmp_path / "m.pth", arch, 16, 24)
+    spec = f"compressai:arch={arch},checkpoint={path}"
+    shards = {}
+    for batch in (1, 4):
+        monkeypatch.setattr(CompressAIModel, "cpu_batch", batch)
+        result = transcode(TranscodeConfig.create("imagefolder", photos[0], [spec], out=tmp_path / f"out{batch}"))
+        assert not result.failed and result.sets[0].ok == len(SIZES)
+        shards[batch] = {p.name: p.read_bytes() for p in sorted(Path(result.sets[0].folder).glob("*.tar"))}
+    assert shards[1] == shards[4] and shards[1]
+    model = make_codec(parse_spec(spec))._model()
+    assert batching.batch_exact(("encode", batching.model_token(model), "cpu", (64, 128), 2)) is not None
 
 
 def test_a_batch_dependent_network_is_coded_one_image_at_a_time(tmp_path, monkeypatch):
