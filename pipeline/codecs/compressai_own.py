@@ -185,6 +185,9 @@ class CompressAICheckpoint(CompressAIModel):
     @classmethod
     def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
         values = check_values(cls.name, _KNOB, values)
+        reason = cls.unavailable()
+        if reason:  # the spec is read from the files, with CompressAI's classes
+            raise ConfigError(f"codec {cls.name} cannot run here: {reason}")
         if values["arch"] is None:
             raise ConfigError("compressai: give arch= (a CompressAI model, e.g. mbt2018-mean)")
         known = architectures()
