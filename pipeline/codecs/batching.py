@@ -17,7 +17,14 @@ output (each layer's floats, hashed image by image), every string and every deco
 identical; otherwise that key is coded one image at a time for the rest of the process (a warning
 says so). Comparing the layers, not only the bytes, matters: a float difference flips a rounding
 only now and then, so equal bytes on one batch would not show that the kernels differ.
-Batch sizes are powers of two, so few keys need the check.
+Batch sizes are powers of two, so few keys need the check. The check is evidence, not proof: it
+shows the kernels chosen for that shape agree on one batch of real images, which is what makes a
+float differ (kernels, not data); a library that picked kernels by value would escape it.
+
+A model whose ``compress``/``decompress`` speak another dialect (other output keys, a batch of
+streams given otherwise) overrides :meth:`CompressAIBatching._compress` (batch in, per image its
+strings per group) and :meth:`CompressAIBatching._decompress` (streams in, float ``x_hat`` batch out);
+everything else, the check included, stays.
 
 Overlap: :func:`run_chunks` keeps two batches in flight on a small thread pool, so the entropy
 coding of one (Python and C++ on the CPU, holding the GIL) runs while the network of the next runs
