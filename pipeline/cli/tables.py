@@ -73,16 +73,28 @@ def datasets(markdown: bool) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N [default: a GPU when present]")
-def decode(file: str, output: str, device: str | None) -> None:
+@click.option("--weights-dir", default=None, type=click.Path(file_okay=False),
+              help="folder holding the checkpoint [default: $MPQ_WEIGHTS_DIR, else the torch hub cache]")
+def decode(file: str, output: str, device: str | None, weights_dir: str | None) -> None:
     """Decode a learned codec's stored bitstream (FILE.bin, e.g. taken out of a shard) to a PNG.
 
     A FILE.json beside it (the sample's record) is read to warn when the device or library versions
-    differ from the encoder's: learned codecs may decode differently across devices.
+    differ from the encoder's: learned codecs may decode differently across devices. A researcher's
+    own checkpoint (``compressai:``) is found by the hash the stream names in the weights folder,
+    else at the path the record's ``codec`` names.
     """
-    from ..codecs.bitstream import decode_to_png
+    import dataclasses
+    import os
 
+    from ..codecs.bitstream import decode_to_png
+    from ..codecs.runtime import CodecRuntime, use
+
+    runtime = CodecRuntime.from_env()
+    if weights_dir is not None:
+        runtime = dataclasses.replace(runtime, weights_dir=os.path.abspath(os.path.expanduser(weights_dir)))
     try:
-        rgb = decode_to_png(file, output, device=device)
+        with use(runtime):
+            rgb = decode_to_png(file, output, device=device)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
     click.echo(f"{output}: {rgb.shape[1]}x{rgb.shape[0]}")

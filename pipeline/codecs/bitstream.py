@@ -154,10 +154,9 @@ def decode_bytes(data: bytes, *, record: Mapping[str, Any] | None = None, device
     are compared with this decoder's, and a :class:`CrossDeviceWarning` names any difference.
     """
     from . import runnable_codec
-    from .spec import parse_spec
 
     stream = unpack(data)
-    spec = parse_spec(stream.spec)
+    spec = _decoding_spec(stream.spec, record)
     cls = runnable_codec(spec.name)
     # only learned codecs write .bin streams, and they all take a device
     codec = cls(spec, device=device)  # type: ignore[call-arg]
@@ -169,6 +168,25 @@ def decode_bytes(data: bytes, *, record: Mapping[str, Any] | None = None, device
                           "decode wrongly across devices or versions (" + "; ".join(diffs) + ")",
                           CrossDeviceWarning, stacklevel=2)
     return codec.decode(data)
+
+
+def _decoding_spec(named: str, record: Mapping[str, Any] | None) -> Any:
+    """The setting that decodes a stream: the one its header names, else the sample's recorded ``codec``.
+
+    A header may name its weights by hash only (a researcher's checkpoint, see
+    :mod:`pipeline.codecs.compressai_own`); when they are not in the weights folder, the record's
+    setting (the set's spec, with the checkpoint's path) of the same family is tried.
+    """
+    from ..errors import MissingWeightsError
+    from .spec import parse_spec
+
+    try:
+        return parse_spec(named)
+    except MissingWeightsError:
+        recorded = (record or {}).get("codec")
+        if not isinstance(recorded, str) or recorded.partition(":")[0] != named.partition(":")[0]:
+            raise
+        return parse_spec(recorded)
 
 
 def decode_file(path: str | Path, *, record: Mapping[str, Any] | str | Path | None = None,

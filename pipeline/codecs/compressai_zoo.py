@@ -14,21 +14,20 @@ counted in ``bits``.
 from __future__ import annotations
 
 import threading
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from . import bitstream, devices, weights
+from . import batching, bitstream, devices, weights
 from ..errors import ConfigError
 from . import params
 from .params import Param
 from .spec import CodecSpec
 from . import target
 from . import register
-from .base import Encoded, ImageCodec
+from .base import ImageCodec
 
 #: models kept in memory per process (a sweep over qualities reuses them shard after shard)
 MODEL_CACHE_SIZE = 8
@@ -44,28 +43,67 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "compressai": compressai.__version__}
 
 
-class ZooCodec(devices.LazyDevice, ImageCodec):
-    """One CompressAI zoo architecture; subclasses set ``name`` (the zoo's name) and the quality range."""
+class CompressAIModel(batching.CompressAIBatching, devices.LazyDevice, ImageCodec):
+    """A CompressAI model run on one device: ``.bin`` streams, batched coding; subclasses give ``_model()``."""
 
     extension: ClassVar[str] = bitstream.EXTENSION
     library: ClassVar[str] = "CompressAI"
     needs_gpu: ClassVar[bool] = True
     uses_torch: ClassVar[bool] = True
     reconstruction: ClassVar[bool] = True
-    groups: ClassVar[int] = 2  # entropy-coded string groups per image (y and z)
+    groups: ClassVar[int | None] = 2  # entropy-coded string groups per image (y and z); None: unchecked
+
+    def __init__(self, spec: CodecSpec, *, device: str | None = None):
+        super().__init__(spec)
+        self._set_device_request(device)
+
+    def at_spec(self, spec: CodecSpec) -> "CompressAIModel":
+        return type(self)(spec, device=self._requested)
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return _versions()
+
+    def environment(self) -> dict[str, str]:
+        """What the ``.json`` records and a decoder compares: device, its name, library versions."""
+        return {"device": self.device.split(":")[0], "device_name": devices.device_name(self.device), **_versions()}
+
+    # ------------------------------------------------------------------ coding (see batching.CompressAIBatching)
+
+    def _stride(self, model: Any) -> int:
+        return int(model.downsampling_factor)
+
+    def _stream_name(self) -> str:
+        """The setting the ``.bin`` header names (what a decoder builds the model from)."""
+        return self.spec.canonical
+
+    def _member(self, name: str) -> "CompressAIModel | None":
+        """The fixed setting of this target setting that wrote a stream naming ``name``, else None."""
+        return target.member_of(self, name)
+
+    @classmethod
+    def stream_spec(cls, payload: bytes) -> str | None:
+        return bitstream.unpack(payload).spec  # the .bin header names its setting
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        stream = bitstream.unpack(payload)
+        if stream.spec != self._stream_name():
+            chosen = self._member(stream.spec)  # a target set's stream names the quality chosen
+            if chosen is not None:
+                return chosen.decode(payload)
+        self._check_stream(stream)
+        return self.decode_streams([stream])[0]
+
+
+class ZooCodec(CompressAIModel):
+    """One CompressAI zoo architecture; subclasses set ``name`` (the zoo's name) and the quality range."""
+
     qualities: ClassVar[int] = 8  # the zoo's qualities 1..N; parameters and rate knob follow from it
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.params = _params(cls.qualities)
         cls.rate_knob = params.RateKnob("quality", "bpp", 1, cls.qualities, default=3)
-
-    def __init__(self, spec: CodecSpec, *, device: str | None = None):
-        super().__init__(spec)
-        self._set_device_request(device)
-
-    def at_spec(self, spec: CodecSpec) -> "ZooCodec":
-        return type(self)(spec, device=self._requested)
 
     # ------------------------------------------------------------------ registry hooks
 
@@ -78,10 +116,6 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
         if cls.name not in zoo.model_urls:
             return f"this CompressAI has no {cls.name} in its zoo"
         return None
-
-    @classmethod
-    def versions(cls) -> dict[str, str]:
-        return _versions()
 
     @classmethod
     def checkpoint_url(cls, spec: CodecSpec) -> str:
@@ -113,10 +147,6 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
 
     # ------------------------------------------------------------------ model and device
 
-    def environment(self) -> dict[str, str]:
-        """What the ``.json`` records and a decoder compares: device, its name, library versions."""
-        return {"device": self.device.split(":")[0], "device_name": devices.device_name(self.device), **_versions()}
-
     def _model(self) -> Any:
         path = self.checkpoint(self.spec)
         st = path.stat()
@@ -146,61 +176,6 @@ class ZooCodec(devices.LazyDevice, ImageCodec):
         model.update(force=False)
         model.eval().requires_grad_(False)
         return model.to(self.device)
-
-    # ------------------------------------------------------------------ coding
-
-    def _stride(self, model: Any) -> int:
-        return int(model.downsampling_factor)
-
-    def encode(self, rgb: np.ndarray) -> Encoded:
-        import torch
-        import torch.nn.functional as F
-
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"expected RGB uint8 (H, W, 3), got {rgb.shape} {rgb.dtype}")
-        model = self._model()
-        h, w = rgb.shape[:2]
-        stride = self._stride(model)
-        ph, pw = -h % stride, -w % stride
-        x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
-            out = model.compress(x.to(self.device))
-        expected = ((h + ph) // stride, (w + pw) // stride)
-        if tuple(int(v) for v in out["shape"]) != expected:
-            raise RuntimeError(f"{self.name}: latent shape {tuple(out['shape'])} is not {expected}, which the "
-                               f"decoder derives from the image size")
-        groups = [[bytes(s) for s in group] for group in out["strings"]]
-        payload = bitstream.pack(self.spec.canonical, (h, w), groups)
-        return Encoded(payload, self.extension, info=self.environment())
-
-    @classmethod
-    def stream_spec(cls, payload: bytes) -> str | None:
-        return bitstream.unpack(payload).spec  # the .bin header names its setting
-
-    def decode(self, payload: bytes) -> np.ndarray:
-        import torch
-
-        stream = bitstream.unpack(payload)
-        if stream.spec != self.spec.canonical:
-            chosen = target.member_of(self, stream.spec)  # a target set's stream names the quality chosen
-            if chosen is not None:
-                return chosen.decode(payload)
-            raise bitstream.BitstreamError(f"stream was encoded with {stream.spec}, not {self.spec.canonical}")
-        if len(stream.groups) != self.groups or any(len(g) != 1 for g in stream.groups):
-            raise bitstream.BitstreamError(f"{self.name} expects {self.groups} groups of one string each, "
-                                           f"the stream has {[len(g) for g in stream.groups]}")
-        model = self._model()
-        stride = self._stride(model)
-        h, w = stream.height, stream.width
-        shape = (-(-h // stride), -(-w // stride))
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
-            x_hat = model.decompress([list(g) for g in stream.groups], shape)["x_hat"]
-        x_hat = x_hat[0, :, :h, :w].float().cpu()  # rounding on the CPU: the same for every device
-        return x_hat.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
 def _params(max_quality: int) -> tuple[Param, ...]:

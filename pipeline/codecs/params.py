@@ -25,6 +25,9 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     in_tag: bool = False  # always shown in the tag, even at its default
+    #: None: the tag shows the value; 0: never in the tag (a path); n: a short digest of n characters
+    #: (a hash value's first n; several ``|``-joined values: the first n hex of their SHA-256)
+    tag_chars: int | None = None
 
     def coerce(self, codec: str, raw: Any) -> Any:
         """Turn a string (or value) into this parameter's type, or raise a one-line ConfigError."""

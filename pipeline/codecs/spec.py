@@ -5,6 +5,7 @@ order), a filesystem-safe tag for folder and shard names, and a dict form for JS
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -12,8 +13,10 @@ from typing import Any, Iterable, Mapping
 from ..errors import ConfigError
 from .params import Param, format_value  # noqa: F401 - re-exported: declared in params
 
-def _tag_value(value: Any) -> str:
+def _tag_value(value: Any, chars: int | None = None) -> str:
     text = format_value(value)
+    if chars is not None:  # a digest: one hash's prefix, or a hash over several
+        text = text[:chars] if "|" not in text else hashlib.sha256(text.encode()).hexdigest()[:chars]
     return re.sub(r"[^A-Za-z0-9]", lambda m: "p" if m.group() == "." else "m" if m.group() == "-" else "_", text)
 
 
@@ -53,9 +56,9 @@ class CodecSpec:
         parts = [self.name]
         for key, value in self.params:
             p = declared[key]
-            if value is None or (value == p.default and not p.in_tag):
+            if value is None or (value == p.default and not p.in_tag) or p.tag_chars == 0:
                 continue
-            parts.append(f"{p.short or key}{_tag_value(value)}")
+            parts.append(f"{p.short or key}{_tag_value(value, p.tag_chars)}")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

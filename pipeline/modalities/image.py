@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 import pyarrow as pa
 
-from ..codecs import target
-from ..codecs.base import ImageCodec
+from ..codecs import batching, target
+from ..codecs.base import Encoded, ImageCodec
 from ..errors import SampleError
 from ..media.image import MAX_PIXELS, decode_to_rgb
 from ..metrics import deep
@@ -87,12 +87,19 @@ def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple
     t1 = time.perf_counter()
     dec = codec.decode(enc.payload)
     t2 = time.perf_counter()
+    return _measure(codec, rgb, enc, dec, {**searched, "encode_s": t1 - t0, "decode_s": t2 - t1}, options)
+
+
+def _measure(codec: ImageCodec, rgb: np.ndarray, enc: Encoded, dec: np.ndarray, facts: dict[str, Any],
+             options: dict[str, Any]) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """Members and measures of one coded image (the one-image and the batch path share this)."""
+    h, w = rgb.shape[:2]
     if dec.shape != rgb.shape or dec.dtype != np.uint8:
         raise SampleError(f"decoded {dec.shape} {dec.dtype} differs from the encoded image {rgb.shape} uint8")
     err = mse(rgb, dec)
-    m: dict[str, Any] = {**enc.info, **searched, "width": w, "height": h, "bits": enc.payload_bits,
-                         "bpp": enc.payload_bits / (w * h), "mse": err, "psnr": psnr_from_mse(err),
-                         "encode_s": t1 - t0, "decode_s": t2 - t1}
+    timings = {k: facts.pop(k) for k in ("encode_s", "decode_s")}
+    m: dict[str, Any] = {**enc.info, **facts, "width": w, "height": h, "bits": enc.payload_bits,
+                         "bpp": enc.payload_bits / (w * h), "mse": err, "psnr": psnr_from_mse(err), **timings}
     if options.get("ms_ssim"):
         m["ms_ssim"] = ms_ssim(rgb, dec)
     if options.get("deep"):  # LPIPS, DISTS: timed apart, so the encode/decode timings stay comparable
@@ -108,3 +115,57 @@ def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple
         if not options.get("bitstream", True):
             members = members[1:]
     return members, m
+
+
+def batched(codec: ImageCodec, options: dict[str, Any]) -> bool:
+    """Whether a setting takes the batch path: a batchable learned codec at a fixed setting.
+
+    A rate target (``bpp=``) searches qualities image by image, and deep metrics run their own
+    network: those settings are coded one image at a time.
+    """
+    return batching.batchable(codec) and target.target_of(codec) is None and not options.get("deep")
+
+
+def encode_many(codec: ImageCodec, rgbs: Sequence[np.ndarray],
+                options: dict[str, Any]) -> list[tuple[list[tuple[str, bytes]], dict[str, Any]] | Exception]:
+    """:func:`encode` of each image, the network batched over images of one padded size (see
+    :mod:`pipeline.codecs.batching`): the same members and measures, timings shared out over the batch.
+
+    A batch that fails is coded again image by image, so a bad image is one error, never its batch's.
+    """
+    bc = cast(batching.BatchImageCodec, codec)
+    keys: list[Any] = []
+    for rgb in rgbs:
+        try:
+            keys.append(bc.batch_key(rgb))
+        except Exception:  # noqa: BLE001 - coded alone below, where the error is recorded
+            keys.append(None)
+
+    def work(part: list[int]) -> list[tuple[list[tuple[str, bytes]], dict[str, Any]] | Exception]:
+        if len(part) == 1:
+            return [_one(codec, rgbs[part[0]], options)]
+        try:
+            t0 = time.perf_counter()
+            encs = bc.encode_batch([rgbs[i] for i in part])
+            t1 = time.perf_counter()
+            decs = bc.decode_batch([e.payload for e in encs])
+            t2 = time.perf_counter()
+            n = len(part)
+            return [_measure(codec, rgbs[i], e, d, {"encode_s": (t1 - t0) / n, "decode_s": (t2 - t1) / n}, options)
+                    for i, e, d in zip(part, encs, decs)]
+        except Exception:  # noqa: BLE001 - per image again: the failing one becomes its own error row
+            return [_one(codec, rgbs[i], options) for i in part]
+
+    parts = batching.chunks(keys, bc.max_batch)
+    out: list[Any] = [None] * len(rgbs)
+    for part, results in zip(parts, batching.run_chunks(work, parts)):
+        for i, r in zip(part, results):
+            out[i] = r
+    return out
+
+
+def _one(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> Any:
+    try:
+        return encode(codec, rgb, options)
+    except Exception as exc:  # noqa: BLE001 - returned: the caller turns it into the sample's error row
+        return exc

@@ -83,28 +83,73 @@ def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, SampleError) else f"{type(exc).__name__}: {exc}"
 
 
+#: samples read ahead per shard, so a learned codec's network sees several images at once (see
+#: :mod:`pipeline.codecs.batching`); events still come out in sample order
+BATCH_WINDOW = 32
+
+
 def sample_events(task: "ShardTask", pending: list["CodecSpec"], codecs: list["Codec"],
-                  start: tuple[int, int] = (0, 0)) -> Iterator[SampleEvent]:
+                  start: tuple[int, int] = (0, 0), *, batch: bool = True) -> Iterator[SampleEvent]:
     """What happens to each sample, in order, from sample ``start[0]`` and setting ``start[1]`` on.
 
     Per sample a :class:`SampleFailed` (unreadable source) or a :class:`SampleRead`, then per
-    pending setting j a :class:`SettingEncoded` or a :class:`SettingFailed`.
+    pending setting j a :class:`SettingEncoded` or a :class:`SettingFailed`. Settings the modality
+    codes in batches (``batched``/``encode_many``) are coded :data:`BATCH_WINDOW` samples at a time
+    unless ``batch`` is False (an isolated child codes one image at a time to pin a crash on one sample).
     """
+    modality = get_modality(task.source.modality)
+    batched, encode_many = getattr(modality, "batched", None), getattr(modality, "encode_many", None)
+    many = [j for j, c in enumerate(codecs) if batch and batched is not None and batched(c, task.options)]
+    if not many or encode_many is None or start != (0, 0):
+        yield from _one_by_one(task, pending, codecs, start)
+        return
+    for lo in range(0, len(task.refs), BATCH_WINDOW):
+        window = [_read(task, modality, i) for i in range(lo, min(lo + BATCH_WINDOW, len(task.refs)))]
+        ready = [w for w in window if isinstance(w[0], SampleRead)]
+        coded = {j: encode_many(codecs[j], [p for _, p in ready], task.options) for j in many}
+        slot = {id(w): k for k, w in enumerate(ready)}
+        for w in window:
+            event, prepared = w
+            yield event
+            if isinstance(event, SampleFailed):
+                continue
+            for j in range(len(pending)):
+                result = coded[j][slot[id(w)]] if j in coded else _encode(modality, codecs[j], prepared, task.options)
+                if isinstance(result, Exception):
+                    yield SettingFailed(event.index, j, _reason(result))
+                else:
+                    yield SettingEncoded(event.index, j, *result)
+
+
+def _read(task: "ShardTask", modality: Any, i: int) -> tuple[SampleRead | SampleFailed, Any]:
+    try:
+        raw = task.source.read(task.refs[i])
+        sha = hashlib.sha256(raw.data).hexdigest()
+        prepared = modality.prepare(raw, task.options)
+    except Exception as exc:  # per-sample: recorded, the run goes on
+        return SampleFailed(i, _reason(exc)), None
+    return SampleRead(i, sha, raw.attachments, raw.fields), prepared
+
+
+def _encode(modality: Any, codec: "Codec", prepared: Any, options: dict[str, Any]) -> Any:
+    try:
+        return modality.encode(codec, prepared, options)
+    except Exception as exc:  # noqa: BLE001 - returned: the caller yields the setting's error row
+        return exc
+
+
+def _one_by_one(task: "ShardTask", pending: list["CodecSpec"], codecs: list["Codec"],
+                start: tuple[int, int]) -> Iterator[SampleEvent]:
     modality = get_modality(task.source.modality)
     first, from_setting = start
     for i in range(first, len(task.refs)):
-        try:
-            raw = task.source.read(task.refs[i])
-            sha = hashlib.sha256(raw.data).hexdigest()
-            prepared = modality.prepare(raw, task.options)
-        except Exception as exc:  # per-sample: recorded, the run goes on
-            yield SampleFailed(i, _reason(exc))
+        event, prepared = _read(task, modality, i)
+        yield event
+        if isinstance(event, SampleFailed):
             continue
-        yield SampleRead(i, sha, raw.attachments, raw.fields)
         for j in range(from_setting if i == first else 0, len(pending)):
-            try:
-                members, m = modality.encode(codecs[j], prepared, task.options)
-            except Exception as exc:
-                yield SettingFailed(i, j, _reason(exc))
-                continue
-            yield SettingEncoded(i, j, members, m)
+            result = _encode(modality, codecs[j], prepared, task.options)
+            if isinstance(result, Exception):
+                yield SettingFailed(i, j, _reason(result))
+            else:
+                yield SettingEncoded(i, j, *result)

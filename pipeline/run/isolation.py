@@ -168,7 +168,8 @@ def main() -> None:
         import_modules(task.modules)
         with use(task.runtime):  # the run's settings, not the environment this child inherited
             codecs = [make_codec(s) for s in pending]
-            for event in sample_events(task, pending, codecs, start):
+            # one image at a time: a crash is then pinned on the one sample that caused it
+            for event in sample_events(task, pending, codecs, start, batch=False):
                 pickle.dump(event, out, protocol=pickle.HIGHEST_PROTOCOL)
                 out.flush()
         pickle.dump(StreamDone(), out)
