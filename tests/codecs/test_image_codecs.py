@@ -25,6 +25,10 @@ SETTINGS = {  # (low, high) where the generic rule below does not apply or is no
     "noganms": ("noganms:quality=1", "noganms:quality=6"),
 }
 
+# codecs with no setting of their own to derive: a spec must name a file the user trained
+OWN_FILES = {"compressai": "compressai: every spec names a checkpoint the researcher trained (checkpoint=PATH); "
+                           "tests/codecs/test_own_codec.py codes real photographs with random-weight checkpoints"}
+
 
 def settings(name: str) -> tuple[CodecSpec, CodecSpec]:
     """A low- and a high-quality spec for a codec: from SETTINGS, from its quality range, or its default."""
@@ -54,6 +58,8 @@ IMAGES = {
 @functools.lru_cache(maxsize=None)
 def _cannot_run(name: str) -> str | None:
     """Why a codec cannot run here (library missing, learned weights absent), asked once per codec."""
+    if name in OWN_FILES:
+        return OWN_FILES[name]
     cls = get_codec(name)
     reason = cls.unavailable()
     if reason:
