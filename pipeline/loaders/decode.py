@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import SampleError
 from ..store.index import Field, SetIndex
-from .decoders import Decoder, decoder_table, png_rgb, strict_json
+from .decoders import Decoder, decoder_table, stored_pixels, strict_json
 
 #: field types handed out like the payload of an image or audio set
 SIGNALS = ("image", "audio")
@@ -130,7 +130,7 @@ class ViewDecoder:
 
             return WithRecord(audio.lossless)
         if decoder == "png":
-            return png_rgb  # stored decoded pixels: the lossless PNG the metrics were computed on
+            return stored_pixels(ext)  # stored decoded pixels, in the set's lossless container: what the metrics saw
         if decoder == "codec":
             return decoder_table(self._spec, self._user)[ext]
         return decoder_table(None, self._user).get(ext) or decoder_table(None)[_SAFE[decoder]]
