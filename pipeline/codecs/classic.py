@@ -151,7 +151,7 @@ class JPEG2000(_PillowCodec):
 @register
 class PNG(_PillowCodec):
     library = "Pillow (zlib) for images, libsndfile (FLAC) for audio"
-    payload_doc = "`.png` (image), `.flac` (audio)"
+    payload_doc = "`.png`, `.webp` or `.jxl` (image, by `container`), `.flac` (audio)"
     name = "none"
     extension = "png"
     format = "PNG"
