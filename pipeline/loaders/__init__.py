@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 from .decoders import DECODERS, decoder_table
 from .options import LoadOptions
 from .tables import hf_data_files, hf_features, manifests
+from .train import TrainTransform
 from .wds import wds_decoder, wds_sample_decoder
 
 if TYPE_CHECKING:
     from .dataset import ShardDataset
-    from .loader import Loader
+    from .loader import Loader, train_loader  # noqa: F401 - resolved lazily by __getattr__
 
 
 def load(root: str, dataset: str, split: str, codec: Any = None, options: LoadOptions | None = None,
@@ -44,7 +45,9 @@ def load(root: str, dataset: str, split: str, codec: Any = None, options: LoadOp
     shard files, whole and in the given order, with no shuffle and no rank or worker split.
     ``image_format`` (``tensor``, ``numpy``, ``pil``), ``decode_payload`` (decode a learned codec's
     payload rather than its stored ``.png``) and ``meta`` (the ``.json`` record as ``json``) say
-    how samples are handed out.
+    how samples are handed out. ``train`` (a :class:`TrainTransform`) is the opt-in training
+    stage: each image becomes a random resized crop, flipped or not, drawn from ``(seed, epoch,
+    key)``; batch with its ``collate`` or use :func:`train_loader`.
     """
     from .dataset import ShardDataset
 
@@ -56,12 +59,12 @@ def __getattr__(name: str) -> Any:
         from .dataset import ShardDataset
 
         return ShardDataset
-    if name == "Loader":
-        from .loader import Loader
+    if name in ("Loader", "train_loader"):
+        from . import loader
 
-        return Loader
+        return getattr(loader, name)
     raise AttributeError(name)
 
 
-__all__ = ["DECODERS", "LoadOptions", "Loader", "ShardDataset", "decoder_table", "hf_data_files", "hf_features", "load",
-           "manifests", "wds_decoder", "wds_sample_decoder"]
+__all__ = ["DECODERS", "LoadOptions", "Loader", "ShardDataset", "TrainTransform", "decoder_table", "hf_data_files",
+           "hf_features", "load", "manifests", "train_loader", "wds_decoder", "wds_sample_decoder"]

@@ -7,6 +7,7 @@ and its type, which says how the value is handed out (images as CHW tensors, aud
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple, Union
 
 import numpy as np
@@ -31,6 +32,8 @@ class WithRecord:
 
 #: what a field is decoded with: a plain decoder of the member's bytes, or one that also reads the record
 FieldDecoder = Union[Decoder, WithRecord]
+#: decodes a payload in place of its decoder: ``hook(decoder, bytes, ext=...)`` (the training stage)
+PayloadHook = Callable[..., Any]
 
 
 class Member(NamedTuple):
@@ -140,8 +143,12 @@ class ViewDecoder:
         return self.view_members + (self.sample_members if with_sample_fields else
                                     tuple(e for e in self._user if e not in self.view_members))
 
-    def __call__(self, members: Mapping[str, bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(view fields: payload, measures, codec; sample fields: attachments, record values)."""
+    def __call__(self, members: Mapping[str, bytes],
+                 payload_hook: PayloadHook | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(view fields: payload, measures, codec; sample fields: attachments, record values).
+
+        ``payload_hook(decoder, bytes, ext)`` decodes the payload instead (the training stage's crop).
+        """
         if "json" not in members:
             raise SampleError("no .json record")
         record = run_decoder(self.json, members, "json")
@@ -150,7 +157,12 @@ class ViewDecoder:
                               f"the set is {self.canonical}")
         for m in self.payload:
             if m.ext in members:
-                payload = run_decoder(m.fn, members, m.ext, record)
+                fn: FieldDecoder = m.fn
+                if payload_hook is not None:
+                    if isinstance(m.fn, WithRecord):
+                        raise SampleError("the training stage takes image payloads")
+                    fn = partial(payload_hook, m.fn, ext=m.ext)
+                payload = run_decoder(fn, members, m.ext, record)
                 break
         else:
             raise SampleError(self.missing)
