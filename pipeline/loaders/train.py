@@ -34,6 +34,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from .decoders import _check_size, _jpeg_size
 
 #: ImageNet's channel statistics (torchvision's reference recipe)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,20 +142,16 @@ class TrainTransform:
                 return factor
         return 1
 
-    def apply_draft(self, data: bytes, crop_of: Callable[[int, int], Crop]) -> Any:
-        """A JPEG payload decoded at a reduced scale when the crop allows it, cropped and resized by Pillow."""
+    def apply_draft(self, data: bytes, crop: Crop) -> Any:
+        """A JPEG payload decoded at the crop's reduced DCT scale, then cropped and resized by Pillow."""
         import torch
         from PIL import Image
-
-        from .decoders import _check_size
 
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             _check_size(width, height)
-            crop = crop_of(height, width)
             factor = self.draft_factor(crop)
-            if factor > 1:
-                img.draft("RGB", (-(-width // factor), -(-height // factor)))
+            img.draft("RGB", (-(-width // factor), -(-height // factor)))
             img.load()
             rgb = img if img.mode == "RGB" else img.convert("RGB")
             sx, sy = rgb.size[0] / width, rgb.size[1] / height  # the scale Pillow's draft chose
@@ -210,8 +207,11 @@ class TrainStage:
         t = self.transform
 
         def decode(fn: Callable[[bytes], Any], data: bytes, *, ext: str) -> Any:
-            if t.draft and ext in ("jpg", "jpeg") and data[:2] == b"\xff\xd8":
-                return t.apply_draft(data, lambda h, w: t.crop(h, w, seed))
+            size = _jpeg_size(data) if t.draft and ext in ("jpg", "jpeg") else None
+            if size is not None:  # draft: only where the crop allows a reduced scale; else the exact path
+                crop = t.crop(size[1], size[0], seed)
+                if t.draft_factor(crop) > 1:
+                    return t.apply_draft(data, crop)
             rgb = fn(data)
             if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
                 raise ConfigError("train= takes image sets: the payload is not an RGB image")

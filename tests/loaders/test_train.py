@@ -146,7 +146,7 @@ def test_batches_are_normalized_as_torchvision_does(sets):
 
 def test_draft_decodes_large_jpeg_crops_at_a_reduced_scale(tmp_path):
     """Opt-in approximation: close to the exact crop, decoded at 1/2 to 1/8 of the size where the crop allows."""
-    t_exact, t_draft = TrainTransform(size=24), TrainTransform(size=24, draft=True)
+    t_exact, t_draft = TrainTransform(size=64), TrainTransform(size=64, draft=True)
     rgb = fx.photo("chelsea", 300, 400)
     data = fx.jpeg_bytes(rgb, quality=95)
     from pipeline.loaders.decoders import jpeg_rgb
@@ -157,14 +157,17 @@ def test_draft_decodes_large_jpeg_crops_at_a_reduced_scale(tmp_path):
     for s in range(20):
         crop = t_draft.crop(300, 400, s)
         factors.add(t_draft.draft_factor(crop))
-        approx = t_draft.apply_draft(data, lambda h, w, s=s: t_draft.crop(h, w, s)).float()
+        approx = t_draft.apply_draft(data, crop).float()
         exact = t_exact.apply(decoded, crop).float()
-        assert approx.shape == exact.shape == (3, 24, 24)
+        assert approx.shape == exact.shape == (3, 64, 64)
         assert (approx - exact).abs().mean() < 12  # an approximation: a few levels on average
-    assert factors & {2, 4, 8}
-    hook = TrainStage(t_exact, 0).payload("k", 0)
-    assert torch.equal(hook(jpeg_rgb, data, ext="jpg"), t_exact.apply(decoded, t_exact.crop(300, 400,
-                                                                                            sample_seed(0, 0, "k"))))
+    assert factors & {2, 4, 8} and 1 in factors
+    for key in map(str, range(20)):  # the stage: draft where the crop allows a reduction, else exact
+        crop = t_exact.crop(300, 400, sample_seed(0, 0, key))
+        exact = t_exact.apply(decoded, crop)
+        assert torch.equal(TrainStage(t_exact, 0).payload(key, 0)(jpeg_rgb, data, ext="jpg"), exact)
+        drafted = TrainStage(t_draft, 0).payload(key, 0)(jpeg_rgb, data, ext="jpg")
+        assert torch.equal(drafted, exact) == (t_draft.draft_factor(crop) == 1)
 
 
 def test_training_stage_refusals(sets):
