@@ -193,3 +193,17 @@ def test_evaluation_never_uses_the_training_stage():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.keyword) and node.arg == "train":
                 raise AssertionError(f"{path} passes train=")
+
+
+def test_workers_see_the_crops_of_one_process(sets):
+    """The crop belongs to (seed, epoch, key), not to the worker or position that reads the sample."""
+    t = TrainTransform(size=16)
+
+    def crops(workers):
+        loader = train_loader(sets, "imagefolder", "all", "jpeg:quality=80", batch_size=3, num_workers=workers,
+                              transform=t, seed=11, drop_last=False)
+        return _epoch(loader)
+
+    one, two = crops(0), crops(2)
+    assert set(one) == set(two) and len(one) == 8
+    assert all(torch.equal(one[k], two[k]) for k in one)
