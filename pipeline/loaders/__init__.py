@@ -44,7 +44,7 @@ def load(root: str, dataset: str, split: str, codec: Any = None, options: LoadOp
     entries to the safe decoder table (never for pickle-like members). ``shards``: read only these
     shard files, whole and in the given order, with no shuffle and no rank or worker split.
     ``image_format`` (``tensor``, ``numpy``, ``pil``), ``decode_payload`` (decode a learned codec's
-    payload rather than its stored ``.png``) and ``meta`` (the ``.json`` record as ``json``) say
+    payload rather than its stored decoded pixels) and ``meta`` (the ``.json`` record as ``json``) say
     how samples are handed out. ``train`` (a :class:`TrainTransform`) is the opt-in training
     stage: each image becomes a random resized crop, flipped or not, drawn from ``(seed, epoch,
     key)``; batch with its ``collate`` or use :func:`train_loader`.
