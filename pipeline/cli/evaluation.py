@@ -23,7 +23,9 @@ def _eval_summary(planned) -> None:
             continue
         doc = json.loads(path.read_text())
         figures = ", ".join(f"{k} {v:.4g}" for k, v in doc["figures"].items() if isinstance(v, (int, float)))
-        click.echo(f"  {doc['tag']:<24} ok {doc['samples']:>6}  error {doc['errors']:>4}  {figures}")
+        cov = doc.get("coverage") or {}
+        covered = f"  coverage {cov['fraction']:.1%}" if isinstance(cov.get("fraction"), float) else ""
+        click.echo(f"  {doc['tag']:<24} ok {doc['samples']:>6}  error {doc['errors']:>4}{covered}  {figures}")
 
 
 def _task_choices() -> list[str]:
@@ -47,8 +49,14 @@ def _task_choices() -> list[str]:
               help="a state dict (tensors only) loaded into the named architecture")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N")
-@click.option("--limit", type=int, default=None, help="only the first N samples of each set")
+@click.option("--limit", type=int, default=None,
+              help="only the first N reference keys (ok samples of the set none, in shard order), in every set")
 @click.option("--offline", is_flag=True, help="never download weights; missing weights stop the run")
+@click.option("--normalizer", type=click.Choice(["basic", "whisper"]), default="basic", show_default=True,
+              help="asr: text normalization before word errors (whisper: the Whisper English normalizer)")
+@click.option("--language", default=None,
+              help="asr with a multilingual Whisper: the spoken language [default: English]; the task is always "
+                   "transcribe")
 @click.option("--workers", type=int, default=None,
               help="Dask worker processes on this machine [default: one per core]; 0 runs in this process")
 @click.option("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
@@ -57,7 +65,8 @@ def _task_choices() -> list[str]:
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def eval_(out: str, dataset: str, split: str, task: str, model: str | None, codecs: Sequence[str],
           weights: str | None, batch_size: int, device: str, limit: int | None, offline: bool,
-          workers: int | None, scheduler: str | None, cluster_file: str | None, no_progress: bool) -> None:
+          normalizer: str, language: str | None, workers: int | None, scheduler: str | None,
+          cluster_file: str | None, no_progress: bool) -> None:
     """Measure machine perception (TASK with MODEL) on every finished set of DATASET/SPLIT under OUT."""
     from ..eval import EvalConfig
     from ..eval.run import evaluate, plan_eval
@@ -71,7 +80,8 @@ def eval_(out: str, dataset: str, split: str, task: str, model: str | None, code
         if model is None:
             raise ConfigError(f"task {task} has no default model: give --model")
         config = EvalConfig.create(out, dataset, split, task, model, codecs=codecs, weights=weights,
-                                   batch_size=batch_size, device=device, limit=limit, offline=offline)
+                                   batch_size=batch_size, device=device, limit=limit, offline=offline,
+                                   normalizer=normalizer, language=language)
         planned = plan_eval(config)  # every check happens here, before any cluster starts
         from ..run.cluster import cluster_option
 

@@ -15,7 +15,7 @@ from .base import Codec, Encoded, ImageCodec
 
 _REGISTRY: dict[str, type[Codec]] = {}
 _FAMILIES = ("pipeline.codecs.classic", "pipeline.codecs.jxl", "pipeline.codecs.hevc", "pipeline.codecs.compressai_zoo",
-             "pipeline.codecs.hific", "pipeline.codecs.ffmpeg_audio",
+             "pipeline.codecs.msillm", "pipeline.codecs.hific", "pipeline.codecs.ffmpeg_audio",
              "pipeline.codecs.encodec")
 _loaded = False
 

@@ -52,13 +52,16 @@ class EvalConfig:
     weights: str | None = None  # a state dict (torchvision, timm, separators)
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "cpu"
-    limit: int | None = None  # the first N samples of each set, in shard order
+    limit: int | None = None  # the first N reference keys (ok in none, in shard order), in every set
     offline: bool = False
+    normalizer: str = "basic"  # asr: how texts are normalized before counting word errors (basic, whisper)
+    language: str | None = None  # asr with Whisper: the spoken language (None: English); always transcribe
 
     @classmethod
     def create(cls, out: str, dataset: str, split: str, task: str, model: str | ModelSpec, *,
                codecs: Sequence[str] = (), weights: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-               device: str = "cpu", limit: int | None = None, offline: bool = False) -> EvalConfig:
+               device: str = "cpu", limit: int | None = None, offline: bool = False, normalizer: str = "basic",
+               language: str | None = None) -> EvalConfig:
         """Validate the values that can be checked without reading any set."""
         from .tasks import get_task
 
@@ -70,13 +73,26 @@ class EvalConfig:
             raise ConfigError(f"--limit must be at least 1, not {limit}")
         if device.split(":")[0] not in DEVICES:
             raise ConfigError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+        from .tasks.asr import NORMALIZERS
+
+        if normalizer not in NORMALIZERS:
+            raise ConfigError(f"--normalizer must be one of {', '.join(NORMALIZERS)}, not {normalizer!r}")
+        if task != "asr" and (normalizer != "basic" or language is not None):
+            raise ConfigError("--normalizer and --language apply to the asr task only")
+        if language is not None and spec.kind != "hf":
+            raise ConfigError("--language applies to Whisper models (hf:...) only")
+        if language is not None and not re.fullmatch(r"[A-Za-z][A-Za-z -]*", language):
+            raise ConfigError(f"--language takes a language name or code (en, english, de, ...), not {language!r}")
         return cls(str(out), dataset, split, task, spec, tuple(codecs), weights, int(batch_size), device,
-                   limit, bool(offline))
+                   limit, bool(offline), normalizer, language.lower() if language else None)
 
     @property
     def name(self) -> str:
-        """``<task>-<model-tag>``: the stem of the result files."""
-        return f"{self.task}-{self.model.tag}"
+        """``<task>-<model-tag>``: the stem of the result files (``-norm_whisper``, ``-lang_de`` where they
+        are not the defaults, so results under other conventions never overwrite each other)."""
+        extra = (f"-norm_{self.normalizer}" if self.normalizer != "basic" else "") + \
+            (f"-lang_{re.sub(r'[^a-z]+', '_', self.language)}" if self.language else "")
+        return f"{self.task}-{self.model.tag}{extra}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -2,9 +2,13 @@
 
 Per evaluated set: parts under ``eval/.parts/<task>-<model-tag>/<shard>.parquet``, then the
 concatenated ``eval/<task>-<model-tag>.parquet`` and, last, ``eval/<task>-<model-tag>.json`` whose
-figures are computed from the rows read back from that parquet. A stamp (task, model, weights
-hash, limit, the set's shard hashes) decides what is finished: a set whose JSON carries the
-current stamp is skipped; parts made under another stamp are removed.
+figures are computed from the rows read back from that parquet. Every set is scored over the
+reference keys of the lossless set ``none`` (:mod:`.coverage`): ``figures`` over all of them, a
+failed or missing sample counted as the task's failure value, ``figures_paired`` over those ok
+here, and ``coverage`` counting each. A stamp (format, task, model, weights hash, limit, the
+set's and the reference set's shard hashes) decides what is finished: a set whose JSON carries
+the current stamp is skipped; parts made under another stamp are removed. The units run through
+:func:`pipeline.run.units.run_units`, as transcode's do.
 """
 from __future__ import annotations
 
@@ -22,13 +26,15 @@ from typing import Any, Callable
 from ..errors import ConfigError
 from ..store import layout
 from .config import EvalConfig
+from .coverage import REFERENCE, FailureValues, KeyPlan, cover, figure_sets, key_plans
 from .models import get_model_kind
 from .sets import EvalSet, find_sets
 from .tasks import get_task
+from .tasks.base import has_failure_value
 from .unit import EvalShardTask, ShardOutcome, run_eval_shard
 
 PARTS = ".parts"
-FORMAT = "mpq-eval/1"
+FORMAT = "mpq-eval/2"
 
 
 @dataclass
@@ -39,6 +45,7 @@ class EvalPlan:
     stamps: dict[str, str]  # set tag -> stamp
     todo: list[str]  # tags whose results are not finished
     tasks: list[EvalShardTask]
+    keys: dict[str, KeyPlan] = field(default_factory=dict)  # set tag -> its reference keys (see .coverage)
 
 
 @dataclass
@@ -56,9 +63,9 @@ def result_paths(s: EvalSet, config: EvalConfig) -> tuple[Path, Path, Path]:
 
 
 def _stamp(config: EvalConfig, model: dict[str, Any], s: EvalSet, reference: EvalSet | None = None) -> str:
-    what = {"task": config.task, "model": config.model.canonical, "weights_sha256": model.get("weights_sha256"),
-            "limit": config.limit, "shards": list(s.index_sha)}
-    if reference is not None:  # a rewritten reference set invalidates the results read against it
+    what = {"format": FORMAT, "task": config.task, "model": config.model.canonical,
+            "weights_sha256": model.get("weights_sha256"), "limit": config.limit, "shards": list(s.index_sha)}
+    if reference is not None:  # a rewritten reference set changes the keys scored and the values read from it
         what["reference"] = list(reference.index_sha)
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -70,19 +77,16 @@ def _finished(json_path: Path, stamp: str) -> bool:
         return False
 
 
-def _shard_tasks(config: EvalConfig, s: EvalSet, parts: Path, resources: dict | None) -> list[EvalShardTask]:
-    left = config.limit
-    out = []
-    for name, n in s.shards:
-        if left is not None and left <= 0:
-            break
-        take = n if left is None else min(n, left)
+def _shard_tasks(config: EvalConfig, s: EvalSet, parts: Path, resources: dict | None,
+                 keys: KeyPlan) -> list[EvalShardTask]:
+    """Whole shards; with ``--limit``, the shards holding the first N reference keys, each told its keys."""
+    def task(name: str, samples: int, wanted: tuple[str, ...] | None) -> EvalShardTask:
         part = parts / f"{layout.strip_shard_ext(name)}.parquet"
-        out.append(EvalShardTask(config.to_dict(), s.codec, name, str(part), take,
-                                 None if take == n else take, resources))
-        if left is not None:
-            left -= take
-    return out
+        return EvalShardTask(config.to_dict(), s.codec, name, str(part), samples, wanted, resources)
+
+    if config.limit is None:
+        return [task(name, n, None) for name, n in s.shards]
+    return [task(name, len(wanted), wanted) for name, wanted in keys.wanted(s)]
 
 
 def plan_eval(config: EvalConfig) -> EvalPlan:
@@ -91,6 +95,7 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     kind.check(config)
     task_cls = get_task(config.task).bind(config)
     sets = find_sets(config.out, config.dataset, config.split, config.codecs)
+    baseline = next((s for s in sets if s.tag == REFERENCE), None)  # the keys every set is scored over
     reference = _reference_set(task_cls, config, sets)
     if reference is not None:
         sets = [s for s in sets if s.tag != reference.tag]
@@ -101,15 +106,16 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
                               f"fields {', '.join(task_cls.requires)}; set {s.tag} has {', '.join(sorted(s.fields))}")
     model = kind.preflight(config)  # last: it may download weights (never with --offline)
     resources = {"GPU": 1} if kind.uses_torch and config.device.startswith("cuda") else None
+    keys = key_plans(sets, baseline, config.limit)
     stamps, todo, tasks = {}, [], []
     for s in sets:
-        stamps[s.tag] = _stamp(config, model, s, reference)
+        stamps[s.tag] = _stamp(config, model, s, baseline)
         parts, _, json_path = result_paths(s, config)
         if _finished(json_path, stamps[s.tag]):
             continue
         todo.append(s.tag)
-        tasks += _shard_tasks(config, s, parts, resources)
-    return EvalPlan(config, sets, model, stamps, todo, tasks)
+        tasks += _shard_tasks(config, s, parts, resources, keys[s.tag])
+    return EvalPlan(config, sets, model, stamps, todo, tasks, keys)
 
 
 def _reference_set(task_cls: Any, config: EvalConfig, sets: list[EvalSet]) -> EvalSet | None:
@@ -153,23 +159,31 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def publish_set(plan: EvalPlan, s: EvalSet) -> dict[str, Any]:
-    """Concatenate the parts in shard order, then write the JSON from the rows read back."""
+def publish_set(plan: EvalPlan, s: EvalSet, failures: FailureValues | None = None) -> dict[str, Any]:
+    """Concatenate the parts in shard order, add the coverage rows, then write the JSON from the rows read back."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .unit import schema
+    from .unit import rows_table, schema
 
     config = plan.config
     task_cls = get_task(config.task).bind(config)
+    failures = failures or FailureValues(task_cls, config.out, config.dataset, config.split)
     _, rows_path, json_path = result_paths(s, config)
     names = [Path(t.part) for t in plan.tasks if t.codec == s.codec]
     table = pa.concat_tables([pq.read_table(p) for p in names]) if names else schema(task_cls).empty_table()
-    _atomic_write(rows_path, lambda p: pq.write_table(table, p))
-    rows = pq.read_table(rows_path).to_pylist()
+    covered = cover(table.to_pylist(), plan.keys[s.tag], failures.get)
+    _atomic_write(rows_path, lambda p: pq.write_table(rows_table(task_cls, covered.rows), p))
+    rows = pq.read_table(rows_path).to_pylist()  # the figures come from the rows as written
+    by_key = {r["key"]: r for r in rows}
+    coverage = covered.coverage
+    figures = task_cls.aggregate([by_key[r["key"]] for r in covered.figure_rows])
+    paired = task_cls.aggregate([by_key[r["key"]] for r in covered.paired_rows])
     ok = sum(r["status"] == "ok" for r in rows)
     doc = {"format": FORMAT, "dataset": config.dataset, "split": config.split, "codec": s.codec, "tag": s.tag,
-           "task": config.task, "figures": task_cls.aggregate(rows), "samples": ok, "errors": len(rows) - ok,
+           "task": config.task, "figures": figures, "figures_paired": paired,
+           "figure_sets": figure_sets(coverage["reference"], config.limit, not has_failure_value(task_cls)),
+           "coverage": coverage, "samples": ok, "errors": sum(r["status"] == "error" for r in rows),
            "model": plan.model, "device": config.device, "batch_size": config.batch_size, "limit": config.limit,
            "definitions": dict(task_cls.definitions), "rows": rows_path.name,
            "columns": [name for name, _ in task_cls.columns()], "stamp": plan.stamps[s.tag],
@@ -205,52 +219,23 @@ def evaluate(config: EvalConfig, executor: cf.Executor | None = None, *,
     A unit that fails as a whole is listed in ``failed`` and its set is not published.
     """
     from ..run.driver import InlineExecutor
+    from ..run.units import run_units
 
     plan = planned if planned is not None else plan_eval(config)
     _prepare_parts(plan)
     result = EvalResult(plan)
-    executor = executor or InlineExecutor()
-    total = sum(t.samples for t in plan.tasks)
-    bar = None
-    if progress is True and plan.tasks:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="sample", desc=f"eval {config.dataset}/{config.split}", smoothing=0.1,
-                   dynamic_ncols=True)
-    futures = {executor.submit(run_eval_shard, t): t for t in plan.tasks}
-    try:
-        failed_sets = _collect(futures, result, bar, progress if callable(progress) else None, total)
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    for s in plan.sets:
-        if s.tag in plan.todo and s.codec not in failed_sets:
-            result.published.append(publish_set(plan, s))
-    return result
-
-
-def _collect(futures: dict[cf.Future, EvalShardTask], result: EvalResult, bar: Any,
-             progress: Callable[[int, int], None] | None, total: int) -> set[str]:
-    """Wait for the units, count them, advance the progress; returns the codecs of failed units."""
-    failed: set[str] = set()
-    done = 0
-    for fut in cf.as_completed(futures):
-        t = futures[fut]
-        try:
-            out: ShardOutcome = fut.result()
-        except Exception as exc:  # noqa: BLE001 - a whole unit failed: report it, publish nothing of its set
-            result.failed.append(f"{t.codec} {t.shard}: {type(exc).__name__}: {exc}")
-            failed.add(t.codec)
-            continue
+    def collect(t: EvalShardTask, out: ShardOutcome) -> None:
         result.shards_cached += out.cached
         result.shards_run += not out.cached
-        done += t.samples
-        if bar is not None:
-            bar.update(t.samples)
-        elif progress is not None:
-            progress(done, total)
-    return failed
+
+    failed = run_units(executor or InlineExecutor(), run_eval_shard, plan.tasks, collect,
+                       label=lambda t: f"{t.codec} {t.shard}", weight=lambda t: t.samples, progress=progress,
+                       unit="sample", desc=f"eval {config.dataset}/{config.split}")
+    result.failed += [f.message for f in failed]  # a set with a failed unit is not published
+    failed_sets = {f.unit.codec for f in failed}
+    failures = FailureValues(get_task(config.task).bind(config), config.out, config.dataset, config.split)
+    for s in plan.sets:
+        if s.tag in plan.todo and s.codec not in failed_sets:
+            result.published.append(publish_set(plan, s, failures))
+    return result

@@ -18,14 +18,15 @@ from .tasks.base import ERROR, OK
 
 @dataclass(frozen=True)
 class EvalShardTask:
-    """Evaluate shard ``shard`` of the set ``codec``; ``limit``: only its first N samples."""
+    """Evaluate shard ``shard`` of the set ``codec``; ``keys``: only these samples (``--limit``: the
+    reference keys the shard holds), else all of them."""
 
     config: Mapping[str, Any]  # EvalConfig.to_dict(): run settings travel with the task
     codec: str
     shard: str
     part: str  # the part file's final path
     samples: int  # samples this task accounts for (progress)
-    limit: int | None = None
+    keys: tuple[str, ...] | None = None
     resources: Mapping[str, float] | None = field(default=None)  # {"GPU": 1}: routed by pipeline.run.cluster
 
 
@@ -56,10 +57,12 @@ def _error(key: str, exc: BaseException) -> dict[str, Any]:
 
 
 def evaluate_samples(task: Any, model: Any, samples: Any, batch_size: int, decode_errors: list,
-                     limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows for the samples of an iterable, in order; ``decode_errors`` fills with (key, exc) as it goes."""
+                     keys: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Rows for the samples of an iterable, in order (only ``keys`` when given; reading stops once all
+    are seen); ``decode_errors`` fills with (key, exc) as it goes."""
     rows: list[dict[str, Any]] = []
     batch: list[tuple[int, Any]] = []
+    wanted = None if keys is None else set(keys)
 
     def flush() -> None:
         if not batch:
@@ -81,25 +84,38 @@ def evaluate_samples(task: Any, model: Any, samples: Any, batch_size: int, decod
     def take_errors() -> None:
         while decode_errors:
             key, exc = decode_errors.pop(0)
+            if wanted is not None:
+                if key not in wanted:
+                    continue
+                wanted.discard(key)
             rows.append(_error(key, exc))
 
-    for sample in samples:
-        take_errors()
-        if limit is not None and len(rows) >= limit:
-            break
-        key = str(sample["__key__"])
+    def add(key: str, sample: Any) -> None:
         try:
             item = task.prepare(sample)
         except Exception as exc:  # noqa: BLE001
             rows.append(_error(key, exc))
-            continue
+            return
         rows.append({"key": key, "status": OK, "error": None})
         batch.append((len(rows) - 1, item))
         if len(batch) >= batch_size:
             flush()
+
+    for sample in samples:
+        take_errors()
+        key = str(sample["__key__"])
+        if wanted is not None:
+            if key not in wanted:
+                if not wanted:
+                    break
+                continue
+            wanted.discard(key)
+        add(key, sample)
+        if wanted is not None and not wanted:
+            break  # every wanted key seen: read no further sample
     take_errors()
     flush()
-    return rows[:limit] if limit is not None else rows
+    return rows
 
 
 def run_eval_shard(t: EvalShardTask) -> ShardOutcome:
@@ -127,7 +143,7 @@ def run_eval_shard(t: EvalShardTask) -> ShardOutcome:
     else:  # the reference set's sample of the same key beside each sample, read in lockstep
         ds = load(config.out, config.dataset, config.split, [task_cls.reference, t.codec], paired=True,
                   shards=[t.shard], image_format="numpy", on_error=on_error)
-    rows = evaluate_samples(task_cls(), model, ds, config.batch_size, decode_errors, t.limit)
+    rows = evaluate_samples(task_cls(), model, ds, config.batch_size, decode_errors, t.keys)
     part.parent.mkdir(parents=True, exist_ok=True)
     tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:

@@ -143,18 +143,27 @@ class ViewDecoder:
         return self.view_members + (self.sample_members if with_sample_fields else
                                     tuple(e for e in self._user if e not in self.view_members))
 
-    def __call__(self, members: Mapping[str, bytes],
-                 payload_hook: PayloadHook | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(view fields: payload, measures, codec; sample fields: attachments, record values).
-
-        ``payload_hook(decoder, bytes, ext)`` decodes the payload instead (the training stage's crop).
-        """
+    def _record(self, members: Mapping[str, bytes]) -> dict[str, Any]:
         if "json" not in members:
             raise SampleError("no .json record")
         record = run_decoder(self.json, members, "json")
         if not isinstance(record, dict) or record.get("codec") != self.canonical:
             raise SampleError(f"record names codec {record.get('codec') if isinstance(record, dict) else None!r}, "
                               f"the set is {self.canonical}")
+        return record
+
+    def sample_fields(self, members: Mapping[str, bytes]) -> dict[str, Any]:
+        """The sample fields alone (attachments, record values), the payload neither read nor decoded:
+        the lossless fields an evaluation's failure value is built from (``json`` plus :attr:`sample_members`)."""
+        return self._extra(members, self._record(members))
+
+    def __call__(self, members: Mapping[str, bytes],
+                 payload_hook: PayloadHook | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(view fields: payload, measures, codec; sample fields: attachments, record values).
+
+        ``payload_hook(decoder, bytes, ext)`` decodes the payload instead (the training stage's crop).
+        """
+        record = self._record(members)
         for m in self.payload:
             if m.ext in members:
                 fn: FieldDecoder = m.fn
@@ -175,6 +184,9 @@ class ViewDecoder:
             if ext in members:
                 view.setdefault(group, {})[f.name] = convert(run_decoder(fn, members, ext, record), f.type,
                                                                self.image_format)
+        return view, self._extra(members, record)
+
+    def _extra(self, members: Mapping[str, bytes], record: Mapping[str, Any]) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         for f, ext, fn in self.attachments:
             if ext in members:
@@ -187,7 +199,7 @@ class ViewDecoder:
         for ext, fn in self.user:
             if ext in members:
                 extra[ext] = run_decoder(fn, members, ext)
-        return view, extra
+        return extra
 
 
 #: the safe table's entry behind each plain decoder name (the table is keyed by member extension)

@@ -71,8 +71,23 @@ def find_results(out_root: Path, dataset: str | None = None, split: str | None =
         except ValueError:
             continue
         if isinstance(doc, dict) and str(doc.get("format", "")).startswith("mpq-eval/"):
-            found.append({**doc, "path": str(path)})
+            found.append({**upgrade(doc), "path": str(path)})
     return found
+
+
+#: what an ``mpq-eval/1`` result's figures are over (written before coverage was recorded)
+V1_FIGURES = "over the samples evaluated ok in this set (mpq-eval/1: no coverage against the reference set recorded)"
+
+
+def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
+    """A result in the current shape: an ``mpq-eval/1`` document (figures over its ok samples only)
+    gets ``figures_paired`` = its ``figures``, ``coverage`` None and ``figure_sets`` saying so."""
+    if "figures_paired" in doc and "coverage" in doc:
+        return doc
+    figures = doc.get("figures") or {}
+    return {**doc, "figures": figures, "figures_paired": doc.get("figures_paired", figures),
+            "coverage": doc.get("coverage"),
+            "figure_sets": doc.get("figure_sets") or {"figures": V1_FIGURES, "figures_paired": V1_FIGURES}}
 
 
 def eval_table(results: list[dict[str, Any]], summary: Any) -> Any:

@@ -25,6 +25,7 @@ from ..metrics.deep import metric_names
 
 #: LPIPS backbones, from the deep-metric registry (``lpips:alex`` -> ``alex``)
 LPIPS_NETS = tuple(n.split(":", 1)[1] for n in metric_names("image") if n.startswith("lpips:"))
+DISTS_MODES = ("resize", "full")  # dists (the authors' preparation) and dists-full
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 
@@ -102,7 +103,10 @@ class TranscodeConfig:
     lpips: str | None = _setting(None, CliOption(  # images: LPIPS per sample with this backbone
         "--lpips", "images: LPIPS per sample (column lpips_NET); --lpips alone uses alex", kind="optional",
         choices=LPIPS_NETS, flag_value="alex"))
-    dists: bool = _setting(False, CliOption("--dists", "images: DISTS per sample", kind="flag"))
+    dists: str | None = _setting(None, CliOption(  # images: DISTS per sample, resized as its authors do or full size
+        "--dists", "images: DISTS per sample; --dists alone (resize) prepares images as its authors do (shorter side "
+        "to 256 when larger; column dists), full keeps full size (column dists_full)", kind="optional",
+        choices=DISTS_MODES, flag_value="resize"))
     cdpam: bool = _setting(False, CliOption(
         "--cdpam", "audio: CDPAM per sample (about 15 s per 7 s clip on one CPU core)", kind="flag"))
     device: str | None = None  # learned codecs: auto, cpu, cuda or cuda:N (None: auto); default $MPQ_DEVICE
@@ -142,7 +146,9 @@ class TranscodeConfig:
     def deep_metrics(self) -> tuple[str, ...]:
         """Registered names of the deep similarity metrics asked for (``lpips:alex``, ``dists``, ``cdpam``)."""
         names = [f"lpips:{self.lpips}"] if self.lpips else []
-        return tuple(names + ["dists"] * self.dists + ["cdpam"] * self.cdpam)
+        if self.dists:
+            names.append("dists-full" if self.dists == "full" else "dists")
+        return tuple(names + ["cdpam"] * self.cdpam)
 
     @property
     def runtime(self) -> CodecRuntime:
@@ -177,6 +183,10 @@ def _check(values: dict[str, Any]) -> None:
         raise ConfigError(f"--shard-compression must be gzip or none, not {values['shard_compression']!r}")
     if values["max_pixels"] is not None and values["max_pixels"] < 1:
         raise ConfigError("--max-pixels must be at least 1")
+    if values["dists"] is True or values["dists"] is False:  # the Python API's dists=True: the default mode
+        values["dists"] = "resize" if values["dists"] else None
+    if values["dists"] is not None and values["dists"] not in DISTS_MODES:
+        raise ConfigError(f"--dists must be one of {', '.join(DISTS_MODES)}, not {values['dists']!r}")
     if values["lpips"] is not None and values["lpips"] not in LPIPS_NETS:
         raise ConfigError(f"--lpips must be one of {', '.join(LPIPS_NETS)}, not {values['lpips']!r}")
     for name in ("out", "split"):

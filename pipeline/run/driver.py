@@ -38,6 +38,7 @@ from ..store.index import SetIndex, ShardEntry
 from ..store.storage import open_store
 from .schema import sample_schema
 from .task import ShardResult, ShardTask, run_shard
+from .units import run_units
 
 
 class InlineExecutor(cf.Executor):
@@ -310,32 +311,26 @@ def transcode(config: TranscodeConfig, executor: cf.Executor | None = None, *,
     check_output(config, source)
     listed = sum(len(t.refs) for t in {t.index: t for t in tasks}.values())  # keys are unique in a listing
     unit, weight = progress_units(tasks, len(config.codecs))
-    total = sum(weight(t) for t in tasks)
     result = RunResult(config, listed, getattr(source, "skipped", 0))
     _reset_sets(config, source.split)
     executor = executor or InlineExecutor()
-    bar = None
-    if progress is True:
-        from tqdm import tqdm
+    tags = [s.tag for s in config.codecs]
+    stats: dict[str, dict[int, dict[str, Any]]] = {tag: {} for tag in tags}
+    row_keys: dict[str, set[str]] = {tag: set() for tag in tags}
 
-        bar = tqdm(total=total, unit=unit, desc=f"{config.dataset}/{source.split}", smoothing=0.1,
-                   dynamic_ncols=True)
-    done = 0
+    def collect(task: ShardTask, res: ShardResult) -> None:
+        result.shards_written += len(res.written)
+        result.shards_cached += len(res.cached)
+        result.shards_changed += len(res.changed)
+        result.shards_adopted += len(res.adopted)
+        for tag, st in res.stats.items():  # keep the figures, not the rows (they stay in _stats.json)
+            row_keys[tag].update(k for r in st["rows"] for k in r)
+            stats[tag][task.index] = {k: v for k, v in st.items() if k != "rows"}
 
-    def advance(task: ShardTask) -> None:
-        nonlocal done
-        done += weight(task)
-        if bar is not None:
-            bar.update(weight(task))
-        elif callable(progress):
-            progress(done, total)
-
-    futures = _submit(executor, tasks)
-    try:
-        stats, row_keys = _collect(futures, result, [s.tag for s in config.codecs], advance)
-    finally:
-        if bar is not None:
-            bar.close()
+    # an unwritable output stops everything: every other task would fail the same way
+    failed = run_units(executor, run_shard, tasks, collect, label=lambda t: f"shard {t.index:06d}", weight=weight,
+                       progress=progress, unit=unit, desc=f"{config.dataset}/{source.split}", fatal=(OutputError,))
+    result.failed += [f.message for f in failed]
     if result.failed:
         return result
     versions = _library_versions(config.codecs)
@@ -353,47 +348,3 @@ def _reset_sets(config: TranscodeConfig, split: str) -> None:
         folder = store.set_folder(config.dataset, split, spec.tag)
         store.remove(store.child(folder, layout.INDEX))
         store.remove_temps(folder)
-
-
-def _submit(executor: cf.Executor, tasks: list[ShardTask]) -> dict[cf.Future, ShardTask]:
-    """Submit every shard; an in-process run stops at the first one whose output cannot be written."""
-    futures: dict[cf.Future, ShardTask] = {}
-    for t in tasks:
-        fut = executor.submit(run_shard, t)
-        futures[fut] = t
-        if fut.done() and not fut.cancelled() and isinstance(fut.exception(), OutputError):
-            break  # an in-process run: no point encoding the other shards for an unwritable output
-    return futures
-
-
-def _collect(futures: dict[cf.Future, ShardTask], result: RunResult, tags: list[str],
-             advance: Callable[[ShardTask], None]) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, set[str]]]:
-    """Shard results as they complete, counted into ``result``: (stats per set and shard, row keys per set).
-
-    A failed task is recorded and the rest go on; an unwritable output (or an interrupt) cancels the rest.
-    """
-    stats: dict[str, dict[int, dict[str, Any]]] = {tag: {} for tag in tags}
-    row_keys: dict[str, set[str]] = {tag: set() for tag in tags}
-    try:
-        for fut in cf.as_completed(futures):
-            task = futures[fut]
-            try:
-                res: ShardResult = fut.result()
-            except OutputError:  # the output cannot be written: every other task would fail the same way
-                raise
-            except Exception as exc:  # a whole task failed: keep going, report at the end
-                result.failed.append(f"shard {task.index:06d}: {type(exc).__name__}: {exc}")
-                continue
-            result.shards_written += len(res.written)
-            result.shards_cached += len(res.cached)
-            result.shards_changed += len(res.changed)
-            result.shards_adopted += len(res.adopted)
-            for tag, st in res.stats.items():  # keep the figures, not the rows (they stay in _stats.json)
-                row_keys[tag].update(k for r in st["rows"] for k in r)
-                stats[tag][task.index] = {k: v for k, v in st.items() if k != "rows"}
-            advance(task)
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        raise
-    return stats, row_keys

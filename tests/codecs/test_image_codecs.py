@@ -21,6 +21,8 @@ from pipeline.codecs.spec import CodecSpec, parse_spec
 SETTINGS = {  # (low, high) where the generic rule below does not apply or is not telling
     "jpeg2000": ("jpeg2000:ratio=30", "jpeg2000:psnr=42"),  # both rate-control modes
     "jxl": ("jxl:distance=8", "jxl:quality=95"),  # both modes
+    "msillm": ("msillm:quality=1", "msillm:quality=6"),  # named qualities (with the published weights only)
+    "noganms": ("noganms:quality=1", "noganms:quality=6"),
 }
 
 

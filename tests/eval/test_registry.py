@@ -12,7 +12,7 @@ from pipeline.eval.tasks import TASKS, get_task
 
 def test_names():
     assert task_names() == ["asr", "classify", "segment", "separate", "similarity"]
-    assert model_kinds() == ["cdpam", "dists", "hf", "htdemucs", "lpips", "pocketsphinx", "timm", "torchvision",
+    assert model_kinds() == ["cdpam", "dists", "dists-full", "hf", "htdemucs", "lpips", "pocketsphinx", "timm", "torchvision",
                              "umxhq", "umxl"]
 
 

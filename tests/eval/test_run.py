@@ -44,7 +44,11 @@ def test_errors_become_rows_and_the_run_goes_on(out, tmp_path):
     assert "outside the model's 2 classes" in rows["ILSVRC2012_val_00000003"]["error"]
     assert rows["ILSVRC2012_val_00000002"]["status"] == "ok" and rows["ILSVRC2012_val_00000002"]["pred"] in (0, 1)
     assert docs["jpeg-q10"]["samples"] == 1 and docs["jpeg-q10"]["errors"] == 2
-    assert docs["jpeg-q10"]["figures"]["top1"] == float(rows["ILSVRC2012_val_00000002"]["correct1"])
+    # the two error rows count as wrong over the 3 reference keys; the paired figures are over the ok one
+    assert docs["jpeg-q10"]["figures"]["top1"] == float(rows["ILSVRC2012_val_00000002"]["correct1"]) / 3
+    assert docs["jpeg-q10"]["figures"]["top5"] == 1 / 3
+    assert docs["jpeg-q10"]["figures_paired"]["top1"] == float(rows["ILSVRC2012_val_00000002"]["correct1"])
+    assert docs["jpeg-q10"]["coverage"]["failed_eval"] == 2 and docs["jpeg-q10"]["coverage"]["fraction"] == 1 / 3
     assert docs["none"]["samples"] == 2 and docs["none"]["errors"] == 1
 
 
@@ -115,6 +119,7 @@ def test_cli_run_prints_figures(out, resnet_weights, capsys):
                  "torchvision:resnet18", "--weights", str(resnet_weights), "--workers", "0", "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0 and "jpeg-q10" in text and "top1" in text
+    assert text.count("coverage 100.0%") == 2  # each set's coverage against none
     assert (out / "imagenet" / "val" / "none" / "eval" / f"{NAME}.json").is_file()
 
 

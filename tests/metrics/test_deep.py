@@ -46,8 +46,8 @@ def lpips_alex():
 
 
 def test_registry_names_and_columns():
-    assert deep.metric_names() == ["cdpam", "dists", "lpips:alex", "lpips:squeeze", "lpips:vgg"]
-    assert deep.columns("image") == ["dists", "lpips_alex", "lpips_squeeze", "lpips_vgg"]
+    assert deep.metric_names() == ["cdpam", "dists", "dists-full", "lpips:alex", "lpips:squeeze", "lpips:vgg"]
+    assert deep.columns("image") == ["dists", "dists_full", "lpips_alex", "lpips_squeeze", "lpips_vgg"]
     assert deep.columns("audio") == ["cdpam"]
     with pytest.raises(ValueError, match="registered twice"):
         deep.register(deep.get_metric("dists"))
@@ -104,6 +104,36 @@ def test_dists_against_the_package_forward(photo):
     x = torch.from_numpy(np.stack([photo, photo])).permute(0, 3, 1, 2).float() / 255
     y = torch.from_numpy(np.stack([q5, q90])).permute(0, 3, 1, 2).float() / 255
     assert [d5, d90] == pytest.approx(metric.model(x, y).tolist(), rel=1e-5)
+
+
+def test_dists_prepares_images_as_its_authors(photo):
+    """``dists``: shorter side to 256 when larger, as ``DISTS_pytorch.prepare_image(resize=True)``;
+    ``dists-full`` scores full size. The independent reference is the package's own preparation."""
+    from DISTS_pytorch.DISTS_pt import prepare_image
+    from PIL import Image
+
+    from pipeline.metrics.deep.image import dists_prepare, to_tensor
+
+    big = fx.photo("astronaut", 330, 270)  # taller than wide, shorter side over 256
+    assert min(big.shape[:2]) > 256 and big.shape[0] > big.shape[1]
+    want = prepare_image(Image.fromarray(big), resize=True)[0]  # (3, H, W) in [0, 1]
+    got = dists_prepare(big)
+    assert got.shape[:2] == tuple(want.shape[1:]) and min(got.shape[:2]) == 256
+    assert np.array_equal(got, (want.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    small = photo[:200, :250]
+    assert dists_prepare(small) is small  # not larger than 256: untouched
+    torch.manual_seed(1)
+    resized = deep.get_metric("dists").from_backbone(None)
+    full = deep.get_metric("dists-full").from_backbone(None)
+    full.model.load_state_dict(resized.model.state_dict())
+    q5 = jpeg_round_trip(big, 5)
+    (d_resized,), (d_full,) = resized.distances([big], [q5]), full.distances([big], [q5])
+    x, y = (to_tensor([want_image], "cpu", 0.0, 1.0) for want_image in (dists_prepare(big), dists_prepare(q5)))
+    with torch.inference_mode():  # the same forward on the prepared pair: the same float operations
+        assert d_resized == float(resized.forward(x, y).double())
+    assert d_full != pytest.approx(d_resized, rel=1e-5)
+    with pytest.raises(ValueError, match="differ in size"):  # no resize hides a size mismatch
+        resized.distances([big], [big[:-2]])
 
 
 def _random_squeezenet_file(folder: Path) -> tuple[Path, dict]:
@@ -179,6 +209,10 @@ def test_missing_backbone_stops_a_transcode_before_work(tmp_path, imagefolder_cl
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="--lpips must be one of"):
         TranscodeConfig.create("imagefolder", imagefolder_classes.root, ["jpeg:quality=20"], lpips="resnet")
+    full = TranscodeConfig.create("imagefolder", imagefolder_classes.root, ["jpeg:quality=20"], dists="full")
+    assert full.deep_metrics == ("dists-full",) and TranscodeConfig.from_dict(full.to_dict()) == full
+    with pytest.raises(ConfigError, match="--dists must be one of"):
+        TranscodeConfig.create("imagefolder", imagefolder_classes.root, ["jpeg:quality=20"], dists="half")
     with pytest.raises(ConfigError, match="audio metric"):
         plan(TranscodeConfig.create("imagefolder", imagefolder_classes.root, ["jpeg:quality=20"], cdpam=True))
 

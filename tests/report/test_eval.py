@@ -82,3 +82,28 @@ def test_report_includes_eval_results(tmp_path):
     md = (target / "report.md").read_text()
     assert "Machine perception" in md and "classify with `torchvision:resnet18`" in md
     assert (target / "eval-imagenet-val-classify-torchvision_resnet18.png").is_file()
+
+
+def test_old_and_new_results_are_both_read(tmp_path):
+    """An mpq-eval/1 result (figures over its ok samples) still reads: figures_paired falls back to its
+    figures and its coverage is None; an mpq-eval/2 result is read as written and the report uses ``figures``."""
+    import json
+
+    from pipeline.report.eval import find_results
+
+    old = _doc("imagenet", "jpeg-q10", "classify", {"top1": 0.5})
+    new = {**_doc("imagenet", "webp-q10", "classify", {"top1": 0.4}), "format": "mpq-eval/2",
+           "figures_paired": {"top1": 0.45}, "figure_sets": {"figures": "all", "figures_paired": "paired"},
+           "coverage": {"reference": "none", "reference_keys": 10, "evaluated": 9, "failed_transcode": 1,
+                        "failed_eval": 0, "excluded": 0, "extra": 0, "fraction": 0.9}}
+    for doc in (old, new):
+        path = tmp_path / "imagenet" / "val" / doc["tag"] / "eval" / "classify-m.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(doc))
+    found = {d["tag"]: d for d in find_results(tmp_path)}
+    assert found["jpeg-q10"]["figures_paired"] == {"top1": 0.5} and found["jpeg-q10"]["coverage"] is None
+    assert "mpq-eval/1" in found["jpeg-q10"]["figure_sets"]["figures"]
+    assert found["webp-q10"]["figures_paired"] == {"top1": 0.45} and found["webp-q10"]["coverage"]["fraction"] == 0.9
+    summary = _summary([("imagenet", "jpeg-q10", "bpp", 0.5), ("imagenet", "webp-q10", "bpp", 0.4)])
+    table = eval_table(list(found.values()), summary).set_index("tag")
+    assert table.loc["jpeg-q10", "value"] == 0.5 and table.loc["webp-q10", "value"] == 0.4  # figures, not paired

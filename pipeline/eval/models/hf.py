@@ -63,7 +63,7 @@ class HuggingFace(ModelKind):
             return _HFClassifier(config.model.name, device, kw)
         if config.task == "segment":
             return _HFSegmenter(config.model.name, device, kw)
-        return _HFSpeech(config.model.name, device, kw)
+        return _HFSpeech(config.model.name, device, kw, config.language)
 
 
 class _HFImage:
@@ -107,24 +107,47 @@ class _HFSegmenter(_HFImage):
 
 
 class _HFSpeech:
-    """Whisper (sequence to sequence) or CTC models (wav2vec2) through the transformers ASR pipeline."""
+    """Whisper (sequence to sequence) or CTC models (wav2vec2) through the transformers ASR pipeline.
 
-    def __init__(self, name: str, device: str, kw: dict[str, Any]):
+    Whisper: a multilingual model is told the language (English unless ``--language``) and the task
+    (transcribe), never left to detect them; an utterance over 30 s is transcribed whole with Whisper's
+    sequential long-form algorithm (the paper's section 3.8: timestamps predicted, the window moved
+    on), never truncated to its first 30 s.
+    """
+
+    def __init__(self, name: str, device: str, kw: dict[str, Any], language: str | None = None):
         import transformers
 
         config = transformers.AutoConfig.from_pretrained(name, **kw)
+        self.whisper = getattr(config, "model_type", "") == "whisper"
         auto = (transformers.AutoModelForSpeechSeq2Seq if getattr(config, "is_encoder_decoder", False)
                 else transformers.AutoModelForCTC)
         processor = transformers.AutoProcessor.from_pretrained(name, **kw)
-        self.pipe = transformers.pipeline("automatic-speech-recognition", model=auto.from_pretrained(name, **kw),
+        model = auto.from_pretrained(name, **kw)
+        self.generate: dict[str, Any] = {}
+        if self.whisper and getattr(model.generation_config, "is_multilingual", False):
+            self.generate = {"language": language or "en", "task": "transcribe"}
+        elif self.whisper and language not in (None, "en", "english"):
+            raise ConfigError(f"{name} is an English-only Whisper model; it cannot transcribe {language!r}")
+        self.pipe = transformers.pipeline("automatic-speech-recognition", model=model,
                                           tokenizer=processor.tokenizer,
                                           feature_extractor=processor.feature_extractor, device=device)
         self.rate = int(processor.feature_extractor.sampling_rate)
+        self.window = int(getattr(processor.feature_extractor, "n_samples", 0))  # Whisper: 30 s of samples
 
     def transcribe(self, items: Sequence[tuple[Any, int]]) -> list[str]:
-        # one input gives one dict; the stubs of transformers' pipeline say a list of them
-        return [str(cast(dict[str, Any], self.pipe({"raw": _to_rate(a, r, self.rate), "sampling_rate": self.rate}))
-                    ["text"]) for a, r in items]
+        out = []
+        for a, r in items:
+            x = _to_rate(a, r, self.rate)
+            kwargs: dict[str, Any] = {}
+            if self.whisper:
+                kwargs["generate_kwargs"] = dict(self.generate)
+                if self.window and len(x) > self.window:  # long-form: whole utterance, sequential windows
+                    kwargs["return_timestamps"] = True
+            # one input gives one dict; the stubs of transformers' pipeline say a list of them
+            got = cast(dict[str, Any], self.pipe({"raw": x, "sampling_rate": self.rate}, **kwargs))
+            out.append(str(got["text"]))
+        return out
 
 
 def _to_rate(audio: Any, rate: int, target: int) -> Any:

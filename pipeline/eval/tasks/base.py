@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping, Sequence
 
-OK, ERROR = "ok", "error"
+#: row statuses: evaluated, failed at eval, and a reference key this set lacks (failed at transcode or absent)
+OK, ERROR, MISSING = "ok", "error", "missing"
 
 
 class Task:
@@ -52,9 +53,30 @@ class Task:
         raise NotImplementedError
 
     @classmethod
+    def failure_row(cls, sample: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Columns a failed or missing sample counts as, built from the reference set's sample of the same
+        key (its lossless fields: label, transcript, annotation; the payload is not needed); None: the task
+        has no failure value (the key is excluded from the figures and counted in the coverage)."""
+        return None
+
+    @classmethod
     def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """The aggregate figures, from the rows with status ok only."""
+        """The aggregate figures from the rows given: those with status ok, and error or missing rows that
+        carry the task's failure columns (rows without them are not counted)."""
         raise NotImplementedError
+
+
+def has_failure_value(task_cls: type[Task]) -> bool:
+    """Whether the task defines a failure value (overrides :meth:`Task.failure_row`), so that a failed
+    sample counts in its figures; without one the reference samples are not even read."""
+    return getattr(task_cls.failure_row, "__func__", None) is not Task.failure_row.__func__  # type: ignore[attr-defined]
+
+
+def counted_rows(rows: Sequence[Mapping[str, Any]], column: str) -> list[Mapping[str, Any]]:
+    """Rows a figure counts: ok rows, and error or missing rows whose failure columns are filled in
+    (``column`` is one the task's failure value always sets)."""
+    return [r for r in rows if r.get("status") == OK
+            or (r.get("status") in (ERROR, MISSING) and r.get(column) is not None)]
 
 
 def ok_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

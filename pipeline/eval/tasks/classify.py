@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from . import register_task
-from .base import Task, as_numpy, ok_rows
+from .base import Task, as_numpy, counted_rows, ok_rows
 
 
 @register_task
@@ -14,9 +14,12 @@ class Classify(Task):
     default_model = None
     primary = "top1"
     definitions = {
-        "top1": "fraction of ok samples whose highest-scoring class is the label (mean of correct1)",
-        "top5": "fraction of ok samples whose label is among the 5 highest-scoring classes (mean of correct5)",
-        "loss": "mean over ok samples of the cross-entropy of the model's logits against the label (nats)",
+        "top1": "fraction of counted samples whose highest-scoring class is the label (mean of correct1); "
+                "counted: ok samples, and failed or missing samples, which count as wrong",
+        "top5": "fraction of counted samples whose label is among the 5 highest-scoring classes (mean of "
+                "correct5); failed or missing samples count as wrong",
+        "loss": "mean over ok samples of the cross-entropy of the model's logits against the label (nats); "
+                "a failed sample has no loss and is not in this mean",
     }
 
     @classmethod
@@ -54,11 +57,18 @@ class Classify(Task):
         return rows
 
     @classmethod
+    def failure_row(cls, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """Wrong for top-1 and top-5: the label, no prediction, no loss."""
+        label = sample.get("label")
+        if label is None:
+            raise ValueError("the reference sample has no label")
+        return {"label": int(label), "pred": None, "top5": None, "correct1": False, "correct5": False, "loss": None}
+
+    @classmethod
     def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        good = ok_rows(rows)
-        n = len(good)
-        if not n:
-            return {"top1": None, "top5": None, "loss": None}
-        return {"top1": sum(bool(r["correct1"]) for r in good) / n,
-                "top5": sum(bool(r["correct5"]) for r in good) / n,
-                "loss": sum(float(r["loss"]) for r in good) / n}
+        counted = counted_rows(rows, "correct1")
+        losses = [float(r["loss"]) for r in ok_rows(rows)]
+        n = len(counted)
+        return {"top1": sum(bool(r["correct1"]) for r in counted) / n if n else None,
+                "top5": sum(bool(r["correct5"]) for r in counted) / n if n else None,
+                "loss": sum(losses) / len(losses) if losses else None}

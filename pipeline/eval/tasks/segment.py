@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from . import register_task
-from .base import Task, as_numpy, ok_rows
+from .base import Task, as_numpy, counted_rows
 
 NUM_CLASSES = 150  # scored labels 1..150; 0 is ignored
 
@@ -36,6 +36,17 @@ def confusion_counts(pred_labels: Any, annotation: Any, num_classes: int = NUM_C
             "labelled": int(valid.sum())}
 
 
+def annotation(sample: Mapping[str, Any]) -> Any:
+    """The sample's label map as an HxW array (a 3-channel or 1-channel PNG's first channel)."""
+    seg = sample.get("segmentation")
+    if seg is None:
+        raise ValueError("no segmentation annotation")
+    seg = as_numpy(seg)
+    if seg.ndim == 3:
+        seg = seg[..., 0] if seg.shape[-1] in (1, 3) else seg[0]
+    return seg
+
+
 @register_task
 class Segment(Task):
     name = "segment"
@@ -44,8 +55,11 @@ class Segment(Task):
     primary = "miou"
     definitions = {
         "miou": "mean over classes 1..150 with a non-zero union of IoU_c = sum(intersection_c) / sum(union_c), "
-                "both summed over every ok sample of the set (annotation 0 ignored; model class c = label c+1)",
-        "pixel_accuracy": "sum of correctly labelled pixels / sum of pixels with annotation 1..150, over ok samples",
+                "both summed over every counted sample of the set (annotation 0 ignored; model class c = label c+1); "
+                "counted: ok samples, and failed or missing samples as if nothing were predicted (intersection 0, "
+                "their labelled pixels in the union)",
+        "pixel_accuracy": "sum of correctly labelled pixels / sum of pixels with annotation 1..150, over counted "
+                          "samples (a failed or missing sample: none correct)",
     }
 
     @classmethod
@@ -56,12 +70,7 @@ class Segment(Task):
                 ("correct", pa.int64()), ("labelled", pa.int64())]
 
     def prepare(self, sample: Mapping[str, Any]) -> tuple[Any, Any]:
-        seg = sample.get("segmentation")
-        if seg is None:
-            raise ValueError("no segmentation annotation")
-        seg = as_numpy(seg)
-        if seg.ndim == 3:
-            seg = seg[..., 0] if seg.shape[-1] in (1, 3) else seg[0]
+        seg = annotation(sample)
         image = as_numpy(sample["image"])
         if image.shape[:2] != seg.shape:
             raise ValueError(f"image {image.shape[:2]} and annotation {seg.shape} differ in size")
@@ -72,10 +81,19 @@ class Segment(Task):
         return [confusion_counts(c + 1, seg) for c, (_, seg) in zip(classes, items)]
 
     @classmethod
+    def failure_row(cls, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """Nothing predicted: every pixel gets label 0 ("other", never scored), so the intersection is 0
+        for every class and the annotation's labelled pixels stay in the union."""
+        import numpy as np
+
+        seg = annotation(sample)
+        return confusion_counts(np.zeros_like(seg), seg)
+
+    @classmethod
     def aggregate(cls, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import numpy as np
 
-        good = ok_rows(rows)
+        good = counted_rows(rows, "union")
         if not good:
             return {"miou": None, "pixel_accuracy": None, "classes_scored": 0}
         inter = np.sum([np.asarray(r["intersection"], dtype=np.int64) for r in good], axis=0)

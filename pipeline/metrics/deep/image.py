@@ -3,7 +3,7 @@
 Inputs are uint8 ``(H, W, 3)`` arrays, reference and test of the same size; anything else is
 refused, because the classic mistake is feeding 0-255 floats where LPIPS expects [-1, 1] (the
 MPQ study did, which makes its LPIPS figures meaningless). Pairs of the same size are scored in
-batches of ``batch_size``; no image is resized.
+batches of ``batch_size``; no image is resized, except by DISTS as its authors prepare images.
 
 - LPIPS v0.1 (Zhang et al. 2018): pixels scaled ``x / 127.5 - 1``; the linear heads are the ones
   shipped inside the ``lpips`` package, the backbone (AlexNet, VGG16 or SqueezeNet 1.1) is
@@ -12,6 +12,10 @@ batches of ``batch_size``; no image is resized.
   [0, 1]; its alpha/beta weights ship inside that package, the VGG16 backbone is torchvision's
   checkpoint from its cache. (``piq.DISTS`` downloads its weights from GitHub at every new
   machine, so it cannot run offline.)
+  ``dists`` prepares images as the authors do (``DISTS_pytorch.prepare_image(resize=True)``): when the
+  shorter side is over 256 pixels, reference and test are each resized (torchvision's ``resize(img,
+  256)`` on the PIL image: bilinear with Pillow's antialiasing, shorter side 256, longer side
+  ``int(256 * long / short)``) before scoring; ``dists-full`` (column ``dists_full``) scores them at full size.
 """
 from __future__ import annotations
 
@@ -176,12 +180,42 @@ class LPIPSSqueeze(LPIPS):
     min_side = 17  # found by trying: smaller inputs pool to nothing
 
 
+DISTS_SIDE = 256  # the authors' preparation: shorter side resized to this when larger
+
+
+def dists_prepare(image: np.ndarray, side: int = DISTS_SIDE) -> np.ndarray:
+    """The authors' ``prepare_image(resize=True)``: shorter side to ``side`` when larger (PIL, bilinear)."""
+    h, w = image.shape[:2]
+    if min(h, w) <= side:
+        return image
+    from PIL import Image
+
+    if w <= h:
+        size = (side, int(side * h / w))
+    else:
+        size = (int(side * w / h), side)
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
 @register
 class DISTS(_ImageMetric):
-    """DISTS with the authors' weights (``DISTS_pytorch``); inputs in [0, 1]; 0 for identical images."""
+    """DISTS with the authors' weights (``DISTS_pytorch``); inputs in [0, 1]; 0 for identical images.
+
+    Images are prepared as the authors do (shorter side to 256 when larger, see :func:`dists_prepare`).
+    """
 
     name, column, library = "dists", "dists", "DISTS_pytorch"
     batch_size = 8
+    resize: ClassVar[bool] = True
+
+    def distances(self, refs: Sequence[np.ndarray], tests: Sequence[np.ndarray], *,
+                  rate: int | None = None) -> list[float]:
+        if self.resize:  # a bad input (type, size mismatch) is refused by the base on the original arrays
+            check_pairs(refs, tests)
+            ok = all(isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 for x in (*refs, *tests))
+            if ok and all(r.shape == t.shape for r, t in zip(refs, tests)):
+                refs, tests = [dists_prepare(r) for r in refs], [dists_prepare(t) for t in tests]
+        return super().distances(refs, tests, rate=rate)
 
     @classmethod
     def weights_files(cls) -> list[WeightsFile]:
@@ -217,4 +251,12 @@ class DISTS(_ImageMetric):
 
     def forward(self, a: Any, b: Any) -> Any:
         return self.model(a, b, batch_average=False)
+
+
+@register
+class DISTSFull(DISTS):
+    """DISTS at full size (no resize): for images whose detail at full resolution matters."""
+
+    name, column = "dists-full", "dists_full"
+    resize = False
 

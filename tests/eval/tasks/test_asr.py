@@ -51,6 +51,49 @@ def test_pocketsphinx_on_spoken_sentences(speech_out, tmp_path):
         assert wer == pytest.approx(jiwer.wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows],
                                               reference_transform=normalize(), hypothesis_transform=normalize()))
         assert doc["figures"]["ref_words"] == sum(len(t.split()) for t in texts.values())
+        assert doc["figures_paired"] == doc["figures"] and doc["coverage"]["fraction"] == 1.0  # fully covered
         if doc["tag"] == "none":
             assert wer < 0.6, rows
         assert doc["model"]["weights_sha256"] and "normaliz" in doc["definitions"]["wer"]
+
+
+def test_dashes_separate_words():
+    """'well-known' is the two words 'well known' (before, the hyphen was dropped: 'wellknown', two errors)."""
+    assert word_errors("a well-known fact", "a well known fact") == {"substitutions": 0, "deletions": 0,
+                                                                     "insertions": 0, "ref_words": 4}
+    assert word_errors("twenty\u2013one \u2014 then", "twenty one then")["ref_words"] == 3
+    # apostrophes and other punctuation are removed as before, on both sides alike
+    assert word_errors("Don't stop, ok?", "dont stop ok") == {"substitutions": 0, "deletions": 0, "insertions": 0,
+                                                              "ref_words": 3}
+
+
+def test_whisper_normalizer_is_an_option():
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    ref, hyp = "Mr. Smith's colour is grey.", "mister smith's color is gray"
+    assert word_errors(ref, hyp)["substitutions"] == 3  # basic: mr/mister, colour/color, grey/gray
+    got = word_errors(ref, hyp, "whisper")
+    assert got == {"substitutions": 0, "deletions": 0, "insertions": 0,
+                   "ref_words": len(EnglishTextNormalizer()(ref).split())}
+    with pytest.raises(Exception, match="normalizer"):
+        word_errors(ref, hyp, "nonsense")
+
+
+def test_whisper_normalizer_is_recorded_and_kept_apart(speech_out, tmp_path):
+    import jiwer
+
+    from pipeline.errors import ConfigError
+
+    out = fresh_copy(speech_out[0], tmp_path / "out")
+    config = EvalConfig.create(str(out), "librispeech", "dev-clean", "asr", "pocketsphinx", codecs=["none"],
+                               limit=2, normalizer="whisper")
+    assert config.name == "asr-pocketsphinx-norm_whisper"  # never overwrites the basic figures
+    doc = next(d for d in evaluate(config).published if d["tag"] == "none")
+    assert "Whisper English" in doc["definitions"]["wer"]
+    rows = [r for r in rows_of(out / "librispeech" / "dev-clean" / "none" / "eval" / f"{config.name}.parquet")
+            if r["status"] == "ok"]
+    want = jiwer.wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows],
+                     reference_transform=normalize("whisper"), hypothesis_transform=normalize("whisper"))
+    assert doc["figures"]["wer"] == pytest.approx(want)
+    with pytest.raises(ConfigError, match="normalizer"):
+        EvalConfig.create(str(out), "librispeech", "dev-clean", "asr", "pocketsphinx", normalizer="nonsense")

@@ -62,3 +62,35 @@ def test_run_against_torchmetrics(ade_out, segformer_dir, tmp_path):
         inter = np.sum([r["intersection"] for r in rows], axis=0)
         uni = np.sum([r["union"] for r in rows], axis=0)
         assert doc["figures"]["miou"] == pytest.approx(float(np.mean(inter[uni > 0] / uni[uni > 0])))
+        assert doc["figures_paired"] == doc["figures"] and doc["coverage"]["fraction"] == 1.0  # fully covered
+
+
+def test_a_sample_failed_at_eval_predicts_nothing(ade_out, segformer_dir, tmp_path):
+    """A lossy payload that does not decode: its row counts the none set's annotation as all missed."""
+    from eval_fixtures import corrupt_member
+    from pipeline.loaders import load
+
+    ade_out = fresh_copy(ade_out, tmp_path / "out")
+    key = "ADE_train_00000002"
+    corrupt_member(ade_out / "ade20k" / "train" / "jpeg-q10" / "ade20k-train-jpeg-q10-000000.tar", key, "jpg")
+    config = EvalConfig.create(str(ade_out), "ade20k", "train", "segment", f"hf:{segformer_dir}", batch_size=2)
+    docs = {d["tag"]: d for d in evaluate(config).published}
+    rows = {r["key"]: r for r in rows_of(ade_out / "ade20k" / "train" / "jpeg-q10" / "eval" / f"{config.name}.parquet")}
+    reference = {s["__key__"]: s for s in load(str(ade_out), "ade20k", "train", "none", image_format="numpy")}
+    gt = np.asarray(reference[key]["segmentation"]).astype(np.int64)
+    assert gt.ndim == 2
+    counts = np.bincount(gt.ravel(), minlength=256)[1:151]
+    assert rows[key]["status"] == "error"
+    assert rows[key]["intersection"] == [0] * 150 and rows[key]["union"] == counts.tolist()
+    assert rows[key]["correct"] == 0 and rows[key]["labelled"] == int(counts.sum())
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    inter = np.sum([r["intersection"] for r in ok], axis=0)
+    union = np.sum([r["union"] for r in ok], axis=0)
+    doc = docs["jpeg-q10"]
+    paired = union > 0
+    assert doc["figures_paired"]["miou"] == pytest.approx(float(np.mean(inter[paired] / union[paired])))
+    union = union + counts
+    assert doc["figures"]["miou"] == pytest.approx(float(np.mean(inter[union > 0] / union[union > 0])))
+    assert doc["figures"]["pixel_accuracy"] == pytest.approx(sum(r["correct"] for r in ok)
+                                                             / (sum(r["labelled"] for r in ok) + counts.sum()))
+    assert doc["coverage"]["failed_eval"] == 1 and doc["coverage"]["evaluated"] == 2
