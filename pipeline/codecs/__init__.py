@@ -10,6 +10,7 @@ import importlib
 from typing import TypeVar
 
 from ..errors import ConfigError
+from . import lossless
 from .base import Codec, Encoded, ImageCodec
 
 _REGISTRY: dict[str, type[Codec]] = {}
@@ -23,12 +24,20 @@ C = TypeVar("C", bound=type[Codec])
 
 
 def register(cls: C) -> C:
-    """Class decorator adding a codec under ``cls.name``; a second codec with that name raises."""
+    """Class decorator adding a codec under ``cls.name``; a second codec with that name raises.
+
+    An image codec storing pixels losslessly (``lossless``: the reference; ``reconstruction``: a
+    learned codec's decoded output) gets the ``container`` parameter here, the one place where
+    the container of stored pixels is declared (:mod:`pipeline.codecs.lossless`).
+    """
     name = cls.name
     if not name or name != name.lower() or ":" in name or "," in name:
         raise ValueError(f"bad codec name {name!r}")
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ValueError(f"codec {name!r} is already registered by {_REGISTRY[name].__module__}")
+    stores_pixels = issubclass(cls, ImageCodec) and (cls.lossless or cls.reconstruction)
+    if stores_pixels and lossless.PARAM not in {p.name for p in cls.params}:
+        cls.params = (*cls.params, lossless.container_param())
     _REGISTRY[name] = cls
     return cls
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from . import lossless
 from .params import Param, RateKnob, check_values
 
 if TYPE_CHECKING:  # annotations only: spec parsing looks codecs up in the registry, which imports this
@@ -99,11 +100,24 @@ class Codec(ABC):
 
 
 class ImageCodec(Codec):
-    """An image codec: RGB uint8 ``(H, W, 3)`` arrays in, bytes out, and back."""
+    """An image codec: RGB uint8 ``(H, W, 3)`` arrays in, bytes out, and back.
+
+    A codec that stores pixels losslessly (the reference ``none``, or a learned codec whose shards
+    also hold its decoded output) has the ``container`` parameter (:mod:`.lossless`, added when it
+    registers). The container is where those pixels are stored, not how the codec codes them:
+    ``self.container`` holds it and ``self.spec`` is the setting without it, so a learned codec's
+    stream (which names ``self.spec``) is the same in every container.
+    """
 
     modality: ClassVar[str] = "image"
-    #: the payload is no image format (a learned codec's .bin): shards also store the decoded pixels as .png
+    #: the payload is no image format (a learned codec's .bin): shards also store the decoded pixels
+    #: losslessly, in the setting's container (PNG by default)
     reconstruction: ClassVar[bool] = False
+
+    def __init__(self, spec: CodecSpec):
+        super().__init__(spec)
+        self.container = lossless.container_of(spec)
+        self.spec = lossless.without_container(spec)
 
     @abstractmethod
     def encode(self, rgb: np.ndarray) -> Encoded:

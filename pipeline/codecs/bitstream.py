@@ -205,12 +205,10 @@ def decode_file(path: str | Path, *, record: Mapping[str, Any] | str | Path | No
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    """The lossless PNG of a reconstruction, as stored in shards (same settings, so the same bytes)."""
-    from PIL import Image
+    """The lossless PNG of a reconstruction, as stored in shards of the default container (the same bytes)."""
+    from .lossless import encode
 
-    from ..media.image import pil_to_bytes
-
-    return pil_to_bytes(Image.fromarray(np.ascontiguousarray(rgb), "RGB"), "PNG", compress_level=6, optimize=False)
+    return encode(rgb, "png")
 
 
 def decode_to_png(src: str | Path, dst: str | Path, *, device: str | None = None) -> np.ndarray:

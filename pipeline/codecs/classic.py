@@ -8,6 +8,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from ..media.image import pil_to_bytes, rgb_from_pil_bytes
+from . import lossless
 from .params import Param, RateKnob, bpp_param
 from . import register
 from .base import Encoded, ImageCodec
@@ -150,22 +151,26 @@ class JPEG2000(_PillowCodec):
 @register
 class PNG(_PillowCodec):
     library = "Pillow (zlib) for images, libsndfile (FLAC) for audio"
-    payload_doc = "`.png` (image), `.flac` (audio)"
+    payload_doc = "`.png`, `.webp` or `.jxl` (image, by `container`), `.flac` (audio)"
     name = "none"
     extension = "png"
     format = "PNG"
     feature = "zlib"
     lossless = True
     modality = "any"  # images: PNG (here); audio: the audio modality stores the source samples as FLAC
-    summary = "no lossy coding, a reference set: images as lossless PNG, audio as lossless FLAC"
-    params = ()
+    summary = ("no lossy coding, a reference set: images as lossless PNG (or container=webp, jxl), "
+               "audio as lossless FLAC")
+    params = ()  # images: the lossless container (pipeline.codecs.lossless), added when registered
 
-    def options(self) -> dict[str, Any]:
-        return {"compress_level": 6, "optimize": False}
+    def encode(self, rgb: np.ndarray) -> Encoded:
+        return Encoded(lossless.encode(rgb, self.container), lossless.extension(self.container))
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        return lossless.decode(payload, self.container)
 
     @classmethod
     def versions(cls) -> dict[str, str]:
-        out = _pillow_versions("zlib")
+        out = _pillow_versions("zlib")  # another container's library is added per setting (index.json)
         try:  # audio reference sets are FLAC through libsndfile
             import soundfile
 

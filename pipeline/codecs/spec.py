@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError
+from . import lossless
 from .params import Param, format_value  # noqa: F401 - re-exported: declared in params
 
 def _tag_value(value: Any, chars: int | None = None) -> str:
@@ -86,7 +87,7 @@ def build_spec(name: str, raw: Mapping[str, Any]) -> CodecSpec:
         raise ConfigError(f"{name}: unknown parameter {unknown[0]!r} (parameters: {known})")
     # None (JSON null) means "the default", never "unset" for a parameter that has a default
     values = {p.name: p.coerce(name, p.default if raw.get(p.name) is None else raw[p.name]) for p in codec.params}
-    values = codec.check_params(values)
+    values = lossless.normalise(codec.check_params(values))  # container=png is the default, never spelled out
     return CodecSpec(name, tuple((p.name, values[p.name]) for p in codec.params))
 
 

@@ -12,11 +12,12 @@ from .decoders import DECODERS, decoder_table
 from .detection import collate as detection_collate
 from .options import LoadOptions
 from .tables import hf_data_files, hf_features, manifests
+from .train import TrainTransform
 from .wds import wds_decoder, wds_sample_decoder
 
 if TYPE_CHECKING:
     from .dataset import ShardDataset
-    from .loader import Loader
+    from .loader import Loader, train_loader  # noqa: F401 - resolved lazily by __getattr__
 
 
 def load(root: str, dataset: str, split: str, codec: Any = None, options: LoadOptions | None = None,
@@ -44,10 +45,12 @@ def load(root: str, dataset: str, split: str, codec: Any = None, options: LoadOp
     entries to the safe decoder table (never for pickle-like members). ``shards``: read only these
     shard files, whole and in the given order, with no shuffle and no rank or worker split.
     ``image_format`` (``tensor``, ``numpy``, ``pil``), ``decode_payload`` (decode a learned codec's
-    payload rather than its stored ``.png``), ``meta`` (the ``.json`` record as ``json``) and ``masks``
+    payload rather than its stored decoded pixels), ``meta`` (the ``.json`` record as ``json``) and ``masks``
     (detection targets carry instance masks) say how samples are handed out. A detection set (``coco``)
     gives ``target``: torchvision's detection target (see :mod:`pipeline.loaders.detection`; batch with
-    ``collate_fn=pipeline.loaders.detection_collate``).
+    ``collate_fn=pipeline.loaders.detection_collate``). ``train`` (a :class:`TrainTransform`) is the opt-in
+    training stage: each image becomes a random resized crop, flipped or not, drawn from ``(seed, epoch,
+    key)``; batch with its ``collate`` or use :func:`train_loader`.
     """
     from .dataset import ShardDataset
 
@@ -63,13 +66,13 @@ def __getattr__(name: str) -> Any:
         from .annotations import ground_truth
 
         return ground_truth
-    if name == "Loader":
-        from .loader import Loader
+    if name in ("Loader", "train_loader"):
+        from . import loader
 
-        return Loader
+        return getattr(loader, name)
     raise AttributeError(name)
 
 
-__all__ = ["DECODERS", "LoadOptions", "Loader", "ShardDataset", "coco_ground_truth", "decoder_table",
-           "detection_collate", "hf_data_files", "hf_features", "load",
-           "manifests", "wds_decoder", "wds_sample_decoder"]
+__all__ = ["DECODERS", "LoadOptions", "Loader", "ShardDataset", "TrainTransform", "coco_ground_truth",
+           "decoder_table", "detection_collate", "hf_data_files", "hf_features", "load", "manifests", "train_loader",
+           "wds_decoder", "wds_sample_decoder"]

@@ -24,6 +24,7 @@ from .options import LoadOptions, parse_codecs
 from .resume import STATE_FORMAT, Identity, ResumePoint, make_state, resume_point
 from .sets import CodecSet, Join, join_sets, open_set
 from .storage import Storage
+from .train import TrainStage
 
 __all__ = ["STATE_FORMAT", "ShardDataset"]
 
@@ -71,6 +72,9 @@ class ShardDataset(IterableDataset):
         self._progress: list[int] = [0, 0, 0]  # epoch, worker, samples emitted this epoch (this process)
         self._epoch_done: np.ndarray | None = None
         self._tables: list[ViewDecoder] | None = None
+        self._train = None if opts.train is None else TrainStage(opts.train, self.seed)
+        if self._train is not None and self.modality != "image":
+            raise ConfigError(f"train= crops images; these are {self.modality} sets")
 
     # ------------------------------------------------------------------ sizes and epochs
 
@@ -179,7 +183,7 @@ class ShardDataset(IterableDataset):
         """Read ``seq`` (global positions) in order and emit it in ``order``, the first ``skip`` unread."""
         for key, views in stages.reorder(self._read(seq, set(order[:skip]), epoch), order, skip):
             self._progress[2] += 1  # counted before the yield: a batch collated now includes it
-            outcome = stages.guarded(key, partial(self._decode, key, views), self.options.on_error)
+            outcome = stages.guarded(key, partial(self._decode, key, views, epoch), self.options.on_error)
             if outcome[0]:
                 yield outcome[1]
 
@@ -205,12 +209,13 @@ class ShardDataset(IterableDataset):
                             for s in self.sets]
         return self._tables
 
-    def _decode(self, key: str, views: list[tuple[int, dict[str, bytes]]]) -> dict[str, Any]:
+    def _decode(self, key: str, views: list[tuple[int, dict[str, bytes]]], epoch: int = 0) -> dict[str, Any]:
         tables = self._plan()
         sample: dict[str, Any] = {"__key__": key}
         if not self.paired:
             s, members = views[0]
-            view, extra = tables[s](members)
+            hook = None if self._train is None else self._train.payload(key, epoch)  # this sample's crop
+            view, extra = tables[s](members, hook)
             sample.update(view)
             sample.update(extra)
             out_views = [sample]

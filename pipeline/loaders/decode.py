@@ -7,13 +7,14 @@ and its type, which says how the value is handed out (images as CHW tensors, aud
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple, Union
 
 import numpy as np
 
 from ..errors import SampleError
 from ..store.index import Field, SetIndex
-from .decoders import Decoder, decoder_table, png_rgb, strict_json
+from .decoders import Decoder, decoder_table, stored_pixels, strict_json
 
 #: field types handed out like the payload of an image or audio set
 SIGNALS = ("image", "audio")
@@ -31,6 +32,8 @@ class WithRecord:
 
 #: what a field is decoded with: a plain decoder of the member's bytes, or one that also reads the record
 FieldDecoder = Union[Decoder, WithRecord]
+#: decodes a payload in place of its decoder: ``hook(decoder, bytes, ext=...)`` (the training stage)
+PayloadHook = Callable[..., Any]
 
 
 class Member(NamedTuple):
@@ -136,7 +139,7 @@ class ViewDecoder:
 
             return WithRecord(audio.lossless)
         if decoder == "png":
-            return png_rgb  # stored decoded pixels: the lossless PNG the metrics were computed on
+            return stored_pixels(ext)  # stored decoded pixels, in the set's lossless container: what the metrics saw
         if decoder == "codec":
             return decoder_table(self._spec, self._user)[ext]
         return decoder_table(None, self._user).get(ext) or decoder_table(None)[_SAFE[decoder]]
@@ -160,12 +163,21 @@ class ViewDecoder:
         the lossless fields an evaluation's failure value is built from (``json`` plus :attr:`sample_members`)."""
         return self._extra(members, self._record(members))
 
-    def __call__(self, members: Mapping[str, bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(view fields: payload, measures, codec; sample fields: attachments, record values)."""
+    def __call__(self, members: Mapping[str, bytes],
+                 payload_hook: PayloadHook | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(view fields: payload, measures, codec; sample fields: attachments, record values).
+
+        ``payload_hook(decoder, bytes, ext)`` decodes the payload instead (the training stage's crop).
+        """
         record = self._record(members)
         for m in self.payload:
             if m.ext in members:
-                payload = run_decoder(m.fn, members, m.ext, record)
+                fn: FieldDecoder = m.fn
+                if payload_hook is not None:
+                    if isinstance(m.fn, WithRecord):
+                        raise SampleError("the training stage takes image payloads")
+                    fn = partial(payload_hook, m.fn, ext=m.ext)
+                payload = run_decoder(fn, members, m.ext, record)
                 break
         else:
             raise SampleError(self.missing)

@@ -132,6 +132,34 @@ def png_rgb(data: bytes) -> np.ndarray:
     return out
 
 
+def webp_rgb(data: bytes) -> np.ndarray:
+    """WebP to RGB uint8: lossless WebP (VP8L) without alpha straight into one array with imagecodecs
+    (lossless: any decoder gives these pixels), everything else (lossy VP8, alpha) with Pillow."""
+    ic = _imagecodecs()
+    if (ic is None or len(data) < 25 or data[:4] != b"RIFF" or data[8:16] != b"WEBPVP8L" or data[20] != 0x2F):
+        return pil_rgb(data)
+    bits = int.from_bytes(data[21:25], "little")
+    width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if bits >> 28 & 1:  # alpha used: Pillow's conversion
+        return pil_rgb(data)
+    _check_size(width, height)
+    try:
+        out = ic.webp_decode(data)
+    except Exception:
+        return pil_rgb(data)
+    if out.shape != (height, width, 3) or out.dtype != np.uint8:
+        return pil_rgb(data)
+    return out
+
+
+def stored_pixels(ext: str) -> Decoder:
+    """The decoder of stored lossless pixels (decoder name ``png`` in a schema) by their container's member."""
+    try:
+        return {"png": png_rgb, "webp": webp_rgb, "jxl": jxl_rgb}[ext]
+    except KeyError:
+        raise SampleError(f"stored pixels in .{ext}: no lossless container has that extension") from None
+
+
 def heif_rgb(data: bytes) -> np.ndarray:
     """RGB uint8 from HEIF/HEIC (HEVC intra) with pillow-heif, as the hevc codec decodes it."""
     import pillow_heif
@@ -191,7 +219,7 @@ def strict_json(data: bytes) -> Any:
 
 #: The safe decoders, by member extension (the part of the member name after the key's dot).
 DECODERS: dict[str, Decoder] = {
-    "jpg": jpeg_rgb, "jpeg": jpeg_rgb, "png": png_rgb, "webp": pil_rgb, "avif": pil_rgb, "jp2": pil_rgb,
+    "jpg": jpeg_rgb, "jpeg": jpeg_rgb, "png": png_rgb, "webp": webp_rgb, "avif": pil_rgb, "jp2": pil_rgb,
     "j2k": pil_rgb, "heic": heif_rgb, "heif": heif_rgb, "jxl": jxl_rgb,
     "seg.png": label_map,
     "cls": integer,

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from ..errors import ConfigError
 from .dataset import ShardDataset
+from .train import TrainTransform
 
 
 class _Tagged:
@@ -117,3 +118,16 @@ class Loader(DataLoader):
         self._consumed = None
         self._done = None
         self._next = 0
+
+
+def train_loader(root: str, dataset: str, split: str, codec: Any = None, *, batch_size: int = 256,
+                 num_workers: int = 0, transform: TrainTransform | None = None, pin_memory: bool | None = None,
+                 drop_last: bool = True, **load_kwargs: Any) -> Loader:
+    """A resumable :class:`Loader` of normalized training batches: ``load(..., train=..., shuffle=True)``,
+    batched by :meth:`TrainTransform.collate`, pinned when a GPU is there (``pin_memory=None``)."""
+    transform = transform or TrainTransform()
+    load_kwargs.setdefault("shuffle", True)
+    ds = ShardDataset(root, dataset, split, codec, train=transform, **load_kwargs)
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    return Loader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=transform.collate,
+                  pin_memory=pin, drop_last=drop_last)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 from ..codecs.spec import CodecSpec
 from ..errors import ConfigError
+from .train import TrainTransform
 
 IMAGE_FORMATS = ("tensor", "numpy", "pil")
 ON_ERROR = ("raise", "skip", "warn")
@@ -45,8 +46,10 @@ class LoadOptions:
     verify: bool = False
     on_error: Union[str, ErrorHandler] = "raise"
     shards: Sequence[str] | None = field(default=None)
+    train: TrainTransform | None = None
 
     def __post_init__(self) -> None:
+        self._check_train()
         if self.image_format not in IMAGE_FORMATS:
             raise ConfigError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {self.image_format!r}")
         if not callable(self.on_error) and self.on_error not in ON_ERROR:
@@ -65,6 +68,19 @@ class LoadOptions:
                 raise ConfigError("shards= reads every listed shard whole: it takes no rank or world_size (no shuffle, "
                                   "no split)")
             object.__setattr__(self, "shards", tuple(str(s) for s in self.shards))
+
+    def _check_train(self) -> None:
+        """The training stage: one image per sample, for training only (never on listed shards, as eval reads)."""
+        if self.train is None:
+            return
+        if not isinstance(self.train, TrainTransform):
+            raise ConfigError(f"train takes a TrainTransform, not {type(self.train).__name__}")
+        if self.paired:
+            raise ConfigError("train= crops one image per sample: it takes no paired views")
+        if self.transform is not None:
+            raise ConfigError("train= is the transform: give train or transform, not both")
+        if self.shards is not None:
+            raise ConfigError("train= is for training: a loader of listed shards (evaluation) never crops")
 
     @classmethod
     def create(cls, options: LoadOptions | None = None, **kwargs: Any) -> LoadOptions:

@@ -55,11 +55,11 @@ def _modality_names(codec: Any) -> list[str]:
     return [codec.modality] if codec.modality in MODALITIES else list(MODALITIES)
 
 
-def _declared_schema(codec: Any, modality: str, tracks: tuple[str, ...] = ()) -> tuple[Field, ...]:
-    """The payload fields a set of ``codec`` declares in ``modality`` (no source: no attachments)."""
+def _declared_schema(codec: Any, modality: str, tracks: tuple[str, ...] = (), spec: Any = None) -> tuple[Field, ...]:
+    """The payload fields a set of ``codec`` (at ``spec``: its lossless container) declares in ``modality``."""
     from ..modalities import get_modality
 
-    return get_modality(modality).schema(codec, "payload", {}, tracks)
+    return get_modality(modality).schema(codec, "payload", {}, tracks, spec=spec)
 
 
 def _stored_beside(fields: tuple[Field, ...], f: Field) -> bool:
@@ -262,14 +262,16 @@ def _schema_index(canonical: str, members: list[str]) -> SetIndex:
     from ..codecs import get_codec
     from ..codecs.spec import parse_spec
 
-    codec = get_codec(parse_spec(canonical).name)
+    spec = parse_spec(canonical)
+    codec = get_codec(spec.name)
     candidates = _modality_names(codec)
-    held = [m for m in candidates if any(f.ext in members for f in _declared_schema(codec, m) if f.role == "payload")]
+    held = [m for m in candidates
+            if any(f.ext in members for f in _declared_schema(codec, m, spec=spec) if f.role == "payload")]
     modality = (held or candidates)[0]
-    coded = [f.ext for f in _declared_schema(codec, modality) if f.role == "payload" and f.decoder][-1]
+    coded = [f.ext for f in _declared_schema(codec, modality, spec=spec) if f.role == "payload" and f.decoder][-1]
     tracks = tuple(k.removesuffix(f".{coded}") for k in members if k.endswith(f".{coded}"))
     return SetIndex(dataset="", split="", codec=canonical, tag="", modality=modality, shards=(),
-                    schema=_declared_schema(codec, modality, tracks))
+                    schema=_declared_schema(codec, modality, tracks, spec))
 
 
 def wds_sample_decoder(*, decode_payload: bool = False, extra: Mapping[str, Decoder] | None = None,

@@ -30,8 +30,11 @@ class Modality(Protocol):
     COLUMNS: list[tuple[str, pa.DataType]]
 
     def schema(self, codec: type[Codec], name: str, options: Mapping[str, Any],
-               tracks: Sequence[str] = ()) -> tuple[Field, ...]:
-        """The fields this modality gives each sample of a set: payload (field ``name``), coded tracks, measures."""
+               tracks: Sequence[str] = (), spec: Any = None) -> tuple[Field, ...]:
+        """The fields this modality gives each sample of a set: payload (field ``name``), coded tracks, measures.
+
+        ``spec`` (the setting, when known) says what a class cannot: images' lossless container.
+        """
 
     REPORT: ReportAxes
 

@@ -99,12 +99,14 @@ def prepare(raw: RawSample, options: dict[str, Any] | None = None) -> PreparedAu
     return PreparedAudio(main, tuple(tracks))
 
 
-def schema(codec: type[Codec], name: str, options: Mapping[str, Any], tracks: Sequence[str] = ()) -> tuple[Field, ...]:
+def schema(codec: type[Codec], name: str, options: Mapping[str, Any], tracks: Sequence[str] = (),
+           spec: Any = None) -> tuple[Field, ...]:
     """The payload, coded tracks and measures a set's samples carry.
 
     The payload decodes to exactly the samples the metrics saw (the reference set's FLAC is
-    checked against the record); tracks coded with the setting are ``coded_stems``; the
-    ``decoded.flac`` members of ``--store-decoded`` are declared but not decoded by the loaders.
+    checked against the record; an image container has no say here); tracks coded with the setting
+    are ``coded_stems``; the ``decoded.flac`` members of ``--store-decoded`` are declared but not
+    decoded by the loaders.
     """
     reference = codec.lossless and codec.modality == "any"
     ext = LOSSLESS_EXTENSION if reference else codec.extension

@@ -8,8 +8,9 @@ from typing import Any, Mapping, Sequence, cast
 import numpy as np
 import pyarrow as pa
 
-from ..codecs import batching, target
+from ..codecs import batching, lossless, target
 from ..codecs.base import Encoded, ImageCodec
+from ..codecs.spec import CodecSpec
 from ..errors import SampleError
 from ..media.image import MAX_PIXELS, decode_to_rgb
 from ..metrics import deep
@@ -49,17 +50,21 @@ def report_extras(frame: Any) -> dict[str, float]:
 
 
 def schema(codec: type[ImageCodec], name: str, options: Mapping[str, Any],
-           tracks: Sequence[str] = ()) -> tuple[Field, ...]:
+           tracks: Sequence[str] = (), spec: CodecSpec | None = None) -> tuple[Field, ...]:
     """The payload and measures a set's samples carry: the codec's payload, or first the stored decoded
-    ``.png`` of a codec with ``reconstruction`` (what the metrics saw), then ``bits`` and ``bpp``.
+    pixels of a codec with ``reconstruction`` (what the metrics saw), then ``bits`` and ``bpp``.
 
-    The codec's payload is declared even when ``bitstream`` is off (its member is then absent), so
-    a loader asked to decode it names the member it lacks.
+    Stored pixels (the reference's payload, a learned codec's decoded output) are in the setting's
+    lossless container (``spec``; PNG without one); the decoder name ``png`` means stored lossless
+    pixels, whichever container holds them. The codec's payload is declared even when
+    ``bitstream`` is off (its member is then absent), so a loader asked to decode it names the
+    member it lacks.
     """
+    stored = lossless.extension(lossless.container_of(spec) if spec is not None else lossless.DEFAULT)
     fields = []
     if getattr(codec, "reconstruction", False) and options.get("reconstruction", True):
-        fields.append(Field(name, "payload", "image", "png", "png"))
-    fields.append(Field(name, "payload", "image", codec.extension, "codec"))
+        fields.append(Field(name, "payload", "image", stored, "png"))
+    fields.append(Field(name, "payload", "image", stored if codec.lossless else codec.extension, "codec"))
     return (*fields, record("bits", "int", view=True), record("bpp", "float", view=True))
 
 
@@ -73,11 +78,13 @@ def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple
 
     Facts a codec reports in ``Encoded.info`` (a learned codec's device and library versions) are
     recorded too. A codec with ``reconstruction`` (its payload is no image format) also gets the
-    decoded pixels stored as lossless ``.png``; options ``bitstream``/``reconstruction`` = False drop
-    the payload or that ``.png`` for such codecs. A setting with a rate target (``bpp=``) searches
-    the codec's quality per image (:mod:`pipeline.codecs.target`) and records ``target_bpp`` and ``chosen_quality``.
+    decoded pixels stored in the setting's lossless container (``.png`` by default); options
+    ``bitstream``/``reconstruction`` = False drop the payload or those pixels for such codecs. A
+    setting with a rate target (``bpp=``) searches the codec's quality per image
+    (:mod:`pipeline.codecs.target`) and records ``target_bpp`` and ``chosen_quality``.
     """
     h, w = rgb.shape[:2]
+    container = getattr(codec, "container", lossless.DEFAULT)  # of the setting: a target search swaps the codec
     t0 = time.perf_counter()
     searched: dict[str, Any] = {}
     if target.target_of(codec) is not None:  # bpp=: the best quality at or under the target, per image
@@ -87,12 +94,14 @@ def encode(codec: ImageCodec, rgb: np.ndarray, options: dict[str, Any]) -> tuple
     t1 = time.perf_counter()
     dec = codec.decode(enc.payload)
     t2 = time.perf_counter()
-    return _measure(codec, rgb, enc, dec, {**searched, "encode_s": t1 - t0, "decode_s": t2 - t1}, options)
+    return _measure(codec, rgb, enc, dec, {**searched, "encode_s": t1 - t0, "decode_s": t2 - t1}, options,
+                    container)
 
 
 def _measure(codec: ImageCodec, rgb: np.ndarray, enc: Encoded, dec: np.ndarray, facts: dict[str, Any],
-             options: dict[str, Any]) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
-    """Members and measures of one coded image (the one-image and the batch path share this)."""
+             options: dict[str, Any], container: str) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """Members and measures of one coded image (the one-image and the batch path share this); decoded
+    pixels of a learned codec are stored in the setting's lossless ``container``."""
     h, w = rgb.shape[:2]
     if dec.shape != rgb.shape or dec.dtype != np.uint8:
         raise SampleError(f"decoded {dec.shape} {dec.dtype} differs from the encoded image {rgb.shape} uint8")
@@ -109,9 +118,7 @@ def _measure(codec: ImageCodec, rgb: np.ndarray, enc: Encoded, dec: np.ndarray, 
     members = [(enc.extension, enc.payload), *enc.extra]
     if codec.reconstruction:
         if options.get("reconstruction", True):
-            from ..codecs.bitstream import png_bytes
-
-            members.append(("png", png_bytes(dec)))
+            members.append((lossless.extension(container), lossless.encode(dec, container)))
         if not options.get("bitstream", True):
             members = members[1:]
     return members, m
@@ -151,8 +158,9 @@ def encode_many(codec: ImageCodec, rgbs: Sequence[np.ndarray],
             decs = bc.decode_batch([e.payload for e in encs])
             t2 = time.perf_counter()
             n = len(part)
-            return [_measure(codec, rgbs[i], e, d, {"encode_s": (t1 - t0) / n, "decode_s": (t2 - t1) / n}, options)
-                    for i, e, d in zip(part, encs, decs)]
+            container = getattr(codec, "container", lossless.DEFAULT)
+            return [_measure(codec, rgbs[i], e, d, {"encode_s": (t1 - t0) / n, "decode_s": (t2 - t1) / n}, options,
+                             container) for i, e, d in zip(part, encs, decs)]
         except Exception:  # noqa: BLE001 - per image again: the failing one becomes its own error row
             return [_one(codec, rgbs[i], options) for i in part]
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..store import layout
-from ..codecs import get_codec, runnable_codec
+from ..codecs import get_codec, lossless, runnable_codec
 from ..codecs.runtime import use
 from . import machine
 from .checks import check_conflicts, check_deep_metrics, check_output
@@ -126,6 +126,7 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
         if get_codec(spec.name).modality not in (source.modality, "any"):  # "any": the lossless reference
             raise ConfigError(f"{spec.name} is an {get_codec(spec.name).modality} codec; "
                               f"{config.dataset} is an {source.modality} dataset")
+        _check_container(spec, source.modality)
     check_deep_metrics(config, source.modality)
     refs = source.list()
     if config.limit is not None:
@@ -158,6 +159,19 @@ def plan(config: TranscodeConfig) -> tuple[Source, list[ShardTask]]:
     return source, tasks
 
 
+def _check_container(spec: CodecSpec, modality: str) -> None:
+    """A lossless container other than PNG: only for images, and only where its library can write it."""
+    container = spec.get(lossless.PARAM)
+    if container is None:
+        return
+    if modality != "image":
+        raise ConfigError(f"{spec.canonical}: container= chooses how images are stored; {modality} "
+                          f"references are FLAC")
+    reason = lossless.unavailable(container)
+    if reason:
+        raise ConfigError(f"{spec.canonical}: container {container} cannot be written here: {reason}")
+
+
 def _codec_families() -> tuple[str, ...]:
     from .. import codecs
 
@@ -172,7 +186,8 @@ def _library_versions(specs: Iterable[CodecSpec]) -> dict[str, dict[str, str]]:
 
     base = {"mpq-pipeline": __version__, "python": sys.version.split()[0], "numpy": numpy.__version__,
             "pillow": PIL.__version__}
-    return {s.canonical: {**base, **get_codec(s.name).versions()} for s in specs}
+    return {s.canonical: {**base, **get_codec(s.name).versions(),
+                          **(lossless.versions(s[lossless.PARAM]) if s.get(lossless.PARAM) else {})} for s in specs}
 
 
 COMMON_COLUMNS = [("key", pa.string()), ("shard", pa.string()), ("codec", pa.string()), ("status", pa.string()),

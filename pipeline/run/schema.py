@@ -20,4 +20,4 @@ def sample_schema(source: Source, spec: CodecSpec, options: Mapping[str, Any]) -
     """The fields each sample of ``spec``'s set carries; ``options`` are the run's task options."""
     name = source.payload_name or source.modality
     modality = get_modality(source.modality)
-    return (*modality.schema(get_codec(spec.name), name, options, source.tracks()), *source.fields())
+    return (*modality.schema(get_codec(spec.name), name, options, source.tracks(), spec=spec), *source.fields())
