@@ -9,8 +9,10 @@ is better (WER) are negated for the BD-rate, so that quality rises with rate.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +54,42 @@ def distortion_column(doc: dict[str, Any]) -> str | None:
     return None if perception or len(columns) != 1 else str(columns[0])
 
 
-def rows_path(doc: dict[str, Any]) -> Path:
-    """The per-sample rows (parquet) of a result returned by :func:`find_results`."""
-    return Path(doc["path"]).with_name(doc["rows"])
+def rows_path(doc: dict[str, Any]) -> str:
+    """The per-sample rows (parquet) of a result returned by :func:`find_results` (a path or URL)."""
+    path = str(doc["path"])
+    if "://" in path:
+        return f"{path.rsplit('/', 1)[0]}/{doc['rows']}"
+    return os.path.join(os.path.dirname(path), doc["rows"])
 
 
-def find_results(out_root: Path, dataset: str | None = None, split: str | None = None,
+def read_rows(doc: dict[str, Any], columns: list[str] | None = None) -> Any:
+    """The per-sample rows of a result as a DataFrame (None when the file is not there), from its store."""
+    import pyarrow.parquet as pq
+
+    from ..store.storage import open_store
+
+    path = rows_path(doc)
+    store = open_store(path)
+    if not store.is_file(path):
+        return None
+    return pq.read_table(io.BytesIO(store.read_bytes(path)), columns=columns).to_pandas()
+
+
+def find_results(out_root: str | os.PathLike, dataset: str | None = None, split: str | None = None,
                  tag: str | None = None) -> list[dict[str, Any]]:
     """Every finished evaluation JSON under ``OUT/D/S/<tag>/eval/`` (the one reader of eval results),
-    each with ``path``: the file it was read from."""
+    each with ``path``: the file (path or URL) it was read from."""
+    from ..store.storage import open_store
+
+    store = open_store(os.fspath(out_root))
+    prefix = store.join("")
     found = []
-    for path in sorted(Path(out_root).glob("*/*/*/eval/*.json")):
-        ds, sp, tg = path.parts[-5], path.parts[-4], path.parts[-3]
+    for path in store.glob(store.join("*", "*", "*", "eval", "*.json")):
+        ds, sp, tg = path[len(prefix):].replace(os.sep, "/").split("/")[:3]
         if (dataset and ds != dataset) or (split and sp != split) or (tag and tg != tag):
             continue
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(store.read_bytes(path))
         except ValueError:
             continue
         if isinstance(doc, dict) and str(doc.get("format", "")).startswith("mpq-eval/"):
