@@ -257,7 +257,9 @@ def evaluate(config: EvalConfig, executor: cf.Executor | None = None, *,
     result.failed += [f.message for f in failed]  # a set with a failed unit is not published
     failed_sets = {f.unit.codec for f in failed}
     failures = FailureValues(get_task(config.task).bind(config), config.out, config.dataset, config.split)
+    store = open_store(config.out)
     for s in plan.sets:
         if s.tag in plan.todo and s.codec not in failed_sets:
-            result.published.append(publish_set(plan, s, failures))
+            with store.failures(s.eval_dir):  # a store failing here: one line, nothing under a final name
+                result.published.append(publish_set(plan, s, failures))
     return result

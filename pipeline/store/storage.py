@@ -92,13 +92,22 @@ class OutputStore:
         return self._child(folder, name)
 
     @contextlib.contextmanager
-    def _writing(self, where: str) -> Iterator[None]:
+    def _writing(self, where: str, verb: str = "write") -> Iterator[None]:
         try:
             yield
         except OutputError:
             raise
         except OSError as exc:
-            raise OutputError(f"cannot write {where}: {exc.strerror or exc}") from exc
+            raise OutputError(f"cannot {verb} {where}: {exc.strerror or exc}") from exc
+        except Exception as exc:
+            if not _is_client_error(exc):
+                raise
+            raise OutputError(f"cannot {verb} {where}: {_remote_reason(exc)}") from exc
+
+    def failures(self, where: str) -> contextlib.AbstractContextManager[None]:
+        """Turn a failure of the storage (an OSError, or the remote client's own: network, credentials)
+        into an OutputError naming ``where`` in one line; other errors pass."""
+        return self._writing(where, "read or write")
 
     def _fresh(self, loc: str) -> None:
         """Forget cached listings: other processes (workers) write here too."""
@@ -318,6 +327,12 @@ def _bucket_exists(fs: Any, bucket: str) -> bool:
         return bool(fs.exists(bucket))
     except Exception:  # noqa: BLE001 - cannot even ask: say the bucket is not there
         return False
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """An error of a remote store's client library (botocore, aiohttp, google, azure), not of the caller."""
+    module = type(exc).__module__ or ""
+    return module.split(".", 1)[0] in ("botocore", "aiobotocore", "aiohttp", "google", "azure", "s3fs", "gcsfs")
 
 
 def _remote_reason(exc: BaseException) -> str:
