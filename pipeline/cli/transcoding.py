@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import click
@@ -198,4 +199,4 @@ def demo(out: str, workers: int, codecs: Sequence[str], no_report: bool) -> None
         folder = write_report(out, dataset="imagenet", split="val")
     except ConfigError as exc:
         fail(str(exc))
-    click.echo(f"report: {folder / 'report.html'}  (written by: {command})")
+    click.echo(f"report: {Path(folder) / 'report.html'}  (written by: {command})")
