@@ -31,9 +31,9 @@ from .tasks.base import ERROR, MISSING, OK, has_failure_value
 REFERENCE = "none"
 
 FIGURE_SETS = {
-    "figures": "over every reference key (ok in the set {ref}{limit}); a key missing from this set (failed at "
-               "transcode or absent) or failed at eval counts as the task's failure value{excluded}",
-    "figures_paired": "over the reference keys evaluated ok in this set (ok both here and in {ref})",
+    "figures": "over every reference key ({ref}{limit}); a key missing from this set (failed at transcode or "
+               "absent) or failed at eval counts as the task's failure value{excluded}",
+    "figures_paired": "over the reference keys evaluated ok in this set ({paired})",
 }
 
 
@@ -185,11 +185,14 @@ def _why_missing(key: str, own: SetKeys) -> str:
 
 def figure_sets(reference: str | None, limit: int | None, excludes: bool) -> dict[str, str]:
     """The JSON's ``figure_sets``: one sentence per block saying over which keys it is computed."""
-    ref = reference if reference is not None else "itself (no set none: this set's own ok keys are the reference)"
+    if reference is not None:
+        ref, paired = f"the keys ok in the set {reference}", f"ok both here and in {reference}"
+    else:
+        ref, paired = "no set none: this set's own ok keys", "no set none: its own keys"
     lim = f", the first {limit} in shard order" if limit is not None else ""
     exc = ("; this task has no failure value, so such keys are left out and counted in coverage.excluded"
            if excludes else "")
-    return {name: text.format(ref=ref, limit=lim, excluded=exc) for name, text in FIGURE_SETS.items()}
+    return {name: text.format(ref=ref, limit=lim, excluded=exc, paired=paired) for name, text in FIGURE_SETS.items()}
 
 
 __all__ = ["ERROR", "FailureValues", "KeyPlan", "REFERENCE", "SetKeys", "cover", "figure_sets", "key_plans",

@@ -93,24 +93,29 @@ def evaluate_samples(task: Any, model: Any, samples: Any, batch_size: int, decod
                 wanted.discard(key)
             rows.append(_error(key, exc))
 
-    for sample in samples:
-        take_errors()
-        if wanted is not None and not wanted:
-            break
-        key = str(sample["__key__"])
-        if wanted is not None:
-            if key not in wanted:
-                continue
-            wanted.discard(key)
+    def add(key: str, sample: Any) -> None:
         try:
             item = task.prepare(sample)
         except Exception as exc:  # noqa: BLE001
             rows.append(_error(key, exc))
-            continue
+            return
         rows.append({"key": key, "status": OK, "error": None})
         batch.append((len(rows) - 1, item))
         if len(batch) >= batch_size:
             flush()
+
+    for sample in samples:
+        take_errors()
+        key = str(sample["__key__"])
+        if wanted is not None:
+            if key not in wanted:
+                if not wanted:
+                    break
+                continue
+            wanted.discard(key)
+        add(key, sample)
+        if wanted is not None and not wanted:
+            break  # every wanted key seen: read no further sample
     take_errors()
     flush()
     return rows

@@ -93,7 +93,7 @@ def test_failed_samples_count_as_wrong_over_all_reference_keys(out, resnet_weigh
                                "failed_eval": 1, "excluded": 0, "extra": 0, "fraction": 0.6}
     assert doc["samples"] == 3 and doc["errors"] == 1
     assert set(doc["figure_sets"]) == {"figures", "figures_paired"}
-    assert "every reference key" in doc["figure_sets"]["figures"]
+    assert doc["figure_sets"]["figures"].startswith("over every reference key (the keys ok in the set none)")
     # the figures follow from the rows file alone, through the task's aggregate
     task = get_task("classify")
     assert task.aggregate(list(rows.values())) == doc["figures"]
@@ -205,3 +205,17 @@ def test_failure_values_are_read_from_the_reference_set_only_for_needed_keys(out
                        "loss": None} for k in shards}
     bad = values.get("none", {KEYS[0]: "imagenet-val-none-000001.tar"})  # not in that shard
     assert "reference sample unreadable" in bad[KEYS[0]] and "holds no sample" in bad[KEYS[0]]
+
+
+def test_without_a_none_set_each_set_is_its_own_reference(out, resnet_weights):
+    import shutil
+
+    shutil.rmtree(out / "imagenet" / "val" / "none")
+    with importlib.import_module("fault_codecs").registered():
+        docs = _evaluate(out, resnet_weights)
+    assert sorted(docs) == ["jpeg-q10", "test-raise-png"]
+    faulty = docs["test-raise-png"]
+    assert faulty["coverage"] == {"reference": None, "reference_keys": 4, "evaluated": 4, "failed_transcode": 0,
+                                  "failed_eval": 0, "excluded": 0, "extra": 0, "fraction": 1.0}
+    assert "no set none" in faulty["figure_sets"]["figures"] and faulty["figures"] == faulty["figures_paired"]
+    assert POISON not in _rows(out, "test-raise-png")

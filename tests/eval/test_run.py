@@ -119,6 +119,7 @@ def test_cli_run_prints_figures(out, resnet_weights, capsys):
                  "torchvision:resnet18", "--weights", str(resnet_weights), "--workers", "0", "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0 and "jpeg-q10" in text and "top1" in text
+    assert text.count("coverage 100.0%") == 2  # each set's coverage against none
     assert (out / "imagenet" / "val" / "none" / "eval" / f"{NAME}.json").is_file()
 
 
