@@ -7,21 +7,20 @@ from typing import Sequence
 
 import click
 
-from ..errors import ConfigError
-from .base import cli, fail
+from ..errors import ConfigError, OutputError
+from .base import cli, fail, output_failed
 
 
 def _eval_summary(planned) -> None:
     """One line per set with its figures, read back from the published JSON files."""
-    import json
+    from ..eval.run import read_result, result_paths
+    from ..store.storage import open_store
 
-    from ..eval.run import result_paths
-
+    store = open_store(planned.config.out)
     for s in planned.sets:
-        path = result_paths(s, planned.config)[2]
-        if not path.is_file():
+        doc = read_result(store, result_paths(s, planned.config)[2])
+        if doc is None:
             continue
-        doc = json.loads(path.read_text())
         figures = ", ".join(f"{k} {v:.4g}" for k, v in doc["figures"].items() if isinstance(v, (int, float)))
         cov = doc.get("coverage") or {}
         covered = f"  coverage {cov['fraction']:.1%}" if isinstance(cov.get("fraction"), float) else ""
@@ -102,6 +101,8 @@ def eval_(out: str, dataset: str, split: str, task: str, model: str | None, code
                 result = evaluate(config, executor, progress=not no_progress, planned=planned)
     except ConfigError as exc:
         fail(str(exc))
+    except OutputError as exc:  # the results' store failed mid-run: what is published is whole, rerun resumes
+        output_failed(exc)
     click.echo(f"{len(planned.sets)} sets, {len(planned.todo)} to evaluate; shard units run {result.shards_run}, "
                f"already done {result.shards_cached}; {time.perf_counter() - start:.1f} s")
     _eval_summary(planned)

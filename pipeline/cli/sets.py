@@ -1,17 +1,22 @@
 """``mpq report`` and ``mpq verify``: read the finished sets under an output folder."""
 from __future__ import annotations
 
+import os
+
 import click
 
-from ..errors import ConfigError
-from .base import cli, exit_now, fail
+from ..errors import ConfigError, OutputError
+from ..store.storage import is_url
+from .base import cli, exit_now, fail, output_failed
 
 
 @cli.command()
 @click.argument("out")
 @click.option("--dataset", default=None, help="only this dataset [default: every dataset under OUT]")
 @click.option("--split", default=None, help="only this split [default: every split]")
-@click.option("--out", "report_dir", default=None, help="report folder [default: OUT/_report]")
+@click.option("--out", "report_dir", default=None,
+              help="report folder, or a URL to write it into a store [default: OUT/_report; for a remote OUT "
+                   "(s3://...): _report in the current folder]")
 @click.option("--anchor", default=None,
               help="codec family the BD-rates are measured against [default: jpeg where present]")
 @click.option("--breakdown-shards", type=int, default=1, show_default=True,
@@ -26,7 +31,10 @@ def report(out: str, dataset: str | None, split: str | None, report_dir: str | N
                               breakdown_shards=None if breakdown_shards < 0 else breakdown_shards)
     except ConfigError as exc:
         fail(str(exc))
-    click.echo(f"report: {folder / 'report.html'}  (also report.md, summary.csv, bdrate.csv, plots) in {folder}")
+    except OutputError as exc:
+        output_failed(exc)
+    html = f"{folder}/report.html" if is_url(str(folder)) else os.path.join(folder, "report.html")
+    click.echo(f"report: {html}  (also report.md, summary.csv, bdrate.csv, plots) in {folder}")
 
 
 @cli.command()
@@ -43,7 +51,10 @@ def verify(out: str, dataset: str | None, split: str | None, sources: str | None
     """
     from ..store.verify import verify_output
 
-    report = verify_output(out, dataset=dataset, split=split, sources=sources)
+    try:
+        report = verify_output(out, dataset=dataset, split=split, sources=sources)
+    except ConfigError as exc:
+        fail(str(exc))
     for problem in report.problems:
         click.echo(f"  {problem}")
     checked = f"{report.sets} sets, {report.shards} shards" + (

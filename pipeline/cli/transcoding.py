@@ -200,4 +200,4 @@ def demo(out: str, workers: int, codecs: Sequence[str], no_report: bool) -> None
         folder = write_report(out, dataset="imagenet", split="val")
     except ConfigError as exc:
         fail(str(exc))
-    click.echo(f"report: {folder / 'report.html'}  (written by: {command})")
+    click.echo(f"report: {Path(folder) / 'report.html'}  (written by: {command})")

@@ -18,12 +18,14 @@ lacks; error and missing rows carry the failure columns, so both blocks are reco
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..store import layout
-from .sets import EvalSet
+from ..store.storage import open_store
+from .sets import EvalSet, child
 from .tasks.base import ERROR, MISSING, OK, has_failure_value
 
 REFERENCE = "none"
@@ -47,9 +49,10 @@ def set_keys(s: EvalSet) -> SetKeys:
     """Read the key, shard, status and error columns of the set's ``manifest.parquet``."""
     import pyarrow.parquet as pq
 
-    path = s.folder / layout.MANIFEST
+    path = child(s.folder, layout.MANIFEST)
     try:
-        table = pq.read_table(path, columns=["key", "shard", "status", "error"])
+        data = open_store(s.folder).read_bytes(path)
+        table = pq.read_table(io.BytesIO(data), columns=["key", "shard", "status", "error"])
     except (OSError, ValueError) as exc:
         raise ConfigError(f"set {s.tag}: cannot read {path} ({exc}); rewrite the set with mpq transcode") from None
     ok: dict[str, str] = {}

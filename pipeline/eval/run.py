@@ -2,7 +2,10 @@
 
 Per evaluated set: parts under ``eval/.parts/<task>-<model-tag>/<shard>.parquet``, then the
 concatenated ``eval/<task>-<model-tag>.parquet`` and, last, ``eval/<task>-<model-tag>.json`` whose
-figures are computed from the rows read back from that parquet. Every set is scored over the
+figures are computed from the rows read back from that parquet. They are written beside the set
+in its own store (:class:`~pipeline.store.storage.OutputStore`: a folder, or an object store where
+each file is staged locally and uploaded whole under its final key), so nothing partial stands
+under a final name and a rerun decides what is finished by reading what is there. Every set is scored over the
 reference keys of the lossless set ``none`` (:mod:`.coverage`): ``figures`` over all of them, a
 failed or missing sample counted as the task's failure value, ``figures_paired`` over those ok
 here, and ``coverage`` counting each. A stamp (format, task, model, weights hash, limit, the
@@ -14,22 +17,23 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import io
 import json
 import os
 import shutil
 import sys
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from ..store import layout
+from ..store.storage import OutputStore, open_store
+from ..store.writer import output_errors
 from .config import EvalConfig
 from .coverage import REFERENCE, FailureValues, KeyPlan, cover, figure_sets, key_plans
 from .labels import check_label_space
 from .models import get_model_kind
-from .sets import EvalSet, find_sets
+from .sets import EvalSet, child, find_sets
 from .tasks import get_task
 from .tasks.base import has_failure_value
 from .reference import ReferenceShardTask, reference_units, run_reference_shard
@@ -61,9 +65,21 @@ class EvalResult:
     failed: list[str] = field(default_factory=list)
 
 
-def result_paths(s: EvalSet, config: EvalConfig) -> tuple[Path, Path, Path]:
-    """(parts folder, rows parquet, figures json) of one set."""
-    return s.eval_dir / PARTS / config.name, s.eval_dir / f"{config.name}.parquet", s.eval_dir / f"{config.name}.json"
+def result_paths(s: EvalSet, config: EvalConfig) -> tuple[str, str, str]:
+    """(parts folder, rows parquet, figures json) of one set: paths, or URLs for a remote output."""
+    return (child(s.eval_dir, PARTS, config.name), child(s.eval_dir, f"{config.name}.parquet"),
+            child(s.eval_dir, f"{config.name}.json"))
+
+
+def read_result(store: OutputStore, json_path: str) -> dict[str, Any] | None:
+    """A published result document, or None when there is none (or it is not readable JSON)."""
+    try:
+        if not store.is_file(json_path):
+            return None
+        doc = json.loads(store.read_bytes(json_path))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _stamp(config: EvalConfig, model: dict[str, Any], s: EvalSet, reference: EvalSet | None = None) -> str:
@@ -74,18 +90,16 @@ def _stamp(config: EvalConfig, model: dict[str, Any], s: EvalSet, reference: Eva
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _finished(json_path: Path, stamp: str) -> bool:
-    try:
-        return json.loads(json_path.read_text()).get("stamp") == stamp
-    except (OSError, ValueError):
-        return False
+def _finished(store: OutputStore, json_path: str, stamp: str) -> bool:
+    doc = read_result(store, json_path)
+    return doc is not None and doc.get("stamp") == stamp
 
 
-def _shard_tasks(config: EvalConfig, s: EvalSet, parts: Path, resources: dict | None,
+def _shard_tasks(config: EvalConfig, s: EvalSet, parts: str, resources: dict | None,
                  keys: KeyPlan) -> list[EvalShardTask]:
     """Whole shards; with ``--limit``, the shards holding the first N reference keys, each told its keys."""
     def task(name: str, samples: int, wanted: tuple[str, ...] | None) -> EvalShardTask:
-        part = parts / f"{layout.strip_shard_ext(name)}.parquet"
+        part = child(parts, f"{layout.strip_shard_ext(name)}.parquet")
         return EvalShardTask(config.to_dict(), s.codec, name, str(part), samples, wanted, resources)
 
     if config.limit is None:
@@ -114,11 +128,12 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
         model["variant"] = config.variant
     resources = {"GPU": 1} if kind.uses_torch and config.device.startswith("cuda") else None
     keys = key_plans(sets, baseline, config.limit)
+    store = open_store(config.out)
     stamps, todo, tasks = {}, [], []
     for s in sets:
         stamps[s.tag] = _stamp(config, model, s, baseline)
         parts, _, json_path = result_paths(s, config)
-        if _finished(json_path, stamps[s.tag]):
+        if _finished(store, json_path, stamps[s.tag]):
             continue
         todo.append(s.tag)
         tasks += _shard_tasks(config, s, parts, resources, keys[s.tag])
@@ -144,27 +159,31 @@ def _reference_set(task_cls: Any, config: EvalConfig, sets: list[EvalSet]) -> Ev
 
 def _prepare_parts(plan: EvalPlan) -> None:
     """Remove results of another stamp and leftovers of a killed run; record the stamp of the parts."""
+    store = open_store(plan.config.out)
     for s in plan.sets:
         if s.tag not in plan.todo:
             continue
         parts, _, json_path = result_paths(s, plan.config)
-        json_path.unlink(missing_ok=True)  # a half-run set never looks finished
-        stamp_file = parts / "stamp"
-        if parts.is_dir() and (not stamp_file.is_file() or stamp_file.read_text() != plan.stamps[s.tag]):
-            shutil.rmtree(parts)
-        parts.mkdir(parents=True, exist_ok=True)
-        for tmp in parts.glob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
-        stamp_file.write_text(plan.stamps[s.tag])
+        store.remove(json_path)  # a half-run set never looks finished
+        stamp_file = child(parts, "stamp")
+        stamp = plan.stamps[s.tag].encode()
+        present = store.names(parts, "")
+        if present and ("stamp" not in present or store.read_bytes(stamp_file).strip() != stamp):
+            _remove_parts(store, parts, present)
+        store.remove_temps(parts)
+        if not store.remote:
+            with output_errors(parts):
+                os.makedirs(parts, exist_ok=True)
+        store.publish_bytes(stamp_file, stamp)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _remove_parts(store: OutputStore, parts: str, names: list[str]) -> None:
+    """Delete the parts of another stamp (the stamp file last: the folder is never half-marked current)."""
+    if not store.remote:
+        shutil.rmtree(parts, ignore_errors=True)
+        return
+    for name in sorted(names, key=lambda n: n == "stamp"):
+        store.remove(child(parts, name))
 
 
 def publish_set(plan: EvalPlan, s: EvalSet, failures: FailureValues | None = None) -> dict[str, Any]:
@@ -177,12 +196,14 @@ def publish_set(plan: EvalPlan, s: EvalSet, failures: FailureValues | None = Non
     config = plan.config
     task_cls = get_task(config.task).bind(config)
     failures = failures or FailureValues(task_cls, config.out, config.dataset, config.split)
+    store = open_store(config.out)
     _, rows_path, json_path = result_paths(s, config)
-    names = [Path(t.part) for t in plan.tasks if t.codec == s.codec]
-    table = pa.concat_tables([pq.read_table(p) for p in names]) if names else schema(task_cls).empty_table()
+    names = [t.part for t in plan.tasks if t.codec == s.codec]
+    table = (pa.concat_tables([pq.read_table(io.BytesIO(store.read_bytes(p))) for p in names]) if names
+             else schema(task_cls).empty_table())
     covered = cover(table.to_pylist(), plan.keys[s.tag], failures.get)
-    _atomic_write(rows_path, lambda p: pq.write_table(rows_table(task_cls, covered.rows), p))
-    rows = pq.read_table(rows_path).to_pylist()  # the figures come from the rows as written
+    store.publish_file(rows_path, lambda p: pq.write_table(rows_table(task_cls, covered.rows), p))
+    rows = pq.read_table(io.BytesIO(store.read_bytes(rows_path))).to_pylist()  # figures: from the rows as written
     by_key = {r["key"]: r for r in rows}
     coverage = covered.coverage
     figures = task_cls.aggregate([by_key[r["key"]] for r in covered.figure_rows])
@@ -193,10 +214,11 @@ def publish_set(plan: EvalPlan, s: EvalSet, failures: FailureValues | None = Non
            "figure_sets": figure_sets(coverage["reference"], config.limit, not has_failure_value(task_cls)),
            "coverage": coverage, "samples": ok, "errors": sum(r["status"] == "error" for r in rows),
            "model": plan.model, "device": config.device, "batch_size": config.batch_size, "limit": config.limit,
-           "definitions": dict(task_cls.definitions), "rows": rows_path.name,
+           "definitions": dict(task_cls.definitions), "rows": os.path.basename(rows_path),
            "columns": [name for name, _ in task_cls.columns()], "stamp": plan.stamps[s.tag],
            "versions": _versions()}
-    _atomic_write(json_path, lambda p: p.write_text(json.dumps(doc, indent=1, allow_nan=False, default=_nan) + "\n"))
+    text = json.dumps(doc, indent=1, allow_nan=False, default=_nan) + "\n"
+    store.publish_bytes(json_path, text.encode())  # last: its presence means the set's result is complete
     return doc
 
 
@@ -255,7 +277,9 @@ def evaluate(config: EvalConfig, executor: cf.Executor | None = None, *,
     result.failed += [f.message for f in failed]  # a set with a failed unit is not published
     failed_sets = {c for f in failed for c in unit_codecs(f.unit)}
     failures = FailureValues(get_task(config.task).bind(config), config.out, config.dataset, config.split)
+    store = open_store(config.out)
     for s in plan.sets:
         if s.tag in plan.todo and s.codec not in failed_sets:
-            result.published.append(publish_set(plan, s, failures))
+            with store.failures(s.eval_dir):  # a store failing here: one line, nothing under a final name
+                result.published.append(publish_set(plan, s, failures))
     return result

@@ -1,15 +1,18 @@
 """The unit of work: one shard of one set evaluated into a part file of per-sample rows.
 
-Picklable and idempotent, like transcode's shard task: the part is written under a temporary name
-and renamed, so a part that exists is complete and a rerun skips it. A sample that fails to
+Picklable and idempotent, like transcode's shard task: the part is published whole through the
+output's store (a temporary name renamed into place, or a local staging file uploaded under its
+final key), so a part that exists is complete and a rerun skips it. A worker reads the shards from
+the store directly (no shared disk): a remote shard is fetched once per unit into a temporary
+folder, checked against index.json, and removed with it; credentials come from the backend's
+usual places on each worker, as for transcode. A sample that fails to
 decode, to prepare or to run becomes an error row and the shard goes on.
 """
 from __future__ import annotations
 
 import os
-import uuid
+import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from .config import EvalConfig
@@ -24,7 +27,7 @@ class EvalShardTask:
     config: Mapping[str, Any]  # EvalConfig.to_dict(): run settings travel with the task
     codec: str
     shard: str
-    part: str  # the part file's final path
+    part: str  # the part file's final location (a path, or a URL beside a remote set)
     samples: int  # samples this task accounts for (progress)
     keys: tuple[str, ...] | None = None
     resources: Mapping[str, float] | None = field(default=None)  # {"GPU": 1}: routed by pipeline.run.cluster
@@ -123,13 +126,14 @@ def run_eval_shard(t: EvalShardTask) -> ShardOutcome:
     import pyarrow.parquet as pq
 
     from ..loaders import load
+    from ..store.storage import STAGING_ENV, open_store
     from .models import loaded
     from .tasks import get_task
 
-    part = Path(t.part)
-    if part.is_file():
-        return ShardOutcome(t.part, True)
     config = EvalConfig.from_dict(t.config)
+    store = open_store(config.out)
+    if store.is_file(t.part):
+        return ShardOutcome(t.part, True)
     task_cls = get_task(config.task).bind(config)
     model = loaded(config)
     decode_errors: list[tuple[str, Exception]] = []
@@ -137,19 +141,12 @@ def run_eval_shard(t: EvalShardTask) -> ShardOutcome:
     def on_error(key: str, exc: Exception) -> None:
         decode_errors.append((key, exc))
 
-    if task_cls.reference is None:
-        ds = load(config.out, config.dataset, config.split, t.codec, shards=[t.shard], image_format="numpy",
-                  on_error=on_error)
-    else:  # the reference set's sample of the same key beside each sample, read in lockstep
-        ds = load(config.out, config.dataset, config.split, [task_cls.reference, t.codec], paired=True,
-                  shards=[t.shard], image_format="numpy", on_error=on_error)
-    rows = evaluate_samples(task_cls(), model, ds, config.batch_size, decode_errors, t.keys)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        pq.write_table(rows_table(task_cls, rows), tmp)
-        os.replace(tmp, part)
-    finally:
-        tmp.unlink(missing_ok=True)
+    codecs: Any = t.codec if task_cls.reference is None else [task_cls.reference, t.codec]
+    with tempfile.TemporaryDirectory(prefix="mpq-eval-shards-", dir=os.environ.get(STAGING_ENV) or None) as cache:
+        # paired: the reference set's sample of the same key beside each sample, read in lockstep
+        ds = load(config.out, config.dataset, config.split, codecs, paired=task_cls.reference is not None,
+                  shards=[t.shard], image_format="numpy", on_error=on_error, cache_dir=cache)
+        rows = evaluate_samples(task_cls(), model, ds, config.batch_size, decode_errors, t.keys)
+    store.publish_file(t.part, lambda p: pq.write_table(rows_table(task_cls, rows), p))
     ok = sum(r["status"] == OK for r in rows)
     return ShardOutcome(t.part, False, ok, len(rows) - ok)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..store.storage import is_url, open_store, staging_folder
 from .bdrate import METHODS, MIN_POINTS, bd_psnr, bd_rate
 from .correlate import correlation_section
 from .eval import eval_bd, eval_blocks, eval_table, find_results
@@ -32,7 +34,7 @@ from .tables import (class_summary, extreme_classes, modality_of, primary, stora
 __all__ = ["write_report", "find_sets", "summarize", "class_summary", "storage_breakdown", "bd_rate", "bd_psnr",
            "bd_table", "DEFAULT_REPORT_DIR"]
 
-DEFAULT_REPORT_DIR = "_report"  # under OUT; the underscore keeps it apart from dataset folders
+DEFAULT_REPORT_DIR = "_report"  # under OUT (in the current folder for a remote OUT); apart from dataset folders
 DEFAULT_ANCHOR = "jpeg"
 
 METHOD_NOTES = [
@@ -171,16 +173,40 @@ def _errors(sets: list[CodecSet], limit: int = 10) -> list[tuple[str, int, int]]
 
 def write_report(out_root: str | Path, dataset: str | None = None, split: str | None = None,
                  report_dir: str | Path | None = None, anchor: str | None = None, *,
-                 breakdown_shards: int | None = 1) -> Path:
+                 breakdown_shards: int | None = 1) -> Path | str:
     """Write the report for the finished sets under ``out_root`` and return the report folder.
 
-    ``report_dir`` defaults to ``OUT/_report``. ``anchor`` is the BD-rate anchor family (default: jpeg
-    where present). ``breakdown_shards`` tar files per setting are read for the storage breakdown
-    (None: all, 0: none); everything else comes from index.json and manifest.parquet.
+    ``out_root`` is a folder or an fsspec URL (``s3://bucket/prefix``), read through the output's
+    store. ``report_dir`` defaults to ``OUT/_report`` for a folder and to ``./_report`` (a local
+    folder) for a URL; a URL there writes the report into a store: rendered in a local staging
+    folder, each file uploaded whole, ``report.html`` last. ``anchor`` is the BD-rate anchor family
+    (default: jpeg where present). ``breakdown_shards`` tar files per setting are read for the
+    storage breakdown (None: all, 0: none); everything else comes from index.json and manifest.parquet.
     Plots (``rd-*.png``) of an earlier report in that folder are replaced. Raises ConfigError when
     there is nothing to report or the anchor is unknown.
     """
-    out_root = Path(out_root)
+    root = os.fspath(out_root)
+    where = (os.fspath(report_dir) if report_dir is not None
+             else DEFAULT_REPORT_DIR if is_url(root) else os.path.join(root, DEFAULT_REPORT_DIR))
+    if not is_url(where):
+        target = Path(where)
+        _render(root, target, dataset, split, anchor, breakdown_shards)
+        return target
+    store = open_store(where)
+    with staging_folder() as folder:
+        _render(root, folder, dataset, split, anchor, breakdown_shards)
+        for prefix in ("rd-", "eval-", "corr-"):  # plots of a previous report there
+            for name in store.names(where, prefix):
+                store.remove(store.child(where, name))
+        files = sorted(p.name for p in folder.iterdir() if p.is_file())
+        for name in sorted(files, key=lambda n: (n == "report.html", n == "report.md", n)):
+            store.upload(folder / name, store.child(where, name))
+    return where
+
+
+def _render(out_root: str, target: Path, dataset: str | None, split: str | None, anchor: str | None,
+            breakdown_shards: int | None) -> None:
+    """Every table, plot and document of the report, into the local folder ``target``."""
     sets, incomplete = find_sets(out_root, dataset, split)
     summary = summarize(sets)
     order = {(r["dataset"], r["split"], r["tag"]): i for i, r in enumerate(summary.to_dict(orient="records"))}
@@ -189,7 +215,6 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
     classes = class_summary(sets)
     extremes = extreme_classes(classes, summary)
     storage = storage_breakdown(sets, None if breakdown_shards is None else max(0, breakdown_shards))
-    target = Path(report_dir) if report_dir is not None else out_root / DEFAULT_REPORT_DIR
     target.mkdir(parents=True, exist_ok=True)
     for old in [*target.glob("rd-*.png"), *target.glob("eval-*.png")]:  # plots of a previous report
         old.unlink()
@@ -223,12 +248,12 @@ def write_report(out_root: str | Path, dataset: str | None = None, split: str | 
            "eval": _records(ev), "eval_bd_rate": _records(ev_bd)}
     (target / "summary.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     (target / "report.md").write_text(to_markdown(blocks))
-    (target / "report.html").write_text(to_html(blocks, f"Rate-distortion report: {out_root.name}"))
-    return target
+    (target / "report.html").write_text(to_html(blocks, "Rate-distortion report: "
+                                                + os.path.basename(out_root.rstrip("/"))))
 
 
-def _intro(out_root: Path, settings: int, dataset: str | None, split: str | None,
-           incomplete: list[Path]) -> list[Block]:
+def _intro(out_root: str, settings: int, dataset: str | None, split: str | None,
+           incomplete: list[str]) -> list[Block]:
     """The title, what was read, and the sets that are not finished yet."""
     blocks: list[Block] = [Heading("Rate-distortion report", 1),
                            Para(f"{settings} finished codec settings under `{out_root}`"
@@ -238,8 +263,14 @@ def _intro(out_root: Path, settings: int, dataset: str | None, split: str | None
                                   "`classes.csv`, `storage.csv`.")]
     if incomplete:
         blocks.append(Para("Unfinished sets (no index.json yet; not summarised): "
-                           + ", ".join(f"`{p.relative_to(out_root)}`" for p in incomplete)))
+                           + ", ".join(f"`{_relative(p, out_root)}`" for p in incomplete)))
     return blocks
+
+
+def _relative(loc: str, root: str) -> str:
+    """``loc`` under ``root`` (a folder or URL), as written below it."""
+    root = root.rstrip("/" + os.sep)
+    return loc[len(root) + 1:] if loc.startswith(root) else loc
 
 
 def _rd_plots(ds: str, sp: str, part: Any, bd: Any, target: Path) -> list[tuple[Path, str]]:

@@ -49,7 +49,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..metrics.deep import columns as deep_columns
-from .eval import distortion_column, figure_keys, find_results, rows_path, safe_name, task_figure
+from .eval import distortion_column, figure_keys, find_results, read_rows, safe_name, task_figure
 from .load import CodecSet
 from .tables import METRICS
 
@@ -66,7 +66,7 @@ GROUP = ["dataset", "split", "task", "model", "figure"]
 
 def set_results(s: CodecSet) -> list[dict[str, Any]]:
     """The finished ``mpq eval`` results of one set (read by :func:`pipeline.report.eval.find_results`)."""
-    return find_results(s.folder.parents[2], s.dataset, s.split, s.tag)
+    return find_results(s.store.root, s.dataset, s.split, s.tag)
 
 
 def is_reference(s: CodecSet) -> bool:
@@ -217,14 +217,13 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 def _sample_metrics(s: CodecSet, results: list[dict[str, Any]]):
     """key and every per-sample metric of a set's ok samples: the manifest's, then those only its
     similarity results hold (their ok rows; a key they lack is NaN)."""
-    import pandas as pd
 
     ok = s.manifest[s.manifest["status"] == "ok"]
     frame = ok[["key"] + [m for m in METRICS if m in ok.columns and ok[m].notna().any()]]  # measured ones only
     for doc in results:
         column = distortion_column(doc)
-        if column in METRICS and column not in frame.columns and rows_path(doc).is_file():
-            rows = pd.read_parquet(rows_path(doc), columns=["key", "status", column])
+        rows = read_rows(doc, ["key", "status", column]) if column in METRICS and column not in frame.columns else None
+        if rows is not None:
             frame = frame.merge(rows[rows["status"] == "ok"][["key", column]], on="key", how="left")
     return frame
 
@@ -242,11 +241,8 @@ def sample_outcomes(sets: Iterable[CodecSet]):
         results = set_results(s)
         metrics = None
         for doc in results:
-            path = rows_path(doc)
-            if doc["task"] != "classify" or not path.is_file():
-                continue
-            rows = pd.read_parquet(path)
-            if "correct1" not in rows.columns:
+            rows = read_rows(doc) if doc["task"] == "classify" else None
+            if rows is None or "correct1" not in rows.columns:
                 continue
             if metrics is None:
                 metrics = _sample_metrics(s, results)

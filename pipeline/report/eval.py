@@ -21,8 +21,10 @@ model's own result (no variant, its starting point) is there too, each setting g
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -68,18 +70,39 @@ def distortion_column(doc: dict[str, Any]) -> str | None:
     return None if perception or len(columns) != 1 else str(columns[0])
 
 
-def rows_path(doc: dict[str, Any]) -> Path:
-    """The per-sample rows (parquet) of a result returned by :func:`find_results`."""
-    return Path(doc["path"]).with_name(doc["rows"])
+def rows_path(doc: dict[str, Any]) -> str:
+    """The per-sample rows (parquet) of a result returned by :func:`find_results` (a path or URL)."""
+    path = str(doc["path"])
+    if "://" in path:
+        return f"{path.rsplit('/', 1)[0]}/{doc['rows']}"
+    return os.path.join(os.path.dirname(path), doc["rows"])
+
+
+def read_rows(doc: dict[str, Any], columns: list[str] | None = None) -> Any:
+    """The per-sample rows of a result as a DataFrame (None when the file is not there), from its store."""
+    import pyarrow.parquet as pq
+
+    from ..store.storage import open_store
+
+    path = rows_path(doc)
+    store = open_store(path)
+    if not store.is_file(path):
+        return None
+    return pq.read_table(io.BytesIO(store.read_bytes(path)), columns=columns).to_pandas()
 
 
 def evaluated_keys(doc: dict[str, Any]) -> frozenset[str] | None:
     """The keys of a result's rows, whatever their status (the keys the eval saw); None without its parquet."""
+    from ..store.storage import is_url
+
     path = rows_path(doc)
-    if not path.is_file():
+    if is_url(path):  # a store: read the key column through it
+        rows = read_rows(doc, ["key"])
+        return None if rows is None else frozenset(rows["key"].astype(str))
+    if not os.path.isfile(path):
         return None
-    st = path.stat()
-    return _keys(str(path), st.st_mtime_ns, st.st_size)
+    st = os.stat(path)
+    return _keys(path, st.st_mtime_ns, st.st_size)
 
 
 def figure_keys(doc: dict[str, Any], sets: Iterable[Any]) -> frozenset[str] | None:
@@ -103,17 +126,21 @@ def _keys(path: str, mtime_ns: int, size: int) -> frozenset[str]:
     return frozenset(str(k) for k in pq.read_table(path, columns=["key"]).column("key").to_pylist())
 
 
-def find_results(out_root: Path, dataset: str | None = None, split: str | None = None,
+def find_results(out_root: str | os.PathLike, dataset: str | None = None, split: str | None = None,
                  tag: str | None = None) -> list[dict[str, Any]]:
     """Every finished evaluation JSON under ``OUT/D/S/<tag>/eval/`` (the one reader of eval results),
-    each with ``path``: the file it was read from."""
+    each with ``path``: the file (path or URL) it was read from."""
+    from ..store.storage import open_store
+
+    store = open_store(os.fspath(out_root))
+    prefix = store.join("")
     found = []
-    for path in sorted(Path(out_root).glob("*/*/*/eval/*.json")):
-        ds, sp, tg = path.parts[-5], path.parts[-4], path.parts[-3]
+    for path in store.glob(store.join("*", "*", "*", "eval", "*.json")):
+        ds, sp, tg = path[len(prefix):].replace(os.sep, "/").split("/")[:3]
         if (dataset and ds != dataset) or (split and sp != split) or (tag and tg != tag):
             continue
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(store.read_bytes(path))
         except ValueError:
             continue
         if isinstance(doc, dict) and str(doc.get("format", "")).startswith("mpq-eval/"):

@@ -17,8 +17,8 @@ Conventions (also stated in the report):
 from __future__ import annotations
 
 import contextlib
-
 import math
+import os
 import tarfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..metrics import deep
+from ..store.storage import OutputStore, open_store
 from .load import CodecSet
 
 #: distortion/quality columns, in display order; each is reported where the manifest has it
@@ -119,7 +120,7 @@ def summarize_set(s: CodecSet) -> dict[str, Any]:
     # storage: what a loader reads against what the codec produced
     row["shards"] = len(s.index.shards)
     row["shard_bytes"] = shard_bytes
-    row["folder_bytes"] = sum(p.stat().st_size for p in s.folder.iterdir() if p.is_file())
+    row["folder_bytes"] = sum(s.store.file_sizes(s.folder).values())
     row["payload_bytes_mean"] = float(bits.mean() / 8.0) if n_ok else math.nan
     stored = (float(_column(ok, "container_bytes").mean()) if n_ok and "container_bytes" in ok.columns
               and ok["container_bytes"].notna().all() else row["payload_bytes_mean"])
@@ -219,29 +220,31 @@ def extreme_classes(classes: Any, summary: Any, count: int = 5):
 # --------------------------------------------------------------------------- tar layout
 
 
-def tar_breakdown(path: str | Path, payload_ext: str | None = None) -> dict[str, int]:
+def tar_breakdown(path: str | Path, payload_ext: str | None = None, *,
+                  store: OutputStore | None = None) -> dict[str, int]:
     """Where a shard's bytes go, from its tar headers: payload, other members, headers, padding, end.
 
     The first member of each key is the payload (the writer's order) unless ``payload_ext`` is given.
     All values are bytes; they sum to the file size. A ``.tar.gz`` shard is measured on its
     decompressed tar, and ``compression`` (on disk minus the tar, so negative when gzip saved
-    bytes) closes the sum; it is 0 for a plain tar.
+    bytes) closes the sum; it is 0 for a plain tar. ``store``: where ``path`` lives (a remote shard is
+    read through it with ranged reads); default: a local file.
     """
-    path = Path(path)
-    size = path.stat().st_size
+    loc = os.fspath(path)
+    store = store or open_store(os.path.dirname(loc) or ".")
+    size = store.size(loc)
     out = {"samples": 0, "members": 0, "header": 0, "payload": 0, "payload_pad": 0, "json": 0, "json_pad": 0,
            "other": 0, "other_pad": 0, "end": 0, "compression": 0, "file": size}
     end = 0
     seen: set[str] = set()
     gz = None
-    if path.name.endswith(".tar.gz"):  # read as a stream: headers only, nothing held in memory
-        import gzip
-
-        gz = gzip.open(path, "rb")
     with contextlib.ExitStack() as stack:
-        if gz is not None:
-            stack.enter_context(gz)
-        tar = stack.enter_context(tarfile.open(path, mode="r:") if gz is None else
+        raw = stack.enter_context(store.open(loc))
+        if loc.endswith(".tar.gz"):  # read as a stream: headers only, nothing held in memory
+            import gzip
+
+            gz = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+        tar = stack.enter_context(tarfile.open(fileobj=raw, mode="r:") if gz is None else
                                   tarfile.open(fileobj=gz, mode="r|"))
         for m in tar:
             key, _, ext = m.name.partition(".")
@@ -280,10 +283,10 @@ def storage_breakdown(sets: Iterable[CodecSet], max_shards: int | None = 1):
         shards = s.index.shards[: max_shards] if max_shards is not None else s.index.shards
         total: dict[str, int] = {}
         for sh in shards:
-            path = s.folder / sh.name
-            if not path.is_file():
+            path = s.store.child(s.folder, sh.name)
+            if not s.store.is_file(path):
                 continue
-            for k, v in tar_breakdown(path).items():
+            for k, v in tar_breakdown(path, store=s.store).items():
                 total[k] = total.get(k, 0) + v
         if not total.get("samples"):
             continue

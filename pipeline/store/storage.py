@@ -21,10 +21,11 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import OutputError
-from .writer import TMP_MARK, ShardWriter, dumps, file_digest, output_errors, publish_bytes, remove_stale_temps
+from .writer import (TMP_MARK, ShardWriter, dumps, file_digest, output_errors, publish_bytes, remove_stale_temps,
+                     tmp_path)
 
 #: protocols whose PUT publishes a whole object atomically (no temporary name needed)
 ATOMIC_PUT = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
@@ -91,13 +92,22 @@ class OutputStore:
         return self._child(folder, name)
 
     @contextlib.contextmanager
-    def _writing(self, where: str) -> Iterator[None]:
+    def _writing(self, where: str, verb: str = "write") -> Iterator[None]:
         try:
             yield
         except OutputError:
             raise
         except OSError as exc:
-            raise OutputError(f"cannot write {where}: {exc.strerror or exc}") from exc
+            raise OutputError(f"cannot {verb} {where}: {exc.strerror or exc}") from exc
+        except Exception as exc:
+            if not _is_client_error(exc):
+                raise
+            raise OutputError(f"cannot {verb} {where}: {_remote_reason(exc)}") from exc
+
+    def failures(self, where: str) -> contextlib.AbstractContextManager[None]:
+        """Turn a failure of the storage (an OSError, or the remote client's own: network, credentials)
+        into an OutputError naming ``where`` in one line; other errors pass."""
+        return self._writing(where, "read or write")
 
     def _fresh(self, loc: str) -> None:
         """Forget cached listings: other processes (workers) write here too."""
@@ -147,6 +157,58 @@ class OutputStore:
                 size += len(block)
         return size, h.hexdigest()
 
+    def open(self, loc: str):
+        """A seekable binary file of a stored file (remote: ranged reads, nothing kept)."""
+        if not self.remote:
+            return open(loc, "rb")
+        return self.fs.open(loc, "rb", block_size=1 << 22)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Sorted locations matching ``pattern`` (a location with ``*``), in this store's spelling."""
+        if not self.remote:
+            import glob
+
+            return sorted(glob.glob(pattern))
+        self._fresh(pattern.split("*", 1)[0] + "x")
+        return sorted(p if "://" in p else f"{self.protocol}://{p}" for p in self.fs.glob(pattern))
+
+    def file_sizes(self, folder: str) -> dict[str, int]:
+        """{name: bytes} of the files directly in ``folder`` (none when it does not exist)."""
+        if not self.remote:
+            if not os.path.isdir(folder):
+                return {}
+            return {e.name: e.stat().st_size for e in os.scandir(folder) if e.is_file()}
+        self._fresh(self._child(folder, "x"))
+        try:
+            found = self.fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {d["name"].rstrip("/").rsplit("/", 1)[-1]: int(d.get("size") or 0)
+                for d in found if d.get("type") == "file"}
+
+    def check_readable(self) -> None:
+        """Fail with one clear line (ConfigError) when the store cannot be read at all: a missing
+        bucket or folder, missing or refused credentials, an unreachable endpoint."""
+        from ..errors import ConfigError
+
+        if not self.remote:
+            return  # a local folder's readers say what is missing there
+        try:
+            fs = self.fs
+            fs.invalidate_cache(self.root)
+            fs.ls(self.root.split("://", 1)[1].split("/", 1)[0], detail=False)  # the bucket itself
+            if not fs.exists(self.root):
+                raise FileNotFoundError(self.root)
+        except OutputError as exc:
+            raise ConfigError(str(exc).replace("cannot write", "cannot read", 1)) from None
+        except FileNotFoundError:
+            bucket = self.root.split("://", 1)[1].split("/", 1)[0]
+            what = (f"bucket {bucket} does not exist" if not _bucket_exists(fs, bucket)
+                    else "nothing stored under this prefix")
+            raise ConfigError(f"cannot read {self.root}: {what}") from None
+        except Exception as exc:  # noqa: BLE001 - credentials, permissions, network: one line naming the cause
+            raise ConfigError(f"cannot read {self.root}: {_remote_reason(exc)}") from None
+
     def names(self, folder: str, prefix: str) -> list[str]:
         """Sorted names in ``folder`` starting with ``prefix`` (none when the folder does not exist)."""
         if not self.remote:
@@ -159,6 +221,24 @@ class OutputStore:
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found)
 
     # ------------------------------------------------------------------ writing
+
+    def publish_file(self, loc: str, write: Callable[[Path], object]) -> None:
+        """Publish the file ``write(path)`` makes under ``loc`` whole: a temporary sibling renamed into
+        place when local; when remote, a local staging file uploaded in one piece."""
+        if not self.remote:
+            with output_errors(os.path.dirname(loc) or "."):
+                os.makedirs(os.path.dirname(loc) or ".", exist_ok=True)
+                tmp = tmp_path(Path(loc))
+                try:
+                    write(tmp)
+                    os.replace(tmp, loc)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            return
+        with staging_folder() as folder:
+            local = folder / loc.rsplit("/", 1)[-1]
+            write(local)
+            self.upload(local, loc)
 
     def publish_bytes(self, loc: str, data: bytes) -> None:
         """Put ``data`` under ``loc`` atomically: a reader sees the old object, the new one, or none."""
@@ -242,9 +322,52 @@ class OutputStore:
         self.remove(probe)
 
 
+def _bucket_exists(fs: Any, bucket: str) -> bool:
+    try:
+        return bool(fs.exists(bucket))
+    except Exception:  # noqa: BLE001 - cannot even ask: say the bucket is not there
+        return False
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """An error of a remote store's client library (botocore, aiohttp, google, azure), not of the caller."""
+    module = type(exc).__module__ or ""
+    return module.split(".", 1)[0] in ("botocore", "aiobotocore", "aiohttp", "google", "azure", "s3fs", "gcsfs")
+
+
+def _remote_reason(exc: BaseException) -> str:
+    """What went wrong talking to a remote store, in one line (credentials and network named as such)."""
+    name = type(exc).__name__
+    text = " ".join(str(exc).split()) or name
+    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+        return (f"no credentials ({text}); give them as the backend reads them (for s3://: AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials)")
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text:
+        return f"access denied ({text}); check the credentials and their permissions"
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError") or isinstance(
+            exc, (ConnectionError, TimeoutError)):
+        return f"cannot reach the store ({text})"
+    return f"{name}: {text}"
+
+
 def _tmp_sibling(loc: str) -> str:
     folder, name = loc.rsplit("/", 1)
     return f"{folder}/.{name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def staging_folder() -> Iterator[Path]:
+    """A fresh local folder for files on their way to a remote store (``$MPQ_STAGING`` or the temp folder),
+    removed afterwards."""
+    base = os.environ.get(STAGING_ENV) or None
+    with output_errors(base or tempfile.gettempdir()):
+        if base:
+            os.makedirs(base, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="mpq-staging-", dir=base))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class _UploadingShardWriter(ShardWriter):

@@ -96,12 +96,7 @@ def read_manifest(data: bytes, columns: list[str] | None = None) -> Any:
 
 def _set_indexes(store: OutputStore, dataset: str | None, split: str | None) -> list[str]:
     """Every ``OUT/<dataset>/<split>/<tag>/index.json`` (narrowed by dataset and split)."""
-    pattern = store.join(dataset or "*", split or "*", "*", layout.INDEX)
-    if not store.remote:
-        import glob
-
-        return sorted(glob.glob(pattern))
-    return sorted(p if "://" in p else f"{store.protocol}://{p}" for p in store.fs.glob(pattern))
+    return store.glob(store.join(dataset or "*", split or "*", "*", layout.INDEX))
 
 
 def _check_shards(store: OutputStore, folder: str, index: dict[str, Any], report: VerifyReport) -> None:
@@ -112,7 +107,10 @@ def _check_shards(store: OutputStore, folder: str, index: dict[str, Any], report
         report.shards += 1
         if not store.is_file(loc):
             report.problems.append(Problem(loc, "missing shard"))
-        elif store.digest(loc) != (shard["bytes"], shard["sha256"]):
+        elif store.size(loc) != shard["bytes"]:  # one metadata request; the bytes are read only when it matches
+            report.problems.append(Problem(loc, f"damaged: {store.size(loc)} bytes, {layout.INDEX} records "
+                                                f"{shard['bytes']}"))
+        elif store.digest(loc) != (shard["bytes"], shard["sha256"]):  # streamed (remote: ranged reads)
             report.problems.append(Problem(loc, f"damaged: size or SHA-256 differs from {layout.INDEX}"))
     prefix = f"{index['dataset']}-{index['split']}-{index['tag']}-"
     for name in store.names(folder, prefix):
@@ -146,8 +144,10 @@ def _check_manifest(store: OutputStore, folder: str, index: dict[str, Any], repo
 
 def verify_output(out: str, *, dataset: str | None = None, split: str | None = None,
                   sources: str | None = None) -> VerifyReport:
-    """Check every set under ``out`` (or one dataset/split); ``sources``: the root to rehash sources from."""
+    """Check every set under ``out`` (a folder or an fsspec URL; or one dataset/split); ``sources``: the root
+    to rehash sources from."""
     store = open_store(out)
+    store.check_readable()  # a missing bucket, credentials or endpoint: ConfigError, one line
     report = VerifyReport()
     listed: dict[tuple[str, str], dict[str, Any]] = {}  # (dataset, split) -> its source, refs, hashes of files now
     for index_loc in _set_indexes(store, dataset, split):
