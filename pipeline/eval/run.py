@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from ..store import layout
-from ..store.storage import OutputStore, open_store
+from ..store.storage import OutputStore, is_url, open_store
 from ..store.writer import output_errors
 from .config import EvalConfig
 from .coverage import REFERENCE, FailureValues, KeyPlan, cover, figure_sets, key_plans
@@ -137,7 +137,10 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
             continue
         todo.append(s.tag)
         tasks += _shard_tasks(config, s, parts, resources, keys[s.tag])
-    units = reference_units(config, sets, tasks, reference.tag) if reference is not None else []
+    # the reference decoded once per shard index for every set: a local output (on a store, each unit reads
+    # its pair of shards through the store, as run_eval_shard does)
+    local = not is_url(config.out)
+    units = reference_units(config, sets, tasks, reference.tag) if reference is not None and local else []
     return EvalPlan(config, sets, model, stamps, todo, tasks, keys, units)
 
 
