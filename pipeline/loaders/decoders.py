@@ -122,9 +122,15 @@ def png_rgb(data: bytes) -> np.ndarray:
         if kind in (b"gAMA", b"tRNS", b"sBIT"):
             return pil_rgb(data)
         pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+    return _fast_or_pil(data, width, height, ic.png_decode)
+
+
+def _fast_or_pil(data: bytes, width: int, height: int, decode: Any) -> np.ndarray:
+    """``decode(data)`` when it gives the header's (height, width, 3) uint8 pixels, else Pillow's conversion
+    (the size is checked against the pixel limit first)."""
     _check_size(width, height)
     try:
-        out = ic.png_decode(data)
+        out = decode(data)
     except Exception:
         return pil_rgb(data)
     if out.shape != (height, width, 3) or out.dtype != np.uint8:
@@ -142,14 +148,7 @@ def webp_rgb(data: bytes) -> np.ndarray:
     width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     if bits >> 28 & 1:  # alpha used: Pillow's conversion
         return pil_rgb(data)
-    _check_size(width, height)
-    try:
-        out = ic.webp_decode(data)
-    except Exception:
-        return pil_rgb(data)
-    if out.shape != (height, width, 3) or out.dtype != np.uint8:
-        return pil_rgb(data)
-    return out
+    return _fast_or_pil(data, width, height, ic.webp_decode)
 
 
 def stored_pixels(ext: str) -> Decoder:
