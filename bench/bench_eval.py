@@ -32,7 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
-WNIDS = [f"n{10000000 + 7919 * i:08d}" for i in range(10)]
+#: ten real ILSVRC-2012 classes (the first of the sorted list): the imagenet source labels a folder by
+#: its wnid's index in that list and skips any other folder
+WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041",
+         "n01514668", "n01514859", "n01518878"]
 
 
 def build_folder(root: Path, n: int, size: int, seed: int = 0) -> None:
@@ -95,7 +98,7 @@ def main() -> None:
         transcode(TranscodeConfig.create("imagenet", src, ["jpeg:quality=30"], out=out, split="val",
                                          samples_per_shard=64))
     torch.manual_seed(0)
-    net = torchvision.models.get_model(args.model, weights=None, num_classes=len(WNIDS)).eval()
+    net = torchvision.models.get_model(args.model, weights=None, num_classes=1000).eval()
     weights = work / f"{args.model}.pt"
     torch.save(net.state_dict(), weights)
     transform = torchvision.models.get_model_weights(args.model).DEFAULT.transforms()

@@ -5,7 +5,7 @@
 Builds an ImageNet-style folder (``bench_loader.build_source``: train/<wnid>/*.JPEG, photographs
 randomly cropped, flipped and resized to ``--size``, JPEG quality 95), transcodes it to a JPEG set
 (``jpeg:quality=75``) and the lossless reference in each container (``none``,
-``none:container=webp``, ``none:container=jxl``), then times one epoch of 224x224 training batches
+``none:container=webp``, ``none:container=jxl``, ``none:container=qoi``), then times one epoch of 224x224 training batches
 (random resized crop, horizontal flip, normalized float32, label) in one process with one thread:
 
 * ``mpq``: ``pipeline.loaders.train_loader`` over each set (``TrainTransform()``; pinned memory
@@ -13,7 +13,7 @@ randomly cropped, flipped and resized to ``--size``, JPEG quality 95), transcode
 * ``mpq draft``: the same with ``draft=True`` on the JPEG set (an approximation, see README);
 * ``(a) ImageFolder``: torchvision's ``ImageFolder`` over the source JPEGs with ``RandomResizedCrop(224)``,
   ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize`` in a ``DataLoader``;
-* ``(b) webdataset``: ``webdataset.WebDataset`` over the same shards, ``.decode("pil")`` (JPEG XL
+* ``(b) webdataset``: ``webdataset.WebDataset`` over the same shards, ``.decode("pil")`` (JPEG XL and QOI
   through imagecodecs into a PIL image), the same torchvision transforms, in a ``DataLoader``.
 
 Every run uses batch ``--batch`` and ``num_workers=0``, so its process's CPU time is all its work;
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-SETS = ("jpeg:quality=75", "none", "none:container=webp", "none:container=jxl")
+SETS = ("jpeg:quality=75", "none", "none:container=webp", "none:container=jxl", "none:container=qoi")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -78,8 +78,13 @@ def run_wds(tars: list[Path], ext: str, batch: int) -> int:
 
         return Image.fromarray(imagecodecs.jpegxl_decode(data, numthreads=1))
 
+    def qoi(data: bytes) -> Image.Image:  # Pillow's own QOI reader is pure Python: 100x slower
+        import imagecodecs
+
+        return Image.fromarray(imagecodecs.qoi_decode(data))
+
     ds = (wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False)
-          .decode(wds.handle_extension("jxl", jxl), "pil").to_tuple(ext, "cls").map_tuple(_tv_transform(), int))
+          .decode(wds.handle_extension("jxl", jxl), wds.handle_extension("qoi", qoi), "pil").to_tuple(ext, "cls").map_tuple(_tv_transform(), int))
     return _count(DataLoader(ds, batch_size=batch), lambda b: (b[0], b[1]))
 
 

@@ -151,14 +151,14 @@ class JPEG2000(_PillowCodec):
 @register
 class PNG(_PillowCodec):
     library = "Pillow (zlib) for images, libsndfile (FLAC) for audio"
-    payload_doc = "`.png`, `.webp` or `.jxl` (image, by `container`), `.flac` (audio)"
+    payload_doc = "`.png`, `.webp`, `.jxl` or `.qoi` (image, by `container`), `.flac` (audio)"
     name = "none"
     extension = "png"
     format = "PNG"
     feature = "zlib"
     lossless = True
     modality = "any"  # images: PNG (here); audio: the audio modality stores the source samples as FLAC
-    summary = ("no lossy coding, a reference set: images as lossless PNG (or container=webp, jxl), "
+    summary = ("no lossy coding, a reference set: images as lossless PNG (or container=webp, jxl, qoi), "
                "audio as lossless FLAC")
     params = ()  # images: the lossless container (pipeline.codecs.lossless), added when registered
 

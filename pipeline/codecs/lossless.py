@@ -47,12 +47,14 @@ CONTAINERS: dict[str, Container] = {
     "webp": Container("webp", "webp", "lossless, libwebp effort 80 (quality), method 4: Pillow's defaults",
                       "Pillow (libwebp)"),
     "jxl": Container("jxl", "jxl", "lossless (modular), effort 3, one thread", "imagecodecs (libjxl)"),
+    "qoi": Container("qoi", "qoi", "QOI (qoiformat.org), 3 channels, sRGB colour-space byte; no options",
+                     "imagecodecs (qoi)"),
 }
 
 
 def container_param() -> Param:
     """The ``container`` parameter of every image codec that stores pixels losslessly."""
-    return Param(PARAM, str, None, "lossless container of the stored pixels: png (default), webp or jxl",
+    return Param(PARAM, str, None, "lossless container of the stored pixels: png (default), webp, jxl or qoi",
                  short="c", choices=tuple(CONTAINERS))
 
 
@@ -100,11 +102,21 @@ def _jxl(rgb: np.ndarray) -> bytes:
     return bytes(imagecodecs.jpegxl_encode(np.ascontiguousarray(rgb), lossless=True, effort=3, numthreads=1))
 
 
+def _qoi(rgb: np.ndarray) -> bytes:
+    import imagecodecs
+
+    # imagecodecs wraps the reference C coder; Pillow's QOI plugin is pure Python (100x slower)
+    return bytes(imagecodecs.qoi_encode(np.ascontiguousarray(rgb)))
+
+
 _ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
     "png": lambda rgb: _pillow(rgb, "PNG", compress_level=6, optimize=False),
     "webp": lambda rgb: _pillow(rgb, "WEBP", lossless=True, quality=80, method=4),
     "jxl": _jxl,
+    "qoi": _qoi,
 }
+#: containers whose bytes come from imagecodecs (the others from Pillow), with its feature's name
+_IMAGECODECS = {"jxl": "JPEGXL", "qoi": "QOI"}
 
 
 def encode(rgb: np.ndarray, container: str = DEFAULT) -> bytes:
@@ -115,13 +127,16 @@ def encode(rgb: np.ndarray, container: str = DEFAULT) -> bytes:
 
 
 def decode(payload: bytes, container: str = DEFAULT) -> np.ndarray:
-    """A container's bytes back to RGB uint8 (H, W, 3): Pillow for PNG and WebP, libjxl for JPEG XL."""
-    if _get(container).name == "jxl":
+    """A container's bytes back to RGB uint8 (H, W, 3): Pillow for PNG and WebP, imagecodecs for JPEG XL
+    and QOI."""
+    name = _get(container).name
+    if name in _IMAGECODECS:
         import imagecodecs
 
-        out = imagecodecs.jpegxl_decode(payload, numthreads=1)
+        out = (imagecodecs.jpegxl_decode(payload, numthreads=1) if name == "jxl"
+               else imagecodecs.qoi_decode(payload))
         if out.ndim != 3 or out.shape[2] != 3 or out.dtype != np.uint8:
-            raise ValueError(f"JPEG XL payload decodes to {out.shape} {out.dtype}, not 8-bit RGB")
+            raise ValueError(f"{name} payload decodes to {out.shape} {out.dtype}, not 8-bit RGB")
         return np.ascontiguousarray(out)
     from ..media.image import rgb_from_pil_bytes
 
@@ -130,12 +145,13 @@ def decode(payload: bytes, container: str = DEFAULT) -> np.ndarray:
 
 def unavailable(container: str) -> str | None:
     """Why ``container`` cannot be written here (a library or plugin missing), or None."""
-    if container == "jxl":
+    if container in _IMAGECODECS:
         try:
             import imagecodecs
         except ImportError:
             return "imagecodecs is not installed"
-        return None if imagecodecs.JPEGXL.available else "imagecodecs was built without JPEG XL"
+        feature = _IMAGECODECS[container]
+        return None if getattr(imagecodecs, feature).available else f"imagecodecs was built without {feature}"
     from PIL import features
 
     feature = {"png": "zlib", "webp": "webp"}[_get(container).name]
@@ -144,10 +160,11 @@ def unavailable(container: str) -> str | None:
 
 def versions(container: str) -> dict[str, str]:
     """Versions of the library writing ``container``'s bytes (recorded in index.json)."""
-    if container == "jxl":
+    if container in _IMAGECODECS:
         import imagecodecs
 
-        return {"imagecodecs": imagecodecs.__version__, "libjxl": imagecodecs.jpegxl_version()}
+        lib = ("libjxl", imagecodecs.jpegxl_version()) if container == "jxl" else ("qoi", imagecodecs.qoi_version())
+        return {"imagecodecs": imagecodecs.__version__, lib[0]: lib[1]}
     from PIL import __version__, features
 
     feature = {"png": "zlib", "webp": "webp"}[_get(container).name]

@@ -151,10 +151,21 @@ def webp_rgb(data: bytes) -> np.ndarray:
     return _fast_or_pil(data, width, height, ic.webp_decode)
 
 
+def qoi_rgb(data: bytes) -> np.ndarray:
+    """QOI to RGB uint8 with imagecodecs (the reference C decoder); 4-channel QOI through Pillow's conversion."""
+    ic = _imagecodecs()
+    if ic is None or len(data) < 14 or data[:4] != b"qoif":
+        return pil_rgb(data)
+    width, height = int.from_bytes(data[4:8], "big"), int.from_bytes(data[8:12], "big")
+    if data[12] != 3:  # RGBA: Pillow drops the alpha as for any other container
+        return pil_rgb(data)
+    return _fast_or_pil(data, width, height, ic.qoi_decode)
+
+
 def stored_pixels(ext: str) -> Decoder:
     """The decoder of stored lossless pixels (decoder name ``png`` in a schema) by their container's member."""
     try:
-        return {"png": png_rgb, "webp": webp_rgb, "jxl": jxl_rgb}[ext]
+        return {"png": png_rgb, "webp": webp_rgb, "jxl": jxl_rgb, "qoi": qoi_rgb}[ext]
     except KeyError:
         raise SampleError(f"stored pixels in .{ext}: no lossless container has that extension") from None
 
@@ -219,7 +230,7 @@ def strict_json(data: bytes) -> Any:
 #: The safe decoders, by member extension (the part of the member name after the key's dot).
 DECODERS: dict[str, Decoder] = {
     "jpg": jpeg_rgb, "jpeg": jpeg_rgb, "png": png_rgb, "webp": webp_rgb, "avif": pil_rgb, "jp2": pil_rgb,
-    "j2k": pil_rgb, "heic": heif_rgb, "heif": heif_rgb, "jxl": jxl_rgb,
+    "j2k": pil_rgb, "heic": heif_rgb, "heif": heif_rgb, "jxl": jxl_rgb, "qoi": qoi_rgb,
     "seg.png": label_map,
     "cls": integer,
     "txt": text, "transcript": text,

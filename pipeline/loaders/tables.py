@@ -16,7 +16,7 @@ from .storage import Storage
 #: "bytes": the raw payload (decode it with ``pipeline.loaders.DECODERS[ext]`` or the codec).
 HF_WEBDATASET = {
     "jpg": "image", "png": "image", "webp": "image", "jp2": "image",
-    "avif": "bytes", "jxl": "bytes", "heic": "bytes", "bin": "bytes",
+    "avif": "bytes", "jxl": "bytes", "qoi": "bytes", "heic": "bytes", "bin": "bytes",
     "flac": "audio", "mp3": "audio", "opus": "audio", "ogg": "audio", "wav": "audio",
     "m4a": "bytes", "ecdc": "bytes",
 }

@@ -3,7 +3,7 @@
 Two entry points, because a webdataset member handler sees one member, never the sample's record:
 
 - :func:`wds_decoder` for ``WebDataset(urls).decode(wds_decoder())``: every member by its
-  extension. Images (``jpg``, ``png``, ``webp``, ``jp2``, ``avif``, ``jxl``, ``heic``) come out
+  extension. Images (``jpg``, ``png``, ``webp``, ``jp2``, ``avif``, ``jxl``, ``qoi``, ``heic``) come out
   as the uint8 (H, W, 3) pixels our loader gives; audio as float32 ``(channels, samples)`` of
   the whole decoded stream at the rate it was made from (Opus: the input rate its OpusHead
   names); ``.cls`` as int, ``.json`` as dict, ``.txt`` as str. A learned ``.bin`` stays bytes

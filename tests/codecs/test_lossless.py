@@ -218,3 +218,19 @@ def test_target_rate_set_stores_its_container(learned_sets):
     for tar in (out / "imagefolder" / "all" / tag).glob("*.tar"):
         with tarfile.open(tar) as t:
             assert {n.rsplit(".", 1)[-1] for n in t.getnames()} == {"bin", "webp", "json"}
+
+
+def test_qoi_bytes_are_read_by_an_independent_decoder():
+    """QOI is written by imagecodecs (the reference C coder): Pillow's own pure-Python QOI reader gives
+    the same pixels, and a 4-channel QOI (not ours) loses its alpha as any other RGBA payload does."""
+    from PIL import Image
+
+    for name, rgb in _images().items():
+        data = lossless.encode(rgb, "qoi")
+        assert data[:4] == b"qoif" and data[12] == 3, name
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.format == "QOI" and np.array_equal(np.asarray(img.convert("RGB")), rgb), name
+    rgba = np.dstack([_images()["astronaut"], np.full((75, 100), 7, np.uint8)])
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="QOI")
+    assert np.array_equal(DECODERS["qoi"](buf.getvalue()), _images()["astronaut"])
