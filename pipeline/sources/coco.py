@@ -24,6 +24,32 @@ from . import register
 #: the member holding a sample's image record and annotations (JSON, decoded by the safe ``json`` decoder)
 MEMBER = "coco.json"
 
+#: COCO 2017's 80 detection categories as ``instances_*.json`` lists them: official ids 1..90 (with gaps),
+#: names and supercategories, in id order (what a Hugging Face copy's renumbered classes are mapped back to)
+_GROUPS: tuple[tuple[str, str], ...] = (  # supercategory, "id name; id name; ..."
+    ("person", "1 person"),
+    ("vehicle", "2 bicycle; 3 car; 4 motorcycle; 5 airplane; 6 bus; 7 train; 8 truck; 9 boat"),
+    ("outdoor", "10 traffic light; 11 fire hydrant; 13 stop sign; 14 parking meter; 15 bench"),
+    ("animal", "16 bird; 17 cat; 18 dog; 19 horse; 20 sheep; 21 cow; 22 elephant; 23 bear; 24 zebra; 25 giraffe"),
+    ("accessory", "27 backpack; 28 umbrella; 31 handbag; 32 tie; 33 suitcase"),
+    ("sports", "34 frisbee; 35 skis; 36 snowboard; 37 sports ball; 38 kite; 39 baseball bat; 40 baseball glove; "
+               "41 skateboard; 42 surfboard; 43 tennis racket"),
+    ("kitchen", "44 bottle; 46 wine glass; 47 cup; 48 fork; 49 knife; 50 spoon; 51 bowl"),
+    ("food", "52 banana; 53 apple; 54 sandwich; 55 orange; 56 broccoli; 57 carrot; 58 hot dog; 59 pizza; 60 donut; "
+             "61 cake"),
+    ("furniture", "62 chair; 63 couch; 64 potted plant; 65 bed; 67 dining table; 70 toilet"),
+    ("electronic", "72 tv; 73 laptop; 74 mouse; 75 remote; 76 keyboard; 77 cell phone"),
+    ("appliance", "78 microwave; 79 oven; 80 toaster; 81 sink; 82 refrigerator"),
+    ("indoor", "84 book; 85 clock; 86 vase; 87 scissors; 88 teddy bear; 89 hair drier; 90 toothbrush"),
+)
+COCO_2017_CATEGORIES: tuple[dict[str, Any], ...] = tuple(
+    {"supercategory": sup, "id": int(entry.split(" ", 1)[0]), "name": entry.split(" ", 1)[1]}
+    for sup, entries in _GROUPS for entry in entries.split("; "))
+#: the 11 ids of the 2014 paper's 91 categories that no 2017 annotation uses (lists of 91 names keep them)
+COCO_UNUSED_NAMES: dict[int, str] = {12: "street sign", 26: "hat", 29: "shoe", 30: "eye glasses", 45: "plate",
+                                     66: "mirror", 68: "window", 69: "desk", 71: "door", 83: "blender",
+                                     91: "hair brush"}
+
 
 def record_text(image: dict[str, Any], annotations: list[dict[str, Any]]) -> str:
     """One sample's attachment: ``{"image": record, "annotations": [...]}`` as compact JSON.

@@ -3,6 +3,8 @@
 The image column is read undecoded (``Image(decode=False)``), so the worker sees the stored bytes
 and hashes exactly what the dataset holds. With ``audio_column`` the source is an audio dataset:
 that column is read the same way (``Audio(decode=False)``) and decoded by the audio modality.
+With ``objects_column`` (a Hugging Face copy of COCO) each sample carries COCO's ``.coco.json``
+attachment, as the ``coco`` source writes it (the conversion lives in :mod:`.hfobjects`).
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from typing import Any
 from ..errors import ConfigError, SampleError
 from .base import RawSample, SampleRef, Source, SourceOption, sanitize_key
 from .listing import Listing, ListingBuilder
-from ..store.index import Field, attachment
+from ..store.index import Field, attachment, record
+from . import hfobjects
+from .coco import COCO_2017_CATEGORIES, MEMBER, record_text
 from . import register
 
 
@@ -32,9 +36,14 @@ class HuggingFace(Source):
         SourceOption("hf_config", "dataset configuration name on the hub"),
         SourceOption("key_column", "column holding a unique id used as the sample key"),
         SourceOption("audio_column", "audio column (makes the dataset an audio dataset)"),
+        SourceOption("objects_column", "column of object boxes and COCO categories (a copy of COCO: stored as "
+                                       ".coco.json detection targets)"),
+        SourceOption("bbox_format", f"box format of --objects-column: {', '.join(hfobjects.BBOX_FORMATS)} "
+                                    "[default: inferred when the boxes fit only one]"),
     )
 
     _ds: Any = None  # the opened dataset, per process (never pickled)
+    _objects: tuple[hfobjects.ObjectsSchema, str] | None = None  # objects' keys and box format, once resolved
 
     def __init__(self, root, split=None, **options):
         super().__init__(root, split, **options)
@@ -43,11 +52,47 @@ class HuggingFace(Source):
                 raise ConfigError("hf: give image_column or audio_column, not both")
             # this instance's samples go through the audio modality (hf alone picks its modality per dataset)
             self.modality = "audio"  # type: ignore[misc]  # a class-level default, set per instance here
+        fmt = self.opts.get("bbox_format")
+        if fmt is not None and fmt not in hfobjects.BBOX_FORMATS:
+            raise ConfigError(f"hf: bbox_format {fmt!r} is not one of {', '.join(hfobjects.BBOX_FORMATS)}")
+        if "objects_column" in self.opts and self.modality == "audio":
+            raise ConfigError("hf: objects_column is for image datasets, not with audio_column")
+        if fmt is not None and "objects_column" not in self.opts:
+            raise ConfigError("hf: bbox_format needs objects_column")
 
     def fields(self) -> tuple[Field, ...]:
-        """A ``--label-column`` gives a ``.cls`` label (and the record's ``label``)."""
-        own = (attachment("label", "cls", "int", "integer"),) if self.opts.get("label_column") else ()
+        """A ``--label-column`` gives a ``.cls`` label (and the record's ``label``); an ``--objects-column``
+        the detection target as the ``coco`` source declares it."""
+        own: tuple[Field, ...] = ()
+        if self.opts.get("label_column"):
+            own += (attachment("label", "cls", "int", "integer"),)
+        if self.opts.get("objects_column"):
+            own += (attachment("target", MEMBER, "detection", "json"), record("image_id", "int"))
         return (*own, *super().fields())
+
+    def describe(self) -> dict[str, Any]:
+        """A copy of COCO keeps COCO's category table (as the ``coco`` source does) and the box format read."""
+        out = super().describe()
+        if self.opts.get("objects_column"):
+            out.update(bbox_format=self.objects()[1], categories=[dict(c) for c in COCO_2017_CATEGORIES])
+        return out
+
+    def objects(self) -> tuple[hfobjects.ObjectsSchema, str]:
+        """The objects column's keys and its box format (given, or inferred from every box once)."""
+        if self._objects is None:
+            ds = self.dataset()
+            schema = hfobjects.objects_schema(ds.features, self.opts["objects_column"])
+            fmt = self.opts.get("bbox_format")
+            if fmt is None:
+                sized = "width" in ds.column_names and "height" in ds.column_names
+                cols = [schema.column, *(("width", "height") if sized else ())]
+                rows = (batch for batch in ds.select_columns(cols).iter(batch_size=1024))
+                fmt = hfobjects.infer_bbox_format(
+                    ((hfobjects.boxes_of(cell, schema), b["width"][i] if sized else None,
+                      b["height"][i] if sized else None) for b in rows for i, cell in enumerate(b[schema.column])),
+                    f"{schema.column}.{schema.box}")
+            self._objects = (schema, fmt)
+        return self._objects
 
     def _media_column(self) -> str:
         return self.opts.get("audio_column") or self.opts.get("image_column", "image")
@@ -98,9 +143,10 @@ class HuggingFace(Source):
         col = self._media_column()
         if col not in ds.column_names:
             raise ConfigError(f"hf: no {self.modality} column {col!r} (columns: {', '.join(ds.column_names)})")
-        label = self.opts.get("label_column")
-        if label is not None and label not in ds.column_names:
-            raise ConfigError(f"hf: no label column {label!r} (columns: {', '.join(ds.column_names)})")
+        for what in ("label", "key", "objects"):
+            name = self.opts.get(f"{what}_column")
+            if name is not None and name not in ds.column_names:
+                raise ConfigError(f"hf: no {what} column {name!r} (columns: {', '.join(ds.column_names)})")
         ds = ds.cast_column(col, datasets.Audio(decode=False) if self.modality == "audio" else
                             datasets.Image(decode=False))
         self._ds = ds
@@ -114,17 +160,35 @@ class HuggingFace(Source):
         label_col = self.opts.get("label_column")
         labels = ds[label_col] if label_col else [None] * n
         key_col = self.opts.get("key_column")
-        ids = [str(v) for v in ds[key_col]] if key_col else [f"{i:09d}" for i in range(n)]
+        detection = bool(self.opts.get("objects_column"))
+        if detection and not key_col and "image_id" in ds.column_names:
+            key_col = "image_id"  # COCO's ids: keys are the 12-digit file stems, as the coco source gives
+        values = ds[key_col] if key_col else None
+        ids = [str(v) for v in values] if values is not None else [f"{i:09d}" for i in range(n)]
+        image_ids: list[int] = list(range(n))  # the row, unless every id is a number
+        first_ann: list[int | None] = [None] * n
+        if detection:
+            schema, _ = self.objects()  # the box format too: workers get it resolved
+            numbers = [hfobjects.image_id_of(v) for v in values] if values is not None else []
+            if numbers and all(v is not None for v in numbers):
+                image_ids = [int(v) for v in numbers if v is not None]
+                ids = [f"{v:012d}" for v in image_ids]
+            if schema.ids is None:  # objects numbered 1..N in row order: unique and the same on every run
+                counts = hfobjects.object_counts(ds.select_columns([schema.column]).with_format("arrow")[:], schema)
+                total = 1
+                for i, c in enumerate(counts):
+                    first_ann[i], total = total, total + c
         width = len(str(n - 1))
         # the dataset's fingerprint (what `datasets` derives from its files or revision) is each row's
         # stamp: rows have no state of their own, so a changed dataset redoes every shard
         stamp = f"fingerprint={getattr(ds, '_fingerprint', None) or '-'}"
-        builder = ListingBuilder(("row",))
+        builder = ListingBuilder(("row", "image_id", "first_ann") if detection else ("row",))
         for i in range(n):
             lab = labels[i]
             if lab is not None and not isinstance(lab, int):
                 raise ConfigError(f"hf: label column {label_col!r} holds {type(lab).__name__}, not int")
-            builder.add(sanitize_key(ids[i]), f"row {i:0{width}d}" if not key_col else ids[i], lab, stamp, row=i)
+            source = f"row {i:0{width}d}" if values is None else str(values[i])
+            builder.add(sanitize_key(ids[i]), source, lab, stamp, row=i, image_id=image_ids[i], first_ann=first_ann[i])
         return builder.build()
 
     def read(self, ref: SampleRef) -> RawSample:
@@ -151,4 +215,19 @@ class HuggingFace(Source):
             feat = ds.features[label_col]
             if hasattr(feat, "int2str"):
                 fields["class_name"] = feat.int2str(ref.label)
+        if self.opts.get("objects_column"):
+            attachments[MEMBER], fields["image_id"] = self._coco(ref, row, data), int(ref.get("image_id"))
         return RawSample(data, attachments, fields)
+
+    def _coco(self, ref: SampleRef, row: dict[str, Any], data: bytes) -> bytes:
+        """The sample's ``.coco.json``: its image record (size from the columns, else the image header) and objects."""
+        schema, fmt = self.objects()
+        width, height = row.get("width"), row.get("height")
+        if not isinstance(width, int) or not isinstance(height, int):
+            width, height = hfobjects.image_size(data)
+        image_id = int(ref.get("image_id"))
+        first = ref.get("first_ann")
+        anns = hfobjects.coco_annotations(row[schema.column], schema, fmt, image_id, width, height,
+                                          0 if first is None else int(first))
+        image = {"id": image_id, "file_name": f"{ref.key}.jpg", "width": width, "height": height}
+        return record_text(image, anns).encode("utf-8")

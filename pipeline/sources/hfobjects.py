@@ -1,0 +1,280 @@
+"""COCO annotations from a Hugging Face copy's objects column, so an ``hf`` set carries what a ``coco`` set does.
+
+Hugging Face copies of COCO keep each image's objects in one column, as a struct of lists
+(``Sequence({...})``) or a list of structs, with boxes in one of several formats and categories as
+class indices whose names are COCO's (80 contiguous names, or 91 with ``N/A`` placeholders at the
+unused ids). This module reads which keys hold what from the dataset's ``Features``, maps the class
+names onto COCO's official ids (1..90), turns one cell into COCO's annotation records (``bbox`` as
+``[x, y, w, h]`` pixels) and tells the box format from the data only when a single format fits.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..errors import ConfigError, SampleError
+from .coco import COCO_2017_CATEGORIES, COCO_UNUSED_NAMES
+
+#: ``xywh``: COCO's corner and size; ``xyxy``: two corners; ``cxcywh``: centre and size; ``_norm``: the same
+#: as fractions of the image's width and height
+BBOX_FORMATS = ("xywh", "xyxy", "cxcywh", "xywh_norm", "xyxy_norm", "cxcywh_norm")
+BOX_KEYS = ("bbox", "bboxes", "boxes")
+CATEGORY_KEYS = ("category", "category_id", "categories", "label", "labels")
+ID_KEYS = ("id", "bbox_id")
+CROWD_KEYS = ("iscrowd", "is_crowd")
+#: names a class list gives the ids no 2017 annotation uses (torchvision: ``N/A``, ``__background__``)
+PLACEHOLDERS = frozenset({"n/a", "na", "background", ""})
+#: other spellings of COCO's names, after :func:`normalize` (darknet's ``coco.names`` uses VOC's)
+ALIASES = {"aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch", "pottedplant": "potted plant",
+           "diningtable": "dining table", "tvmonitor": "tv", "tv monitor": "tv", "hair dryer": "hair drier"}
+_IDS = {c["name"]: int(c["id"]) for c in COCO_2017_CATEGORIES}
+_UNUSED = frozenset(COCO_UNUSED_NAMES.values())
+_PIXEL_SLACK = 1.0  # how far (pixels) a box may pass the image's edge and still fit a format when inferring it
+_NORM_SLACK = 1e-3  # the same for normalized boxes (fraction of the side)
+
+
+def normalize(name: str) -> str:
+    """A class name compared case-blind, with ``_`` and ``-`` as spaces (``traffic_light``, ``Traffic Light``)."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def coco_id(name: str) -> int | None:
+    """COCO's official id of a class name; 0 for a placeholder or an id no 2017 annotation uses; None if unknown."""
+    n = normalize(name)
+    n = ALIASES.get(n, n)
+    if n in _IDS:
+        return _IDS[n]
+    return 0 if n in PLACEHOLDERS or n in _UNUSED else None
+
+
+def category_ids(names: Sequence[str], where: str) -> tuple[int, ...]:
+    """Class index -> COCO id for a ClassLabel's names (0: not a 2017 category); ConfigError when one is unknown.
+
+    Mapping by name gives 80 contiguous names their official ids, and a 91-name list (``N/A`` or the
+    2014 names at the unused ids) index = id, without guessing which kind of list it is.
+    """
+    ids = tuple(coco_id(str(n)) for n in names)
+    unknown = [str(n) for n, i in zip(names, ids) if i is None]
+    if unknown:
+        raise ConfigError(f"hf: {where}: class names that are not COCO categories: {', '.join(map(repr, unknown[:8]))}"
+                          f"{' ...' if len(unknown) > 8 else ''} (only copies of COCO 2017, whose classes are named "
+                          "as COCO names them, are read with their boxes)")
+    seen: dict[int, str] = {}
+    for n, i in zip(names, ids):
+        if i and i in seen:
+            raise ConfigError(f"hf: {where}: classes {seen[i]!r} and {n!r} are both COCO category {i}")
+        if i:
+            seen[i] = str(n)
+    if not seen:
+        raise ConfigError(f"hf: {where}: no class name is a COCO category")
+    return tuple(int(i or 0) for i in ids)
+
+
+@dataclass(frozen=True)
+class ObjectsSchema:
+    """Which keys of an objects cell hold what, read once from the dataset's Features (picklable)."""
+
+    column: str
+    box: str
+    category: str
+    ids: str | None = None
+    area: str | None = None
+    crowd: str | None = None
+    box_float32: bool = False  # boxes stored as float32: written as the shortest decimal of their float32 value
+    area_float32: bool = False
+    category_ids: tuple[int, ...] | None = None  # class index -> COCO id; None: categories stored as names
+
+
+def _leaf(feature: Any) -> Any:
+    while hasattr(feature, "feature"):  # List, LargeList, the old Sequence
+        feature = feature.feature
+    return feature
+
+
+def objects_schema(features: Mapping[str, Any], column: str) -> ObjectsSchema:
+    """The keys of ``column`` (a struct of lists or a list of structs) and its class-name map; ConfigError otherwise."""
+    feature = features[column]
+    inner = feature.feature if hasattr(feature, "feature") else feature
+    if not isinstance(inner, Mapping):
+        raise ConfigError(f"hf: objects column {column!r} is {feature}, not a struct of boxes and categories")
+
+    def pick(keys: tuple[str, ...], what: str) -> str | None:
+        found = [k for k in keys if k in inner]
+        if len(found) > 1:
+            raise ConfigError(f"hf: objects column {column!r} has several {what} keys: {', '.join(found)}")
+        return found[0] if found else None
+
+    def need(keys: tuple[str, ...], what: str) -> str:
+        found = pick(keys, what)
+        if found is None:
+            raise ConfigError(f"hf: objects column {column!r} has no {what} key ({' or '.join(keys)}; "
+                              f"it has {', '.join(inner)})")
+        return found
+
+    box, category, area = need(BOX_KEYS, "box"), need(CATEGORY_KEYS, "category"), pick(("area",), "area")
+    cat = _leaf(inner[category])
+    where = f"{column}.{category}"
+    if hasattr(cat, "names"):  # ClassLabel
+        ids: tuple[int, ...] | None = category_ids(list(cat.names), where)
+    elif getattr(cat, "dtype", None) in ("string", "large_string"):
+        ids = None
+    else:
+        raise ConfigError(f"hf: {where} holds {cat} without class names; COCO ids are mapped from names "
+                          "(a ClassLabel or text), never assumed from numbers")
+    return ObjectsSchema(column, box, category, pick(ID_KEYS, "id"), area, pick(CROWD_KEYS, "iscrowd"),
+                         getattr(_leaf(inner[box]), "dtype", None) == "float32",
+                         area is not None and getattr(_leaf(inner[area]), "dtype", None) == "float32", ids)
+
+
+def objects_of(cell: Any) -> list[Mapping[str, Any]]:
+    """The objects of one cell as a list of records, from a struct of lists or a list of structs."""
+    if cell is None:
+        return []
+    if isinstance(cell, Mapping):
+        lists = {k: v for k, v in cell.items() if v is not None}
+        lengths = {len(v) for v in lists.values()}
+        if len(lengths) > 1:
+            sizes = ", ".join(f"{k}: {len(v)}" for k, v in lists.items())
+            raise SampleError(f"objects lists of different lengths: {sizes}")
+        n = lengths.pop() if lengths else 0
+        return [{k: v[i] for k, v in lists.items()} for i in range(n)]
+    if isinstance(cell, list) and all(isinstance(o, Mapping) for o in cell):
+        return cell
+    raise SampleError(f"objects cell of type {type(cell).__name__} is neither a struct of lists nor a list of structs")
+
+
+def _f32(value: float) -> float:
+    """The shortest decimal that reads back as the same float32 (COCO's ``473.07`` stored as float32 gives 473.07)."""
+    import numpy as np
+
+    return float(str(np.float32(value)))
+
+
+def to_xywh(box: Any, fmt: str, width: float, height: float) -> tuple[float, float, float, float]:
+    """One box as COCO's ``[x, y, w, h]`` in pixels (float64 arithmetic)."""
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        raise SampleError(f"box {box!r} is not four numbers")
+    try:
+        a, b, c, d = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise SampleError(f"box {box!r} is not four numbers") from None
+    base = fmt
+    if fmt.endswith("_norm"):
+        a, b, c, d, base = a * width, b * height, c * width, d * height, fmt[:-5]
+    if base == "xyxy":
+        return a, b, c - a, d - b
+    if base == "cxcywh":
+        return a - c / 2, b - d / 2, c, d
+    return a, b, c, d
+
+
+def coco_annotations(cell: Any, schema: ObjectsSchema, fmt: str, image_id: int, width: int, height: int,
+                first_id: int) -> list[dict[str, Any]]:
+    """One image's objects as COCO annotations, in COCO's key order (no ``segmentation``).
+
+    ``area`` is the copy's when it has one, else the box's ``w * h``; ``iscrowd`` 0 when absent; ``id`` the
+    copy's, else ``first_id`` + the object's position (the listing numbers objects 1..N in row order).
+    """
+    out = []
+    for j, obj in enumerate(objects_of(cell)):
+        xywh = to_xywh(obj.get(schema.box), fmt, width, height)
+        if schema.box_float32:
+            xywh = tuple(_f32(v) for v in xywh)  # type: ignore[assignment]
+        if not all(math.isfinite(v) for v in xywh) or xywh[2] < 0 or xywh[3] < 0:
+            raise SampleError(f"box {obj.get(schema.box)!r} read as {fmt} has a negative or non-finite size")
+        category = obj.get(schema.category)
+        if schema.category_ids is None:
+            cid = coco_id(category) if isinstance(category, str) else None
+        else:
+            cid = schema.category_ids[category] if isinstance(category, int) and 0 <= category < len(
+                schema.category_ids) else None
+        if not cid:
+            raise SampleError(f"object category {category!r} is not a COCO 2017 category")
+        area = obj.get(schema.area) if schema.area else None
+        if area is None:
+            area = xywh[2] * xywh[3]
+        elif schema.area_float32:
+            area = _f32(area)
+        crowd = obj.get(schema.crowd) if schema.crowd else None
+        ann_id = obj.get(schema.ids) if schema.ids else None
+        out.append({"area": area, "iscrowd": int(crowd or 0), "image_id": image_id, "bbox": list(xywh),
+                    "category_id": cid, "id": first_id + j if ann_id is None else int(ann_id)})
+    return out
+
+
+def _fits(box: Any, fmt: str, width: float | None, height: float | None) -> bool:
+    """Whether a box read as ``fmt`` has a size and lies inside its image (an unknown side bounds nothing)."""
+    norm = fmt.endswith("_norm")
+    try:
+        x, y, w, h = to_xywh(box, fmt, 1.0, 1.0)
+    except SampleError:
+        return False
+    slack = _NORM_SLACK if norm else _PIXEL_SLACK
+    fw = 1.0 if norm else (math.inf if width is None else float(width))
+    fh = 1.0 if norm else (math.inf if height is None else float(height))
+    return w >= 0 and h >= 0 and x >= -slack and y >= -slack and x + w <= fw + slack and y + h <= fh + slack
+
+
+def infer_bbox_format(images: Iterable[tuple[Sequence[Any], int | None, int | None]], where: str) -> str:
+    """The one box format under which every box (of ``(boxes, width, height)`` per image) fits its image.
+
+    Only a format the data rules out is dropped (a negative size, a box past an edge), so the answer is
+    certain or there is none: several formats left raise a ConfigError asking for ``--bbox-format``.
+    """
+    left = list(BBOX_FORMATS)
+    for boxes, width, height in images:
+        for box in boxes:
+            left = [f for f in left if _fits(box, f, width, height)]
+        if len(left) <= 1:
+            break
+    if len(left) == 1:
+        return left[0]
+    if not left:
+        raise ConfigError(f"hf: the boxes of {where} fit no format ({', '.join(BBOX_FORMATS)}) inside their images")
+    raise ConfigError(f"hf: cannot tell the box format of {where}: every box fits {', '.join(left)}; give "
+                      f"--bbox-format (one of {', '.join(BBOX_FORMATS)})")
+
+
+def boxes_of(cell: Any, schema: ObjectsSchema) -> list[Any]:
+    """The boxes of one cell (for inferring the format), without the rest of each object."""
+    if isinstance(cell, Mapping):
+        return list(cell.get(schema.box) or [])
+    return [o.get(schema.box) for o in objects_of(cell)]
+
+
+def object_counts(table: Any, schema: ObjectsSchema) -> list[int]:
+    """Objects per row of an Arrow table holding the objects column (a null cell has none)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = table.column(schema.column).combine_chunks()
+    if pa.types.is_struct(column.type):
+        column = column.field(schema.box)
+    return pc.fill_null(pc.list_value_length(column), 0).to_pylist()
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image from its header, as the pipeline decodes it (EXIF rotations swap the sides)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except Exception as exc:  # Pillow raises many types for bad data
+        raise SampleError(f"cannot read the image header: {type(exc).__name__}: {exc}") from None
+    return width, height
+
+
+def image_id_of(value: Any) -> int | None:
+    """An integer image id from an id column's value: an int, or text of digits (``"139"``, ``"000000000139.jpg"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        stem = value.rsplit("/", 1)[-1].split(".", 1)[0]
+        if stem.isdigit():
+            return int(stem)
+    return None
