@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError, SampleError
@@ -82,7 +83,7 @@ class ObjectsSchema:
     ids: str | None = None
     area: str | None = None
     crowd: str | None = None
-    box_float32: bool = False  # boxes stored as float32: written as the shortest decimal of their float32 value
+    box_float32: bool = False  # boxes stored as float32: read as the shortest decimals of their float32 values
     area_float32: bool = False
     category_ids: tuple[int, ...] | None = None  # class index -> COCO id; None: categories stored as names
 
@@ -152,14 +153,25 @@ def _f32(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def to_xywh(box: Any, fmt: str, width: float, height: float) -> tuple[float, float, float, float]:
-    """One box as COCO's ``[x, y, w, h]`` in pixels (float64 arithmetic)."""
+def _decimal(value: float, float32: bool) -> Decimal:
+    """A stored number as the shortest decimal that reads back as it, in the precision it was stored in."""
+    import numpy as np
+
+    return Decimal(str(np.float32(value)) if float32 else repr(float(value)))
+
+
+def _numbers(box: Any) -> tuple[float, float, float, float]:
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         raise SampleError(f"box {box!r} is not four numbers")
     try:
         a, b, c, d = (float(v) for v in box)
     except (TypeError, ValueError):
         raise SampleError(f"box {box!r} is not four numbers") from None
+    return a, b, c, d
+
+
+def _convert(a: Any, b: Any, c: Any, d: Any, fmt: str, width: Any, height: Any) -> tuple[Any, Any, Any, Any]:
+    """``[x, y, w, h]`` from a box in ``fmt``, in the arithmetic of the numbers given (float or Decimal)."""
     base = fmt
     if fmt.endswith("_norm"):
         a, b, c, d, base = a * width, b * height, c * width, d * height, fmt[:-5]
@@ -168,6 +180,20 @@ def to_xywh(box: Any, fmt: str, width: float, height: float) -> tuple[float, flo
     if base == "cxcywh":
         return a - c / 2, b - d / 2, c, d
     return a, b, c, d
+
+
+def to_xywh(box: Any, fmt: str, width: int, height: int, float32: bool = False) -> tuple[float, float, float, float]:
+    """One box as COCO's ``[x, y, w, h]`` in pixels.
+
+    Each stored number is taken as the shortest decimal that reads back as it (in float32 when stored so) and
+    converted in exact decimal arithmetic, then written as the nearest double: a copy that stored COCO's
+    ``[473.07, 395.93, 38.65, 28.67]`` as float32 corners gives those four values back.
+    """
+    a, b, c, d = (_decimal(v, float32) for v in _numbers(box))
+    if not all(v.is_finite() for v in (a, b, c, d)):
+        raise SampleError(f"box {box!r} is not four finite numbers")
+    x, y, w, h = _convert(a, b, c, d, fmt, width, height)
+    return float(x), float(y), float(w), float(h)
 
 
 def coco_annotations(cell: Any, schema: ObjectsSchema, fmt: str, image_id: int, width: int, height: int,
@@ -179,11 +205,9 @@ def coco_annotations(cell: Any, schema: ObjectsSchema, fmt: str, image_id: int, 
     """
     out = []
     for j, obj in enumerate(objects_of(cell)):
-        xywh = to_xywh(obj.get(schema.box), fmt, width, height)
-        if schema.box_float32:
-            xywh = tuple(_f32(v) for v in xywh)  # type: ignore[assignment]
-        if not all(math.isfinite(v) for v in xywh) or xywh[2] < 0 or xywh[3] < 0:
-            raise SampleError(f"box {obj.get(schema.box)!r} read as {fmt} has a negative or non-finite size")
+        xywh = to_xywh(obj.get(schema.box), fmt, width, height, schema.box_float32)
+        if xywh[2] < 0 or xywh[3] < 0:
+            raise SampleError(f"box {obj.get(schema.box)!r} read as {fmt} has a negative size")
         category = obj.get(schema.category)
         if schema.category_ids is None:
             cid = coco_id(category) if isinstance(category, str) else None
@@ -208,7 +232,7 @@ def _fits(box: Any, fmt: str, width: float | None, height: float | None) -> bool
     """Whether a box read as ``fmt`` has a size and lies inside its image (an unknown side bounds nothing)."""
     norm = fmt.endswith("_norm")
     try:
-        x, y, w, h = to_xywh(box, fmt, 1.0, 1.0)
+        x, y, w, h = _convert(*_numbers(box), fmt, 1.0, 1.0)
     except SampleError:
         return False
     slack = _NORM_SLACK if norm else _PIXEL_SLACK
