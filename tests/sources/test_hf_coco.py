@@ -9,6 +9,7 @@ list, never from the code under test.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -200,27 +201,70 @@ def test_load_gives_xyxy_targets(hf_sets, name):
     assert empty["target"]["boxes"].shape == (0, 4)
 
 
-def test_ground_truth_equals_the_original_layout(hf_sets, tmp_path):
-    """The annotation JSON rebuilt from an hf set is the one rebuilt from the same data as COCO's own files."""
+def original_layout() -> dict[str, Any]:
+    """The copies' data as COCO's own annotation file would hold it (no masks, COCO's category table)."""
     from pipeline.sources.coco import COCO_2017_CATEGORIES
 
-    data, files = fx.coco_val_json()
-    original = {"images": [_image(data, i["id"]) for i in data["images"]],
-                "annotations": [{k: a[k] for k in KEEP} for a in data["annotations"]],
-                "categories": [dict(c) for c in COCO_2017_CATEGORIES]}
-    root = tmp_path / "coco"
+    data, _ = fx.coco_val_json()
+    return {"images": [_image(data, i["id"]) for i in data["images"]],
+            "annotations": [{k: a[k] for k in KEEP} for a in data["annotations"]],
+            "categories": [dict(c) for c in COCO_2017_CATEGORIES]}
+
+
+@pytest.fixture(scope="module")
+def coco_set(tmp_path_factory) -> Path:
+    """The same images and annotations in COCO's original layout, transcoded by the ``coco`` source."""
+    _, files = fx.coco_val_json()
+    base = tmp_path_factory.mktemp("coco-layout")
+    root = base / "coco"
     (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(original))
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(original_layout()))
     (root / "val2017").mkdir()
     for name, blob in files.items():
         (root / "val2017" / name).write_bytes(blob)
     built = fx.Built(root, {n: fx.Expected(n, b) for n, b in files.items()})
-    fx.verify_run(fx.transcode("coco", built, tmp_path / "out", split="val2017", codecs=("none",)), built)
-    from_coco = coco_ground_truth(str(tmp_path / "out"), "coco", "val2017", "none")
-    assert from_coco == original
+    fx.verify_run(fx.transcode("coco", built, base / "out", split="val2017", codecs=("none",)), built)
+    return base / "out"
+
+
+def test_ground_truth_equals_the_original_layout(hf_sets, coco_set):
+    """The annotation JSON rebuilt from an hf set is the one rebuilt from the same data as COCO's own files."""
+    from_coco = coco_ground_truth(str(coco_set), "coco", "val2017", "none")
+    assert from_coco == original_layout()
     out, _ = hf_sets["xywh"]
     for codec in ("none", "jpeg:quality=40"):
         assert coco_ground_truth(str(out), "hf", "val2017", codec) == from_coco
+
+
+def test_eval_detect_as_on_the_original_layout(hf_sets, coco_set, tmp_path):
+    """``mpq eval --task detect`` on the hf set: a random-weight detector's rows and figures are those of the
+    set made from COCO's own layout (same pixels, same ground truth)."""
+    pytest.importorskip("pycocotools")
+    import torch
+    import torchvision
+
+    from eval_fixtures import rows_of
+    from pipeline.eval import EvalConfig, evaluate
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None,
+                                       num_classes=91)
+    state = net.state_dict()
+    state["roi_heads.box_predictor.cls_score.bias"][1] = 8.0  # favour "person": it detects something everywhere
+    weights = tmp_path / "frcnn-random.pt"
+    torch.save(state, weights)
+    found = {}
+    for dataset, out in (("hf", hf_sets["xywh"][0]), ("coco", coco_set)):
+        config = EvalConfig.create(str(out), dataset, "val2017", "detect",
+                                   "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", weights=str(weights),
+                                   codecs=["none"], batch_size=2)
+        doc = next(d for d in evaluate(config).published if d["tag"] == "none")
+        rows = rows_of(out / dataset / "val2017" / "none" / "eval" / f"{config.name}.parquet")
+        found[dataset] = doc, [(r["key"], r["status"], r["image_id"], json.loads(r["ground_truth"]), r["bbox"],
+                                r["scores"], r["category_ids"]) for r in rows]
+    assert found["hf"][1] == found["coco"][1] and len(found["hf"][1]) == 5
+    assert any(row[4] for row in found["hf"][1]) and any(row[3] for row in found["hf"][1])
+    assert found["hf"][0]["figures"] == found["coco"][0]["figures"] and found["hf"][0]["figures"]["images"] == 5
 
 
 def test_categories_are_cocos():
@@ -278,8 +322,11 @@ def test_unmappable_names_and_unnamed_numbers_raise(tmp_path):
 
 def test_box_format_inferred_only_when_certain(tmp_path):
     sized = make_source("hf", copy_xyxy(tmp_path / "sized", sized=True), None, {"objects_column": "objects"})
-    sized.list()
+    refs = sized.list()
     assert sized.describe()["bbox_format"] == "xyxy"  # a box past the right edge as xywh, one left of 0 as cxcywh
+    clone = pickle.loads(pickle.dumps(sized))  # what a worker gets: the format resolved, the dataset left behind
+    assert getattr(clone, "_ds", None) is None and clone.objects() == sized.objects()
+    assert clone.read(refs[1]).attachments == sized.read(refs[1]).attachments
     unsized = make_source("hf", copy_xyxy(tmp_path / "unsized"), None, {"objects_column": "objects"})
     with pytest.raises(ConfigError, match=r"every box fits xywh, xyxy; give --bbox-format"):
         unsized.list()  # without the image sizes nothing rules xywh out
