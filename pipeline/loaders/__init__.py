@@ -46,11 +46,11 @@ def load(root: str, dataset: str, split: str, codec: Any = None, options: LoadOp
     shard files, whole and in the given order, with no shuffle and no rank or worker split.
     ``image_format`` (``tensor``, ``numpy``, ``pil``), ``decode_payload`` (decode a learned codec's
     payload rather than its stored decoded pixels), ``meta`` (the ``.json`` record as ``json``) and ``masks``
-    (detection targets carry instance masks) say how samples are handed out. A detection set (``coco``)
-    gives ``target``: torchvision's detection target (see :mod:`pipeline.loaders.detection`; batch with
-    ``collate_fn=pipeline.loaders.detection_collate``). ``train`` (a :class:`TrainTransform`) is the opt-in
-    training stage: each image becomes a random resized crop, flipped or not, drawn from ``(seed, epoch,
-    key)``; batch with its ``collate`` or use :func:`train_loader`.
+    (detection targets carry instance masks) say how samples are handed out. A detection set (``coco``, or ``hf`` with
+    ``objects_column``) gives ``target``: torchvision's detection target (see :mod:`pipeline.loaders.detection`; batch
+    with ``collate_fn=pipeline.loaders.detection_collate``). ``train`` (a :class:`TrainTransform`) is the opt-in
+    training stage: each image becomes a random resized crop, flipped or not, drawn from ``(seed, epoch, key)``; batch
+    with its ``collate`` or use :func:`train_loader`.
     """
     from .dataset import ShardDataset
 

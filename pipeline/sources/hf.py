@@ -29,7 +29,7 @@ class HuggingFace(Source):
     default_split = "train"
     modality_doc = "image or audio"
     summary = ("Hugging Face dataset: hub name, save_to_disk folder or parquet files (--image-column or "
-               "--audio-column, --label-column)")
+               "--audio-column, --label-column; --objects-column for a copy of COCO)")
     options = (
         SourceOption("image_column", "image column [default: image]"),
         SourceOption("label_column", "integer label column (stored as .cls)"),
