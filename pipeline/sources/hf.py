@@ -80,18 +80,7 @@ class HuggingFace(Source):
     def objects(self) -> tuple[hfobjects.ObjectsSchema, str]:
         """The objects column's keys and its box format (given, or inferred from every box once)."""
         if self._objects is None:
-            ds = self.dataset()
-            schema = hfobjects.objects_schema(ds.features, self.opts["objects_column"])
-            fmt = self.opts.get("bbox_format")
-            if fmt is None:
-                sized = "width" in ds.column_names and "height" in ds.column_names
-                cols = [schema.column, *(("width", "height") if sized else ())]
-                rows = (batch for batch in ds.select_columns(cols).iter(batch_size=1024))
-                fmt = hfobjects.infer_bbox_format(
-                    ((hfobjects.boxes_of(cell, schema), b["width"][i] if sized else None,
-                      b["height"][i] if sized else None) for b in rows for i, cell in enumerate(b[schema.column])),
-                    f"{schema.column}.{schema.box}")
-            self._objects = (schema, fmt)
+            self._objects = hfobjects.resolve(self.dataset(), self.opts["objects_column"], self.opts.get("bbox_format"))
         return self._objects
 
     def _media_column(self) -> str:
@@ -173,11 +162,8 @@ class HuggingFace(Source):
             if numbers and all(v is not None for v in numbers):
                 image_ids = [int(v) for v in numbers if v is not None]
                 ids = [f"{v:012d}" for v in image_ids]
-            if schema.ids is None:  # objects numbered 1..N in row order: unique and the same on every run
-                counts = hfobjects.object_counts(ds.select_columns([schema.column]).with_format("arrow")[:], schema)
-                total = 1
-                for i, c in enumerate(counts):
-                    first_ann[i], total = total, total + c
+            if schema.ids is None:
+                first_ann = list(hfobjects.first_ids(ds, schema))
         width = len(str(n - 1))
         # the dataset's fingerprint (what `datasets` derives from its files or revision) is each row's
         # stamp: rows have no state of their own, so a changed dataset redoes every shard

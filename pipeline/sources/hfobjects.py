@@ -268,15 +268,34 @@ def boxes_of(cell: Any, schema: ObjectsSchema) -> list[Any]:
     return [o.get(schema.box) for o in objects_of(cell)]
 
 
-def object_counts(table: Any, schema: ObjectsSchema) -> list[int]:
-    """Objects per row of an Arrow table holding the objects column (a null cell has none)."""
+def resolve(ds: Any, column: str, bbox_format: str | None) -> tuple[ObjectsSchema, str]:
+    """The objects column's keys and box format: ``bbox_format`` when given, else inferred from every box
+    (with the ``width`` and ``height`` columns when the dataset has both), read without the images."""
+    schema = objects_schema(ds.features, column)
+    if bbox_format is not None:
+        return schema, bbox_format
+    sized = "width" in ds.column_names and "height" in ds.column_names
+    batches = ds.select_columns([column, *(("width", "height") if sized else ())]).iter(batch_size=1024)
+    images = ((boxes_of(cell, schema), b["width"][i] if sized else None, b["height"][i] if sized else None)
+              for b in batches for i, cell in enumerate(b[column]))
+    return schema, infer_bbox_format(images, f"{column}.{schema.box}")
+
+
+def first_ids(ds: Any, schema: ObjectsSchema) -> list[int]:
+    """Each row's first annotation id when the copy has none: objects numbered 1..N in row order (unique, and
+    the same on every run), from the lengths of the Arrow lists alone."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    column = table.column(schema.column).combine_chunks()
+    column = ds.select_columns([schema.column]).with_format("arrow")[:].column(schema.column).combine_chunks()
     if pa.types.is_struct(column.type):
         column = column.field(schema.box)
-    return pc.fill_null(pc.list_value_length(column), 0).to_pylist()
+    counts = pc.fill_null(pc.list_value_length(column), 0).to_pylist()
+    out, total = [], 1
+    for c in counts:
+        out.append(total)
+        total += c
+    return out
 
 
 def image_size(data: bytes) -> tuple[int, int]:
