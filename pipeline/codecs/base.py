@@ -31,6 +31,9 @@ class Encoded:
     bits: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
     extra: tuple[tuple[str, bytes], ...] = ()  # further members stored with the payload (e.g. a .png)
+    #: what the encoder computed that a decoder in this process may start from instead of the payload
+    #: (a learned codec's quantized latent, see :mod:`pipeline.codecs.latents`); never stored or compared
+    kept: Any = field(default=None, compare=False, repr=False)
 
     @property
     def payload_bits(self) -> int:

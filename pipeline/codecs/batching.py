@@ -43,7 +43,7 @@ from typing import Any, Callable, ClassVar, Hashable, Protocol, Sequence, TypeVa
 
 import numpy as np
 
-from . import bitstream
+from . import bitstream, latents
 from .base import Encoded
 
 #: batches in flight at once: one in the network while the previous one is entropy coded
@@ -52,8 +52,17 @@ IN_FLIGHT = 2
 T = TypeVar("T")
 
 
+#: decode what this process just encoded from the latents its encoder kept, where checked exact
+#: (:mod:`pipeline.codecs.latents`); False: always from the bytes
+KEEP_LATENTS = True
+
+
 class BatchInexactWarning(RuntimeWarning):
     """Batching a network changed a float on this device for one size: those images are coded alone."""
+
+
+class KeptLatentInexactWarning(RuntimeWarning):
+    """The synthesis from the encoder's kept latents differed from decoding the bytes: decoded from the bytes."""
 
 
 @runtime_checkable
@@ -72,6 +81,19 @@ class BatchImageCodec(Protocol):
 def batchable(codec: Any) -> bool:
     """Whether ``codec`` takes the batch path (it implements the interface and allows more than one)."""
     return isinstance(codec, BatchImageCodec) and int(getattr(codec, "max_batch", 1)) > 1
+
+
+def decode_encoded(codec: Any, encs: Sequence[Encoded]) -> tuple[list[np.ndarray], str | None]:
+    """Pixels of what ``codec`` just encoded in this process, and where a codec that keeps its latents
+    took them from (``"latent"`` or ``"bytes"``; see :meth:`CompressAIBatching.decode_encoded`); other
+    codecs decode the payloads (None)."""
+    own = getattr(codec, "decode_encoded", None)
+    if callable(own):
+        pixels, source = own(encs)
+        return pixels, source
+    if len(encs) == 1:
+        return [codec.decode(encs[0].payload)], None
+    return codec.decode_batch([e.payload for e in encs]), None
 
 
 def chunks(keys: Sequence[Hashable | None], max_batch: int) -> list[list[int]]:
@@ -125,7 +147,7 @@ def run_chunks(work: Callable[[list[int]], T], parts: Sequence[list[int]]) -> li
 
 _exact: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
 _tokens = itertools.count()
-_probe_lock = threading.Lock()
+_probe_lock = threading.RLock()  # a probe's reference path may run another key's probe
 _exact_lock = threading.Lock()
 _MAX_KEYS = 4096
 
@@ -144,14 +166,32 @@ def _known(key: tuple[Any, ...]) -> bool | None:
         return _exact.get(key)
 
 
-def _learn(key: tuple[Any, ...], exact: bool, what: str) -> None:
+def _learn(key: tuple[Any, ...], exact: bool, warning: RuntimeWarning) -> None:
     with _exact_lock:
         _exact[key] = exact
         while len(_exact) > _MAX_KEYS:
             _exact.popitem(last=False)
     if not exact:
-        warnings.warn(f"{what}: batching changes the result on this device for {key[2:]} (shape, batch); "
-                      f"those images are coded one at a time", BatchInexactWarning, stacklevel=3)
+        warnings.warn(warning, stacklevel=4)
+
+
+def verified(key: tuple[Any, ...], fast: Callable[[], T], reference: Callable[[], T],
+             probe: Callable[[], tuple[T, bool]], warning: Callable[[], RuntimeWarning]) -> tuple[T, bool]:
+    """``fast()`` where it was found to give ``reference()``'s result for ``key``, else ``reference()``;
+    and whether ``fast`` was used.
+
+    The first time a key is met, ``probe()`` computes both, compares them and gives (the result, exact);
+    the verdict holds for the rest of the process, and an inexact one warns once (``warning()``).
+    """
+    known = _known(key)
+    if known is False:
+        return reference(), False
+    if known is not None:
+        return fast(), True
+    with _probe_lock:  # one probe at a time: its hooks see only its own thread's work
+        out, exact = probe()
+        _learn(key, exact, warning())
+    return out, exact
 
 
 class _Trace:
@@ -186,6 +226,34 @@ class _Trace:
             h.remove()
 
 
+class _Inputs:
+    """The first input of every call of ``module`` made by this thread while active (``y_hat`` into a synthesis)."""
+
+    def __init__(self, module: Any):
+        self.module, self.seen, self.handle = module, [], None  # type: ignore[var-annotated]
+        self.thread = threading.get_ident()
+
+    def hook(self, module: Any, args: Any) -> None:
+        if threading.get_ident() == self.thread and args:
+            self.seen.append(args[0].detach().cpu().clone())
+
+    def __enter__(self) -> "_Inputs":
+        self.handle = self.module.register_forward_pre_hook(self.hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def _same_tensor(a: Any, b: Any) -> bool:
+    import torch
+
+    if a is None or b is None:
+        return a is None and b is None
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
+
+
 def _same_layers(batch: list[list[bytes]], single: list[list[bytes]], i: int, n: int) -> bool:
     if len(batch) != len(single):
         return False
@@ -207,12 +275,8 @@ def checked(key: tuple[Any, ...], batched: Callable[[], list[T]], alone: Callabl
     """
     if n == 1:
         return [alone(0)]
-    known = _known(key)
-    if known is False:
-        return [alone(i) for i in range(n)]
-    if known is not None:
-        return batched()
-    with _probe_lock:  # one probe at a time: its hooks see only its own thread's work
+
+    def probe() -> tuple[list[T], bool]:
         with _Trace(model) if model is not None else contextlib.nullcontext() as trace:
             out = batched()
         singles: list[T] = []
@@ -224,8 +288,11 @@ def checked(key: tuple[Any, ...], batched: Callable[[], list[T]], alone: Callabl
         exact = all(same(a, b) for a, b in zip(out, singles))
         if trace is not None:
             exact = exact and all(_same_layers(trace.calls, layers[i], i, n) for i in range(n))
-        _learn(key, exact, what)
-    return out if exact else singles
+        return (out if exact else singles), exact
+
+    return verified(key, batched, lambda: [alone(i) for i in range(n)], probe,
+                    lambda: BatchInexactWarning(f"{what}: batching changes the result on this device for {key[2:]} "
+                                                f"(shape, batch); those images are coded one at a time"))[0]
 
 
 def batch_exact(key: tuple[Any, ...]) -> bool | None:
@@ -294,14 +361,40 @@ class CompressAIBatching:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
             out = model.compress(x.to(self.device))
+        self._check_shape(model, x, out)
+        return [[bytes(group[i]) for group in out["strings"]] for i in range(x.shape[0])]
+
+    def _check_shape(self, model: Any, x: Any, out: dict[str, Any]) -> None:
         stride = self._stride(model)
         expected = (x.shape[2] // stride, x.shape[3] // stride)
         if tuple(int(v) for v in out["shape"]) != expected:
             raise RuntimeError(f"{self.name}: latent shape {tuple(out['shape'])} is not {expected}, which the "
                                f"decoder derives from the image size")
-        return [[bytes(group[i]) for group in out["strings"]] for i in range(x.shape[0])]
+
+    def _dialect(self, model: Any) -> latents.Dialect | None:
+        """How ``model`` keeps its latent; None: decode from the bytes (switched off, an unknown model, or a
+        host that speaks its own dialect through :meth:`_compress` / :meth:`_decompress`)."""
+        cls = type(self)
+        if (not KEEP_LATENTS or cls._compress is not CompressAIBatching._compress
+                or cls._decompress is not CompressAIBatching._decompress):
+            return None
+        return latents.dialect(model)
+
+    def _compress_kept(self, model: Any, x: Any, dialect: latents.Dialect | None) -> list[tuple[list[bytes], Any]]:
+        """Per image of the batch ``x``, its strings and, with a ``dialect``, its ``y_hat`` (else None)."""
+        import torch
+
+        if dialect is None:
+            return [(groups, None) for groups in self._compress(model, x)]
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
+            out, y_hat = dialect.compress(model, x.to(self.device))
+        self._check_shape(model, x, out)
+        return [([bytes(group[i]) for group in out["strings"]], y_hat[i: i + 1]) for i in range(x.shape[0])]
 
     def encode_batch(self, rgbs: Sequence[np.ndarray]) -> list[Encoded]:
+        """The ``.bin`` of each image; each also keeps its ``y_hat`` where the model's dialect allows
+        (``Encoded.kept``, for :meth:`decode_encoded` in this process; never stored)."""
         import torch
 
         model = self._model()
@@ -309,13 +402,15 @@ class CompressAIBatching:
         xs = [self._input(rgb, stride) for rgb in rgbs]
         if len({tuple(x.shape) for x in xs}) != 1:
             raise ValueError("a batch holds images of one padded size (see batch_key)")
-        key = ("encode", model_token(model), self.device, tuple(xs[0].shape[2:]), len(xs))
-        strings = checked(key, lambda: self._compress(model, torch.cat(xs)),
-                          lambda i: self._compress(model, xs[i])[0], lambda a, b: a == b, len(xs), self.name,
-                          model)
+        dialect, token = self._dialect(model), model_token(model)
+        key = ("encode", token, self.device, tuple(xs[0].shape[2:]), len(xs))
+        coded = checked(key, lambda: self._compress_kept(model, torch.cat(xs), dialect),
+                        lambda i: self._compress_kept(model, xs[i], dialect)[0],
+                        lambda a, b: a[0] == b[0] and _same_tensor(a[1], b[1]), len(xs), self.name, model)
         env, name = self.environment(), self._stream_name()
         return [Encoded(bitstream.pack(name, (rgb.shape[0], rgb.shape[1]), [[s] for s in groups]), self.extension,
-                        info=env) for rgb, groups in zip(rgbs, strings)]
+                        info=env, kept=None if y_hat is None else latents.Kept(token, y_hat))
+                for rgb, (groups, y_hat) in zip(rgbs, coded)]
 
     def encode(self, rgb: np.ndarray) -> Encoded:
         return self.encode_batch([rgb])[0]
@@ -336,26 +431,85 @@ class CompressAIBatching:
             warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
             return model.decompress(strings, shape)["x_hat"].float().cpu()
 
-    def decode_streams(self, streams: Sequence[bitstream.Bitstream]) -> list[np.ndarray]:
-        """Pixels of streams of this setting and one latent shape, through the network together."""
-        import torch
-
-        model = self._model()
+    def _latent_shape(self, model: Any, streams: Sequence[bitstream.Bitstream]) -> tuple[int, int]:
         stride = self._stride(model)
         shapes = {(-(-s.height // stride), -(-s.width // stride)) for s in streams}
         if len(shapes) != 1:
             raise ValueError("a batch holds streams of one padded size (see batch_key)")
-        shape = shapes.pop()
+        return shapes.pop()
+
+    def _x_hats(self, model: Any, streams: Sequence[bitstream.Bitstream]) -> list[Any]:
+        """The decoded floats of each stream, from its bytes (batched where checked exact)."""
+        import torch
+
+        shape = self._latent_shape(model, streams)
         key = ("decode", model_token(model), self.device, shape, len(streams))
-        x_hats = checked(key, lambda: list(self._decompress(model, streams, shape).unbind(0)),
-                         lambda i: self._decompress(model, streams[i: i + 1], shape)[0],
-                         lambda a, b: bool(torch.equal(a, b)), len(streams), self.name, model)
+        return checked(key, lambda: list(self._decompress(model, streams, shape).unbind(0)),
+                       lambda i: self._decompress(model, streams[i: i + 1], shape)[0],
+                       lambda a, b: bool(torch.equal(a, b)), len(streams), self.name, model)
+
+    @staticmethod
+    def _pixels(x_hats: Sequence[Any], streams: Sequence[bitstream.Bitstream]) -> list[np.ndarray]:
+        import torch
+
         # rounding on the CPU: the same for every device
         return [x[:, : s.height, : s.width].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
                 .permute(1, 2, 0).contiguous().numpy() for x, s in zip(x_hats, streams)]
+
+    def decode_streams(self, streams: Sequence[bitstream.Bitstream]) -> list[np.ndarray]:
+        """Pixels of streams of this setting and one latent shape, through the network together."""
+        return self._pixels(self._x_hats(self._model(), streams), streams)
 
     def decode_batch(self, payloads: Sequence[bytes]) -> list[np.ndarray]:
         streams = [bitstream.unpack(p) for p in payloads]
         for s in streams:
             self._check_stream(s)
         return self.decode_streams(streams)
+
+    def decode_encoded(self, encs: Sequence[Encoded]) -> tuple[list[np.ndarray], str]:
+        """Pixels of what :meth:`encode_batch` just gave in this process, and where they came from.
+
+        ``"latent"``: synthesised from the ``y_hat`` each encoding kept, skipping the entropy decoding;
+        ``"bytes"``: decoded from the payloads, as ``mpq decode`` does. The kept path is taken for a
+        (model, device, padded size, batch size) only once its first batch was also decoded from the
+        bytes, one image at a time, and gave every ``y_hat`` and every decoded float identically;
+        otherwise that key decodes the bytes for the rest of the process (a
+        :class:`KeptLatentInexactWarning` says so).
+        """
+        import torch
+
+        model = self._model()
+        dialect, token = self._dialect(model), model_token(model)
+        streams = [bitstream.unpack(e.payload) for e in encs]
+        kept = [e.kept for e in encs]
+        if (dialect is None or any(s.spec != self._stream_name() for s in streams)
+                or not all(isinstance(k, latents.Kept) and k.token == token for k in kept)):
+            return self.decode_batch([e.payload for e in encs]), "bytes"
+        for s in streams:
+            self._check_stream(s)
+        shape = self._latent_shape(model, streams)
+        n = len(encs)
+
+        def synthesized() -> list[Any]:
+            with torch.inference_mode():
+                y_hat = torch.cat([k.y_hat for k in kept])
+                return list(dialect.synthesize(model, y_hat).float().cpu().unbind(0))
+
+        def probe() -> tuple[list[Any], bool]:
+            fast = synthesized()
+            singles, seen = [], []
+            for i in range(n):  # what a one-image decoder (mpq decode) computes, and the y_hat it feeds its synthesis
+                with _Inputs(getattr(model, dialect.synthesis_module)) as inputs:
+                    singles.append(self._decompress(model, streams[i: i + 1], shape)[0])
+                seen.append(inputs.seen)
+            exact = (all(_same_tensor(a, b) for a, b in zip(fast, singles))
+                     and all(len(s) == 1 and _same_tensor(s[0], k.y_hat) for s, k in zip(seen, kept)))
+            return (fast if exact else singles), exact
+
+        key = ("kept", token, self.device, shape, n)
+        x_hats, from_latent = verified(
+            key, synthesized, lambda: self._x_hats(model, streams), probe,
+            lambda: KeptLatentInexactWarning(f"{self.name}: the synthesis from the encoder's latents differs from "
+                                             f"decoding the bytes on this device for {key[3:]} (shape, batch); "
+                                             f"those images are decoded from their bytes"))
+        return self._pixels(x_hats, streams), "latent" if from_latent else "bytes"

@@ -181,7 +181,12 @@ class HiFiCAutoencoder(CompressionModel):
         z_hat = self.hyper_bottleneck.decompress(z_strings, shape)
         return z_hat, self.hyper_synthesis_mean(z_hat), self.hyper_synthesis_scale(z_hat)
 
-    def compress(self, x: Tensor) -> dict[str, Any]:
+    #: the module ``decompress`` feeds the latent (see :mod:`pipeline.codecs.latents`)
+    synthesis_module = "decoder"
+
+    def compress_kept(self, x: Tensor) -> tuple[dict[str, Any], Tensor]:
+        """:meth:`compress`, and the quantized latent :meth:`decompress` recovers from its strings: the
+        symbols given to the coder, dequantized with the same means (on the CPU), bit for bit."""
         y = self.encoder(x).float().cpu()
         z = self.hyper_analysis(y)
         z_strings = self.hyper_bottleneck.compress(z)
@@ -189,7 +194,16 @@ class HiFiCAutoencoder(CompressionModel):
         _, means, scales = self._means_scales(z_strings, z.size()[-2:])
         indexes = self.latent_bottleneck.build_indexes(scales)
         y_strings = self.latent_bottleneck.compress(y, indexes, means=means)
-        return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
+        y_hat = self.latent_bottleneck.dequantize(self.latent_bottleneck.quantize(y, "symbols", means), means)
+        return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}, y_hat
+
+    def compress(self, x: Tensor) -> dict[str, Any]:
+        return self.compress_kept(x)[0]
+
+    def synthesize(self, y_hat: Tensor) -> Tensor:
+        """The image from the quantized latent (on the synthesis's device), clamped to [0, 1]."""
+        device = next(self.decoder.parameters()).device
+        return self.decoder(y_hat.to(device)).clamp_(0.0, 1.0)
 
     def decompress(self, strings: list[list[bytes]], shape: Any) -> dict[str, Tensor]:
         if len(strings) != 2:
@@ -197,6 +211,4 @@ class HiFiCAutoencoder(CompressionModel):
         _, means, scales = self._means_scales(strings[1], shape)
         indexes = self.latent_bottleneck.build_indexes(scales)
         y_hat = self.latent_bottleneck.decompress(strings[0], indexes, means=means)
-        device = next(self.decoder.parameters()).device
-        x_hat = self.decoder(y_hat.to(device)).clamp_(0.0, 1.0)
-        return {"x_hat": x_hat}
+        return {"x_hat": self.synthesize(y_hat)}

@@ -32,6 +32,10 @@ from . import machine
 from .events import (SampleEvent, SampleFailed, SampleRead, SettingEncoded, SettingFailed, import_modules,
                      sample_events)
 
+#: measures of how this process computed a sample, not of the sample: in the manifest's row, not in the
+#: shard's record (with the timings, every ``*_s``), so a shard's bytes do not depend on them
+ROW_ONLY = ("decoded_from",)
+
 
 @dataclass(frozen=True)
 class ShardTask:
@@ -209,7 +213,7 @@ class _Assembler:
         current = self._current(i)
         sha, attachments, fields = current.sha256, current.attachments, current.fields
         ref, spec, base = self.task.refs[i], self.pending[j], self.base(i)
-        facts = {k: v for k, v in m.items() if not k.endswith("_s")}  # timings stay out of shards
+        facts = {k: v for k, v in m.items() if not k.endswith("_s") and k not in ROW_ONLY}
         record = {**base, **fields, "dataset": self.task.dataset, "split": self.task.source.split,
                   "codec": spec.canonical, "source_sha256": sha,
                   **{k: _json_float(v) if isinstance(v, float) else v for k, v in facts.items()}}
