@@ -1,4 +1,4 @@
-"""Benchmark: the batch path of learned codecs against CompressAI's own per-image compress+decompress loop.
+"""Benchmark: the pipeline's coding of learned codecs against CompressAI's own per-image compress+decompress loop.
 
 Same images (512x768 by default), same model object, same torch threads. Reported per setting:
 images per second of wall time and images per CPU-second of this process (``time.process_time``:
@@ -6,8 +6,11 @@ what "per CPU core" means when the two paths may keep different numbers of cores
 ratio (ours / CompressAI's loop). Also checked: every entropy-coded string of the batch path equals
 the loop's for the same image, and the decoded pixels agree.
 
-"oursB" is :meth:`encode_batch` + :meth:`decode_batch` of the codec with the network batched B images
-at a time (B = 1: one image at a time, the CPU's default), two batches in flight; "measures" is the
+"oursB" is what a transcode does: :meth:`encode_batch` + :meth:`decode_encoded` of the codec with the
+network batched B images at a time (B = 1: one image at a time, the CPU's default), two batches in
+flight, the pixels synthesised from the latents the encoder kept (:mod:`pipeline.codecs.latents`; the
+entropy decoding of ``y`` is skipped); "bytesB" the same with the pixels decoded from the bytes
+(:meth:`decode_batch`, what ``mpq decode`` does, and what the pipeline did before); "measures" is the
 shard task's whole per-image work at the device's default batch
 (:func:`pipeline.modalities.image.encode_many`: also PSNR and the stored PNG), which the loop does not do.
 The paths are timed interleaved, ``--repeat`` times, keeping each one's least CPU time.
@@ -15,10 +18,13 @@ A first pass over the images runs the exactness check (each size's first batch i
 image, layer by layer) and is not timed: a real run pays it once per size and worker.
 
 Weights are random (seeded) at the zoo's configuration of ``--quality``, written as the researcher's
-own checkpoint (``compressai:arch=...,checkpoint=...``): convolution time does not depend on the
-weights; entropy-coding time does a little, so read the figures as indicative.
+own checkpoint (``compressai:arch=...,checkpoint=...``); ``msillm`` is a random
+:class:`~pipeline.codecs.msillm_net.HiFiCAutoencoder` of the published size (181 million parameters)
+written under the published file name of ``--quality`` into a weights folder (``msillm:quality=Q``).
+Convolution time does not depend on the weights; entropy-coding time does a little, so read the
+figures as indicative.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_learned_batch.py --threads 1 --n 4 --batches 1 4 --repeat 2
+    PYTHONPATH=. .venv/bin/python bench/bench_learned_batch.py --threads 1 --n 4 --batches 1 --repeat 3
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-ARCHS = ["bmshj2018-hyperprior", "mbt2018-mean"]
+ARCHS = ["bmshj2018-hyperprior", "mbt2018-mean", "msillm"]
 
 
 def photos(n: int, height: int, width: int) -> list[np.ndarray]:
@@ -57,6 +63,33 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
+def random_codec(arch: str, quality: int, folder: Path) -> Any:
+    """The codec of ``arch`` over random weights (seeded) written where it loads them from."""
+    import torch
+
+    from pipeline.codecs import make_codec
+    from pipeline.codecs.spec import parse_spec
+
+    torch.manual_seed(0)
+    if arch == "msillm":
+        from pipeline.codecs import msillm, msillm_net
+
+        net = msillm_net.HiFiCAutoencoder()  # the published sizes
+        net.update(force=True)
+        torch.save(net.state_dict(), folder / f"msillm_target_{msillm.TARGET_BPP[str(quality)]}bpp.ckpt")
+        del net
+        os.environ["MPQ_WEIGHTS_DIR"] = str(folder)
+        os.environ["MPQ_OFFLINE"] = "1"
+        return make_codec(parse_spec(f"msillm:quality={quality}"))
+    from compressai.zoo.image import cfgs, model_architectures
+
+    model = model_architectures[arch](*cfgs[arch][quality])
+    model.update(force=True)
+    path = folder / f"{arch}-q{quality}.pth"
+    torch.save(model.state_dict(), path)
+    return make_codec(parse_spec(f"compressai:arch={arch},checkpoint={path}"))
+
+
 def loop(model: Any, rgbs: list[np.ndarray]) -> list[tuple[list[bytes], np.ndarray]]:
     """CompressAI's own way: one image at a time through compress and decompress."""
     import torch
@@ -74,28 +107,23 @@ def loop(model: Any, rgbs: list[np.ndarray]) -> list[tuple[list[bytes], np.ndarr
 
 def bench_arch(arch: str, quality: int, rgbs: list[np.ndarray], batches: list[int], repeat: int,
                folder: Path) -> list[dict[str, Any]]:
-    import torch
-    from compressai.zoo.image import cfgs, model_architectures
-
-    from pipeline.codecs import batching, bitstream, make_codec
-    from pipeline.codecs.spec import parse_spec
+    from pipeline.codecs import batching, bitstream
     from pipeline.modalities import image
 
-    torch.manual_seed(0)
-    model = model_architectures[arch](*cfgs[arch][quality])
-    model.update(force=True)
-    path = folder / f"{arch}-q{quality}.pth"
-    torch.save(model.state_dict(), path)
-    codec: Any = make_codec(parse_spec(f"compressai:arch={arch},checkpoint={path}"))
+    codec: Any = random_codec(arch, quality, folder)
     net = codec._model()  # the model both paths use
     default = codec.max_batch
 
-    def ours(batch: int) -> list[tuple[bytes, np.ndarray]]:
+    def ours(batch: int, kept: bool = True) -> list[tuple[bytes, np.ndarray]]:
         codec.cpu_batch = batch
         parts = batching.chunks([codec.batch_key(r) for r in rgbs], batch)
 
         def work(part: list[int]) -> tuple[list[Any], list[np.ndarray]]:
             encs = codec.encode_batch([rgbs[i] for i in part])
+            if kept:
+                decs, source = codec.decode_encoded(encs)
+                sources.add(source)
+                return encs, decs
             return encs, codec.decode_batch([e.payload for e in encs])
 
         out: list[Any] = [None] * len(rgbs)
@@ -104,15 +132,19 @@ def bench_arch(arch: str, quality: int, rgbs: list[np.ndarray], batches: list[in
                 out[i] = (e.payload, d)
         return out
 
+    sources: set[str] = set()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for b in batches:
             ours(b)  # each size's first batch is checked layer by layer: once per size and worker, not timed
+            ours(b, kept=False)
         loop(net, rgbs[:1])
+    sources.clear()
     best: dict[str, float] = {}
     results: dict[str, Any] = {}
     for _ in range(repeat):  # interleaved, the least CPU time of each: the machine is shared
         for name, fn in [("loop", lambda: loop(net, rgbs)), *[(f"ours{b}", lambda b=b: ours(b)) for b in batches],
+                         *[(f"bytes{b}", lambda b=b: ours(b, kept=False)) for b in batches],
                          ("measures", lambda: (setattr(codec, "cpu_batch", default),
                                                image.encode_many(codec, rgbs, {}))[1])]:
             out, wall, cpu = timed(fn)
@@ -121,8 +153,7 @@ def bench_arch(arch: str, quality: int, rgbs: list[np.ndarray], batches: list[in
             best[f"{name}_cpu"] = min(best.get(f"{name}_cpu", 1e18), cpu)
     n, rows = len(rgbs), []
     base = results["loop"]
-    for b in batches + [0]:
-        name = f"ours{b}" if b else "measures"
+    for name, b in [*[(f"ours{b}", b) for b in batches], *[(f"bytes{b}", b) for b in batches], ("measures", 0)]:
         mine = results[name]
         same_bits = same_pixels = None
         if b:
@@ -131,6 +162,10 @@ def bench_arch(arch: str, quality: int, rgbs: list[np.ndarray], batches: list[in
             same_pixels = all(np.array_equal(d, px) for (_, d), (_, px) in zip(mine, base))
         rows.append({"arch": arch, "quality": quality, "n": n, "path": name, "batch": b or default,
                      "batch_exact_on_this_cpu": not any("batching changes" in str(w.message) for w in caught),
+                     "kept_exact_on_this_cpu": not any(isinstance(w.message, batching.KeptLatentInexactWarning)
+                                                       for w in caught),
+                     "decoded_from": ("/".join(sorted(sources)) if name.startswith("ours") else "bytes" if b else
+                                      "/".join(sorted({str(m.get("decoded_from")) for _, m in mine}))),
                      "loop_img_s": n / best["loop_wall"], "loop_img_per_cpu_s": n / best["loop_cpu"],
                      "ours_img_s": n / best[f"{name}_wall"], "ours_img_per_cpu_s": n / best[f"{name}_cpu"],
                      "ratio_per_core": best["loop_cpu"] / best[f"{name}_cpu"],
@@ -143,8 +178,8 @@ def main() -> None:
     ap.add_argument("--archs", nargs="+", default=ARCHS)
     ap.add_argument("--quality", type=int, default=3)
     ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="batch sizes of the network")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1], help="batch sizes of the network")
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--height", type=int, default=512)
     ap.add_argument("--width", type=int, default=768)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -164,7 +199,8 @@ def main() -> None:
                       f"(batch {row['batch']}): loop {row['loop_img_s']:.3f} img/s "
                       f"({row['loop_img_per_cpu_s']:.3f}/cpu-s), ours {row['ours_img_s']:.3f} img/s "
                       f"({row['ours_img_per_cpu_s']:.3f}/cpu-s); ratio per core {row['ratio_per_core']:.3f}; "
-                      f"batch exact here: {row['batch_exact_on_this_cpu']}; bitstreams identical: "
+                      f"decoded from: {row['decoded_from']}; batch exact here: {row['batch_exact_on_this_cpu']}, "
+                      f"kept latents exact here: {row['kept_exact_on_this_cpu']}; bitstreams identical: "
                       f"{row['bitstreams_identical']}, pixels identical: {row['pixels_identical']}", flush=True)
     meta = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
             "threads": args.threads, "torch": torch.__version__}
