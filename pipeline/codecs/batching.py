@@ -26,6 +26,13 @@ streams given otherwise) overrides :meth:`CompressAIBatching._compress` (batch i
 strings per group) and :meth:`CompressAIBatching._decompress` (streams in, float ``x_hat`` batch out);
 everything else, the check included, stays.
 
+Kept latents: a transcode decodes what it just encoded. :meth:`CompressAIBatching.encode_batch` keeps
+each image's quantized latent ``y_hat`` with its encoding (where the model's dialect allows, see
+:mod:`pipeline.codecs.latents`) and :meth:`CompressAIBatching.decode_encoded` synthesises the pixels
+from it, skipping the entropy decoding; the same check (:func:`verified`) decides per key, against the
+bytes decoded one image at a time, whether that path gives every ``y_hat`` and every float of ``x_hat``
+identically (else :class:`KeptLatentInexactWarning`, and the bytes for that key).
+
 Overlap: :func:`run_chunks` keeps two batches in flight on a small thread pool, so the entropy
 coding of one (Python and C++ on the CPU, holding the GIL) runs while the network of the next runs
 (torch releases the GIL in its kernels, and a GPU runs asynchronously).
@@ -478,6 +485,8 @@ class CompressAIBatching:
         """
         import torch
 
+        if not encs:
+            return [], "bytes"
         model = self._model()
         dialect, token = self._dialect(model), model_token(model)
         streams = [bitstream.unpack(e.payload) for e in encs]
