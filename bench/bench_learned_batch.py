@@ -7,12 +7,17 @@ ratio (ours / CompressAI's loop). Also checked: every entropy-coded string of th
 the loop's for the same image, and the decoded pixels agree.
 
 "oursB" is what a transcode does: :meth:`encode_batch` + :meth:`decode_encoded` of the codec with the
-network batched B images at a time (B = 1: one image at a time, the CPU's default), two batches in
-flight, the pixels synthesised from the latents the encoder kept (:mod:`pipeline.codecs.latents`; the
-entropy decoding of ``y`` is skipped); "bytesB" the same with the pixels decoded from the bytes
-(:meth:`decode_batch`, what ``mpq decode`` does, and what the pipeline did before); "measures" is the
-shard task's whole per-image work at the device's default batch
-(:func:`pipeline.modalities.image.encode_many`: also PSNR and the stored PNG), which the loop does not do.
+network batched B images at a time (B = 1: one image at a time on the calling thread, as a CPU worker
+codes; B > 1: two batches in flight on the thread pool, as a GPU worker codes), the pixels synthesised
+from the latents the encoder kept (:mod:`pipeline.codecs.latents`; the entropy decoding of ``y`` is
+skipped); "bytesB" the same with the pixels decoded from the bytes (:meth:`decode_batch`, what
+``mpq decode`` does, and what the pipeline did before); "measures" is the shard task's whole
+per-image work at the device's default batch as ``pipeline/run/events.py`` runs it
+(:func:`pipeline.modalities.image.encode`, or ``encode_many`` where the setting batches: also PSNR
+and the stored PNG), which the loop does not do. Where the work runs matters: the msillm loop on a
+pool thread cost 1.1 s more system time per 512x768 image than on the main thread (0.0 s; measured
+with ``os.times``, torch 2.11), most likely page faults of its large activations (60 channels at full
+resolution, 94 MB), which glibc maps afresh in a thread's own arena but reuses in the main heap.
 The paths are timed interleaved, ``--repeat`` times, keeping each one's least CPU time.
 A first pass over the images runs the exactness check (each size's first batch is also coded image by
 image, layer by layer) and is not timed: a real run pays it once per size and worker.
@@ -126,13 +131,23 @@ def bench_arch(arch: str, quality: int, rgbs: list[np.ndarray], batches: list[in
                 return encs, decs
             return encs, codec.decode_batch([e.payload for e in encs])
 
+        # batch 1 is a CPU worker's way: one image at a time on the calling thread (a shard task goes
+        # through encode_many and its thread pool only for a setting that batches)
+        results = [work(p) for p in parts] if batch == 1 else batching.run_chunks(work, parts)
         out: list[Any] = [None] * len(rgbs)
-        for part, (encs, decs) in zip(parts, batching.run_chunks(work, parts)):
+        for part, (encs, decs) in zip(parts, results):
             for i, e, d in zip(part, encs, decs):
                 out[i] = (e.payload, d)
         return out
 
     sources: set[str] = set()
+
+    def measures(batch: int) -> list[Any]:
+        """The shard task's work at the device's default batch, as events.py runs it."""
+        codec.cpu_batch = batch
+        if image.batched(codec, {}):
+            return image.encode_many(codec, rgbs, {})
+        return [image.encode(codec, rgb, {}) for rgb in rgbs]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for b in batches:
@@ -145,8 +160,7 @@ def bench_arch(arch: str, quality: int, rgbs: list[np.ndarray], batches: list[in
     for _ in range(repeat):  # interleaved, the least CPU time of each: the machine is shared
         for name, fn in [("loop", lambda: loop(net, rgbs)), *[(f"ours{b}", lambda b=b: ours(b)) for b in batches],
                          *[(f"bytes{b}", lambda b=b: ours(b, kept=False)) for b in batches],
-                         ("measures", lambda: (setattr(codec, "cpu_batch", default),
-                                               image.encode_many(codec, rgbs, {}))[1])]:
+                         ("measures", lambda: measures(default))]:
             out, wall, cpu = timed(fn)
             results[name] = out
             best[f"{name}_wall"] = min(best.get(f"{name}_wall", 1e18), wall)
