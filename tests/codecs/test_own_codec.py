@@ -22,6 +22,7 @@ from pipeline.codecs import batching, bitstream, make_codec
 from pipeline.codecs.spec import parse_spec
 from pipeline.errors import ConfigError, MissingWeightsError
 from pipeline.modalities import image as image_modality
+from pipeline.run.task import ROW_ONLY
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("compressai")
@@ -269,15 +270,16 @@ def test_batched_and_one_at_a_time_bitstreams_are_equal(arch, tmp_path, monkeypa
     model = codec._model()
     verdict = batching.batch_exact(("encode", batching.model_token(model), "cpu", (128, 192), 2))
     assert verdict is not None  # the first batch of this size was checked layer by layer
-    # the modality's batch path: the same members and facts as one image at a time (timings aside)
+    # the modality's batch path: the same members and facts as one image at a time (timings aside, and
+    # decoded_from: a batch's synthesis from kept latents is used only where exact on this CPU)
     options: dict = {}
     many = image_modality.encode_many(codec, rgbs, options)
     for rgb, got in zip(rgbs, many):
         assert not isinstance(got, Exception)
         members, m = image_modality.encode(codec, rgb, options)
         assert got[0] == members
-        assert {k: v for k, v in got[1].items() if not k.endswith("_s")} == {
-            k: v for k, v in m.items() if not k.endswith("_s")}
+        assert {k: v for k, v in got[1].items() if not k.endswith("_s") and k not in ROW_ONLY} == {
+            k: v for k, v in m.items() if not k.endswith("_s") and k not in ROW_ONLY}
 
 
 def test_the_cpu_codes_one_image_at_a_time_by_default(tmp_path):
