@@ -8,12 +8,12 @@ further with ``compressai:`` in ``test_own_codec.py``.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
 from pathlib import Path
 
+import checkpoints as ck
 import fixtures as fx
 import numpy as np
 import pytest
@@ -34,59 +34,26 @@ SMALL = {"in_channels": 3, "latent_features": 8, "hyper_features": 6, "residual_
          "encoder_widths": (8, 12, 16), "decoder_widths": (14, 10, 6)}
 
 
-def _old_names(state: dict) -> dict:
-    """CompressAI >= 1.2.7 names (``matrices.0``) back to older ones (``_matrix0``), as NeuralCompression saves."""
-    renames = {"matrices": "_matrix", "biases": "_bias", "factors": "_factor"}
-    out = {}
-    for key, value in state.items():
-        module, _, rest = key.partition(".")
-        head, _, index = rest.partition(".")
-        out[f"{module}.{renames[head]}{index}" if module == "hyper_bottleneck" and head in renames else key] = value
-    return out
+pytestmark = pytest.mark.usefixtures("offline_cpu")
 
 
 def _save(path: Path, seed: int = 0, scale: float = 1.0, tables: bool = False, strip: bool = False,
           old_names: bool = False) -> Path:
-    """A random small HiFiC model; ``scale`` multiplies the analysis transform's last layer (larger latents,
-    more bits); ``tables``: update() first; ``strip``: table keys removed; ``old_names``: CompressAI 1.2.4's."""
+    """A random small HiFiC model (see :func:`checkpoints.save_state`); ``old_names``: CompressAI 1.2.4's."""
     from pipeline.codecs.msillm_net import HiFiCAutoencoder
 
     torch.manual_seed(seed)
     model = HiFiCAutoencoder(**SMALL)
-    with torch.no_grad():
-        model.encoder.blocks[-1].weight.mul_(scale)
-    if tables:
-        model.update(force=True)
-    state = model.state_dict()
-    if strip:
-        state = {k: v for k, v in state.items() if not k.endswith(("_quantized_cdf", "_offset", "_cdf_length",
-                                                                    "scale_table"))}
-    if old_names:
-        state = _old_names(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return path
+    return ck.save_state(model, path, scale_layer=model.encoder.blocks[-1], scale=scale, tables=tables,
+                         strip=strip, rename=ck.published_names if old_names else None)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _cpu(monkeypatch):
-    monkeypatch.setenv("MPQ_DEVICE", "cpu")
-    monkeypatch.setenv("MPQ_OFFLINE", "1")
-    monkeypatch.delenv("MPQ_WEIGHTS_DIR", raising=False)
+_sha = ck.sha256
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
-    root = tmp_path_factory.mktemp("photos")
-    pixels = {}
-    for key, (name, h, w) in SIZES.items():
-        pixels[key] = fx.photo(name, h, w)
-        Image.fromarray(pixels[key]).save(root / f"{key}.png")
-    return root, pixels
+    return ck.photo_folder(tmp_path_factory.mktemp("photos"), SIZES)
 
 
 @pytest.fixture(scope="module")

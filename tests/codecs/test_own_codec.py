@@ -5,13 +5,13 @@ here (small N and M so the pipeline runs stay quick; the batch-exactness tests u
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
 import warnings
 from pathlib import Path
 
+import checkpoints as ck
 import fixtures as fx
 import numpy as np
 import pytest
@@ -30,46 +30,25 @@ ARCH = "mbt2018-mean"
 SIZES = {"photo": ("astronaut", 64, 96), "odd": ("chelsea", 45, 70), "wide": ("rocket", 40, 120)}
 
 
+pytestmark = pytest.mark.usefixtures("offline_cpu")
+
+
 def _save(path: Path, arch: str = ARCH, n: int = 16, m: int = 24, seed: int = 0, scale: float = 1.0,
           tables: bool = False, strip: bool = False) -> Path:
-    """A random model of ``arch``; ``scale`` multiplies the analysis transform's last layer (larger
-    latents, more bits); ``tables``: update() first, as a zoo file; ``strip``: table keys removed."""
+    """A random model of ``arch`` (see :func:`checkpoints.save_state` for the options)."""
     from compressai.zoo.image import model_architectures
 
     torch.manual_seed(seed)
     model = model_architectures[arch](n, m)
-    with torch.no_grad():
-        model.g_a[-1].weight.mul_(scale)
-    if tables:
-        model.update(force=True)
-    state = model.state_dict()
-    if strip:
-        state = {k: v for k, v in state.items() if not k.endswith(("_quantized_cdf", "_offset", "_cdf_length",
-                                                                    "scale_table"))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return path
+    return ck.save_state(model, path, scale_layer=model.g_a[-1], scale=scale, tables=tables, strip=strip)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _cpu(monkeypatch):
-    monkeypatch.setenv("MPQ_DEVICE", "cpu")
-    monkeypatch.setenv("MPQ_OFFLINE", "1")
-    monkeypatch.delenv("MPQ_WEIGHTS_DIR", raising=False)
+_sha = ck.sha256
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
-    root = tmp_path_factory.mktemp("photos")
-    pixels = {}
-    for key, (name, h, w) in SIZES.items():
-        pixels[key] = fx.photo(name, h, w)
-        Image.fromarray(pixels[key]).save(root / f"{key}.png")
-    return root, pixels
+    return ck.photo_folder(tmp_path_factory.mktemp("photos"), SIZES)
 
 
 @pytest.fixture(scope="module")
