@@ -39,6 +39,13 @@ def save_state(model: Any, path: Path, *, scale_layer: Any, scale: float = 1.0, 
     return path
 
 
+def checkpoint_set(root: Path, save: Any) -> dict[str, Path]:
+    """What the own-checkpoint tests use, written by ``save(path, seed=, scale=)``: two different files ``a``
+    and ``b``, and a folder ``rd/`` of two (``low``, then ``high`` with larger latents) for ``bpp=``."""
+    return {"a": save(root / "a.pth"), "b": save(root / "b.pth", seed=1),
+            "low": save(root / "rd" / "1-low.pth", seed=2), "high": save(root / "rd" / "2-high.pth", seed=2, scale=8.0)}
+
+
 def published_names(state: dict) -> dict:
     """CompressAI >= 1.2.7 names (``matrices.0``) back to the older ones (``_matrix0``) NeuralCompression's
     checkpoints carry."""

@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import warnings
 from pathlib import Path
 
@@ -151,14 +150,7 @@ def photos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     return root, pixels
 
 
-def _members(folder: Path) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    for tar in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, _, ext = m.name.partition(".")
-                out.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return out
+_members = fx.set_members
 
 
 @pytest.fixture(scope="module")

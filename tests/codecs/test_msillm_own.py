@@ -8,9 +8,7 @@ further with ``compressai:`` in ``test_own_codec.py``.
 """
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import checkpoints as ck
@@ -58,25 +56,13 @@ def photos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("own")
-    return {"a": _save(root / "a.pth"), "b": _save(root / "b.pth", seed=1),
-            "low": _save(root / "rd" / "1-low.pth", seed=2),
-            "high": _save(root / "rd" / "2-high.pth", seed=2, scale=8.0)}
+    return ck.checkpoint_set(tmp_path_factory.mktemp("own"), _save)
 
 
-def _members(folder: Path) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    for tar in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, _, ext = m.name.partition(".")
-                out.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return out
+_members = fx.set_members
 
 
-def _png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB")).copy()
+_png = fx.rgb_pixels
 
 
 # --------------------------------------------------------------------------- architecture and specs
