@@ -448,6 +448,18 @@ def group_members(members: list[tuple[tarfile.TarInfo, bytes]]) -> dict[str, lis
     return out
 
 
+def set_members(folder: Path) -> dict[str, dict[str, bytes]]:
+    """Every sample of a set's tars: key -> {extension: bytes}."""
+    return {key: dict(members) for tar in sorted(folder.glob("*.tar"))
+            for key, members in group_members(read_tar(tar)).items()}
+
+
+def rgb_pixels(data: bytes) -> np.ndarray:
+    """An image file's pixels as RGB (what the pipeline compares stored lossless images by)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB")).copy()
+
+
 def tree_bytes(folder: Path, pattern: str = "*.tar") -> dict[str, bytes]:
     """Relative path -> bytes of every file matching ``pattern`` under ``folder``."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob(pattern))}

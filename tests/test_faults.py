@@ -390,6 +390,29 @@ def test_attempt_marker_next_to_a_complete_shard_is_cleared(tmp_path):
     assert not hidden(out)
 
 
+def test_temporaries_of_an_attempt_killed_mid_write_are_cleared_by_the_next(tmp_path):
+    """A worker SIGKILLed while writing its attempt marker, its shard or its stats leaves their temporary
+    files (the run-level sweep ran before it started); the task's next attempt removes them."""
+    from pipeline.run.driver import plan
+    from pipeline.run.task import run_shard
+
+    src = make_source(tmp_path / "src", 4)
+    out = tmp_path / "out"
+    config = TranscodeConfig.create("imagefolder", src, ["jpeg:quality=30"], out=out, samples_per_shard=2)
+    _, tasks = plan(config)
+    folder = out / "imagefolder" / "all" / "jpeg-q30"
+    folder.mkdir(parents=True)
+    name = "imagefolder-all-jpeg-q30-000001"
+    left = [folder / f"..{name}.attempt.tmp-4242-d9c2310a", folder / f".{name}.tar.tmp-4242-0000aaaa",
+            folder / f".{name}_stats.json.tmp-4242-0000bbbb"]
+    other = folder / "..imagefolder-all-jpeg-q30-000000.attempt.tmp-4242-d9c2310a"  # another task's: its own
+    for p in [*left, other]:
+        p.write_bytes(b"partial")
+    run_shard(tasks[1])
+    assert [p.exists() for p in left] == [False, False, False]
+    assert other.exists() and (folder / f"{name}.tar").is_file()
+
+
 @pytest.mark.parametrize("codecs, unit, per_sample", [(["test-where-png", "jpeg:quality=30"], "sample", 1),
                                                       (["test-gpu-png", "jpeg:quality=30,50"], "encode", 3)])
 def test_progress_counts_each_sample_once(tmp_path, fault_codecs, monkeypatch, codecs, unit, per_sample):

@@ -62,12 +62,14 @@ def test_bad_or_repeated_keys(tmp_path, key):
 
 def test_remove_stale_temps_only_touches_that_shard(tmp_path):
     name = "ds-train-jpeg-q5-000003"
-    stale = [tmp_path / f".{name}.tar.tmp-123-abcd", tmp_path / f".{name}_stats.json.tmp-9-ffff"]
-    keep = [tmp_path / f"{name}.tar", tmp_path / ".ds-train-jpeg-q5-000004.tar.tmp-1-0000"]
+    stale = [tmp_path / f".{name}.tar.tmp-123-abcd", tmp_path / f".{name}_stats.json.tmp-9-ffff",
+             tmp_path / f"..{name}.attempt.tmp-77-0bad"]  # a worker killed while writing its attempt marker
+    keep = [tmp_path / f"{name}.tar", tmp_path / ".ds-train-jpeg-q5-000004.tar.tmp-1-0000",
+            tmp_path / "..ds-train-jpeg-q5-000004.attempt.tmp-1-0000", tmp_path / f".{name}.attempt"]
     for p in stale + keep:
         p.write_bytes(b"x")
     remove_stale_temps(tmp_path, name)
-    assert [p.exists() for p in stale] == [False, False] and all(p.exists() for p in keep)
+    assert [p.exists() for p in stale] == [False, False, False] and all(p.exists() for p in keep)
     remove_stale_temps(tmp_path / "missing", name)  # no folder: nothing to do
 
 

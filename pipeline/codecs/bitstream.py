@@ -174,7 +174,7 @@ def _decoding_spec(named: str, record: Mapping[str, Any] | None) -> Any:
     """The setting that decodes a stream: the one its header names, else the sample's recorded ``codec``.
 
     A header may name its weights by hash only (a researcher's checkpoint, see
-    :mod:`pipeline.codecs.compressai_own`); when they are not in the weights folder, the record's
+    :mod:`pipeline.codecs.own`); when they are not in the weights folder, the record's
     setting (the set's spec, with the checkpoint's path) of the same family is tried.
     """
     from ..errors import MissingWeightsError

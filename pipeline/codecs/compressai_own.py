@@ -1,51 +1,26 @@
 """A researcher's own trained CompressAI model as a codec: ``compressai:arch=mbt2018-mean,checkpoint=PATH``.
 
 Any CompressAI image model class (a zoo name such as ``mbt2018-mean`` or a class name such as
-``MeanScaleHyperprior``) with a state dict the researcher trained. The file is loaded as tensors only
-(``torch.load(weights_only=True)``); when it lacks the entropy coder's tables (saved before
-``update()``, or stripped) they are rebuilt with ``update(force=True)`` on the CPU. The architecture's
-``N``/``M`` come from the state dict's shapes (the class's ``from_state_dict``) or from ``n=``/``m=``.
+``MeanScaleHyperprior``) with a state dict the researcher trained. The architecture's ``N``/``M`` come
+from the state dict's shapes (the class's ``from_state_dict``) or from ``n=``/``m=``.
 
-Identity. ``check_params`` hashes every checkpoint and writes the full SHA-256s into the spec
-(``sha256=``), so the canonical spec, the shard plans, ``index.json`` and every sample's ``.json``
-name the exact weights; the folder tag shows 10 hex digits of it (``compressai-ambt2018mmean-q1-h1a2b3c4d5e``):
-two checkpoints never share a folder, and a changed file is a new set. A spec that gives ``sha256=``
-itself (a copied canonical spec) is refused when the file no longer matches.
-
-Several checkpoints, one per quality, lowest rate first: ``checkpoint=a.pth|b.pth|c.pth`` or a folder
-(its checkpoint files in name order). ``quality=K`` picks the K-th; ``bpp=X`` searches them per image
-like the zoo's qualities (:mod:`pipeline.codecs.target`).
-
-The ``.bin`` header names the architecture and 16 hex digits of the checkpoint's SHA-256
-(``compressai:arch=mbt2018-mean,sha256=1a2b...``), never a path: a path is long (every byte counts in
-``bits``) and differs between machines. ``mpq decode KEY.bin`` finds the checkpoint by that hash in
-the weights folder (``--weights-dir``, ``$MPQ_WEIGHTS_DIR``, else torch hub's cache), or through the
-sample's ``KEY.json`` beside it, whose ``codec`` names the set's checkpoint paths.
+Everything about the checkpoints is shared with ``msillm-own`` (:mod:`pipeline.codecs.own`): weights-only
+loading, entropy tables rebuilt when the file lacks them, ``sha256=`` filled in from the files and 10 hex
+digits of it in the folder tag (``compressai-ambt2018mmean-q1-h1a2b3c4d5e``), several checkpoints for
+``quality=K`` / ``bpp=X``, and the ``.bin`` header naming the architecture and 16 hex digits of the
+checkpoint's SHA-256 (``compressai:arch=mbt2018-mean,sha256=1a2b...``), never a path.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import register, target, weights
-from .compressai_zoo import MODEL_CACHE_SIZE, CompressAIModel, _models, _models_lock
-from .params import Param, RateKnob, bpp_param, check_values
+from . import register, weights
+from .compressai_zoo import MODEL_CACHE_SIZE
+from .own import OwnCheckpoint, fill_missing_tables, own_params
+from .params import Param
 from .spec import CodecSpec
-from ..errors import ConfigError, MissingWeightsError
-
-#: hex digits of a checkpoint's SHA-256 written into each ``.bin`` (64 bits: no accidental collision)
-STREAM_HASH_CHARS = 16
-#: hex digits of the checkpoints' hash in the folder tag
-TAG_HASH_CHARS = 10
-#: what counts as a checkpoint file in a folder given as ``checkpoint=`` (or searched by hash)
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt")
-#: entropy-coder tables a CompressAI model saves; missing ones are filled empty, then rebuilt
-_TABLES = ("_offset", "_quantized_cdf", "_cdf_length")
-
-_fit_lock = threading.Lock()
-#: the rate knob's parameters (an instance's range is its number of checkpoints)
-_KNOB = RateKnob("quality", "bpp", 1, 1)
+from ..errors import ConfigError
 
 
 def architectures() -> dict[str, Any]:
@@ -62,148 +37,24 @@ def architectures() -> dict[str, Any]:
     return out
 
 
-def _base_folder() -> Path:
-    return weights.weights_dir_override() or Path.cwd()
-
-
-def _model_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.name.lower().endswith(CHECKPOINT_SUFFIXES))
-
-
-def checkpoint_files(text: str) -> list[Path]:
-    """The files ``checkpoint=`` names: ``|``-separated paths (relative ones under the weights folder, else
-    the current one), a folder standing for its checkpoint files in name order. A missing one is named."""
-    out: list[Path] = []
-    for entry in filter(None, (e.strip() for e in text.split("|"))):
-        path = Path(entry).expanduser()
-        path = path if path.is_absolute() else _base_folder() / path
-        if path.is_dir():
-            files = _model_files(path)
-            if not files:
-                raise MissingWeightsError(f"compressai: folder {path} holds no checkpoint "
-                                          f"({', '.join(CHECKPOINT_SUFFIXES)})")
-            out.extend(files)
-        elif path.is_file():
-            out.append(path)
-        else:
-            raise MissingWeightsError(f"compressai: checkpoint {path.name} does not exist in {path.parent}")
-    if not out:
-        raise ConfigError("compressai: checkpoint= names no file")
-    return out
-
-
-def _by_hash(files: list[Path], prefixes: list[str], where: str) -> list[Path]:
-    """For each hash prefix, the one file whose SHA-256 starts with it."""
-    out = []
-    for prefix in prefixes:
-        found = [f for f in files if weights.sha256_file(f).startswith(prefix)]
-        if not found:
-            raise MissingWeightsError(f"compressai: no checkpoint with SHA-256 {prefix}... in {where}; put the "
-                                      f"file there (or give --weights-dir), or decode with the sample's .json beside "
-                                      f"the .bin")
-        out.append(found[0])
-    return out
-
-
-def resolve(checkpoint: str | None, sha256: str | None) -> list[tuple[Path, str]]:
-    """(file, full SHA-256) per quality: the files named, or found by hash (sha256= given)."""
-    prefixes = None if sha256 is None else [h.strip().lower() for h in sha256.split("|")]
-    if prefixes is not None and any(len(h) < 8 or any(c not in "0123456789abcdef" for c in h) for h in prefixes):
-        raise ConfigError(f"compressai: sha256={sha256} is not hex digits (at least 8 per checkpoint, | between)")
-    if checkpoint is None:
-        if prefixes is None:
-            raise ConfigError("compressai: give checkpoint=PATH (a file, several joined by |, or a folder)")
-        folder = weights.weights_dir_override() or weights.torch_hub_checkpoints()
-        files = _by_hash(_model_files(folder) if folder.is_dir() else [], prefixes, str(folder))
-    else:
-        named = checkpoint_files(checkpoint)
-        if prefixes is None:
-            files = named
-        elif len(prefixes) == len(named):  # the files in their order, each checked against its hash
-            files = named
-            for f, h in zip(named, prefixes):
-                if not weights.sha256_file(f).startswith(h):
-                    raise weights.WeightsHashError(
-                        f"compressai: checkpoint {f} has SHA-256 {weights.sha256_file(f)[:16]}..., but the spec says "
-                        f"{h[:16]}...: the file changed since the spec was written; refused")
-        else:
-            files = _by_hash(named, prefixes, checkpoint)
-    return [(f, weights.sha256_file(f)) for f in files]
-
-
-def fill_missing_tables(state: dict[str, Any]) -> bool:
-    """Add empty entropy tables a checkpoint lacks (so the model loads); True when any table is missing or empty."""
-    import torch
-
-    missing = False
-    for key in [k for k in state if k.endswith(".likelihood_lower_bound.bound")]:
-        prefix = key[: -len(".likelihood_lower_bound.bound")]
-        names = _TABLES + (("scale_table",) if f"{prefix}.scale_bound" in state else ())
-        for name in names:
-            full = f"{prefix}.{name}"
-            if full not in state:
-                state[full] = torch.zeros(0, dtype=torch.int32 if name != "scale_table" else torch.float32)
-            missing |= state[full].numel() == 0
-    return missing
-
-
 def _params() -> tuple[Param, ...]:
-    return (
-        Param("arch", str, None, "CompressAI model: a zoo name (mbt2018-mean) or a class name (MeanScaleHyperprior)",
-              short="a", in_tag=True),
-        Param("checkpoint", str, None, "your state dict: a file, several joined by | (one per quality, lowest rate "
-              "first) or a folder of them; relative to --weights-dir, else the current folder", tag_chars=0),
-        Param("quality", int, None, "which checkpoint, 1 = the first (the only one by default)", short="q",
-              minimum=1),
-        bpp_param(),
-        Param("n", int, None, "the architecture's N (default: read from the state dict)", minimum=1),
-        Param("m", int, None, "the architecture's M (default: read from the state dict)", minimum=1),
-        Param("sha256", str, None, "SHA-256 of each checkpoint, | between (filled in from the files)", short="h",
-              tag_chars=TAG_HASH_CHARS),
+    return own_params(
+        before=(Param("arch", str, None, "CompressAI model: a zoo name (mbt2018-mean) or a class name "
+                      "(MeanScaleHyperprior)", short="a", in_tag=True),),
+        after=(Param("n", int, None, "the architecture's N (default: read from the state dict)", minimum=1),
+               Param("m", int, None, "the architecture's M (default: read from the state dict)", minimum=1)),
     )
 
 
 @register
-class CompressAICheckpoint(CompressAIModel):
+class CompressAICheckpoint(OwnCheckpoint):
     """A CompressAI architecture with the researcher's own weights (see the module docstring)."""
 
     name = "compressai"
     summary = "any CompressAI image model with your own trained weights (checkpoint=PATH, | for several)"
     params: ClassVar[tuple[Param, ...]] = _params()
-    #: the class knob says which parameters; each instance's range is its number of checkpoints
-    rate_knob: ClassVar[RateKnob | None] = _KNOB
     groups: ClassVar[int | None] = None  # per architecture; CompressAI's decompress checks
-
-    def __init__(self, spec: CodecSpec, *, device: str | None = None):
-        super().__init__(spec, device=device)
-        self._resolved: list[tuple[Path, str]] | None = None
-        self.__dict__["rate_knob"] = RateKnob("quality", "bpp", 1, len(self.files()))  # read by knob_of
-
-    # ------------------------------------------------------------------ spec
-
-    @classmethod
-    def check_params(cls, values: dict[str, Any]) -> dict[str, Any]:
-        values = check_values(cls.name, _KNOB, values)
-        reason = cls.unavailable()
-        if reason:  # the spec is read from the files, with CompressAI's classes
-            raise ConfigError(f"codec {cls.name} cannot run here: {reason}")
-        if values["arch"] is None:
-            raise ConfigError("compressai: give arch= (a CompressAI model, e.g. mbt2018-mean)")
-        known = architectures()
-        if values["arch"] not in known:
-            raise ConfigError(f"compressai: unknown arch {values['arch']!r} (known: {', '.join(sorted(known))})")
-        files = resolve(values["checkpoint"], values["sha256"])
-        values["sha256"] = "|".join(h for _, h in files)
-        if values["checkpoint"] is None:  # found by hash: the spec names where
-            values["checkpoint"] = "|".join(str(f) for f, _ in files)
-        if values["bpp"] is None:
-            if values["quality"] is None and len(files) > 1:
-                raise ConfigError(f"compressai: {len(files)} checkpoints: give quality=1..{len(files)} or bpp=")
-            values["quality"] = values["quality"] or 1
-            if values["quality"] > len(files):
-                raise ConfigError(f"compressai: quality={values['quality']} but only {len(files)} checkpoint(s)")
-        return values
+    model_cache_size: ClassVar[int] = MODEL_CACHE_SIZE
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -213,85 +64,36 @@ class CompressAICheckpoint(CompressAIModel):
             return f"CompressAI is not installed (pip install compressai): {exc}"
         return None
 
-    def files(self) -> list[tuple[Path, str]]:
-        """(file, SHA-256) per quality, resolved where the codec runs."""
-        if self._resolved is None:
-            self._resolved = resolve(self.spec["checkpoint"], self.spec["sha256"])
-        return self._resolved
+    @classmethod
+    def _check_model_params(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if values["arch"] is None:
+            raise ConfigError("compressai: give arch= (a CompressAI model, e.g. mbt2018-mean)")
+        known = architectures()
+        if values["arch"] not in known:
+            raise ConfigError(f"compressai: unknown arch {values['arch']!r} (known: {', '.join(sorted(known))})")
+        return values
+
+    def _stream_params(self) -> list[str]:
+        return [f"arch={self.spec['arch']}", *(f"{k}={self.spec[k]}" for k in ("n", "m") if self.spec[k] is not None)]
 
     @classmethod
-    def checkpoint(cls, spec: CodecSpec) -> Path:
-        if spec["quality"] is None:
-            raise ConfigError(f"{spec.canonical} searches its checkpoints per image; no single one")
-        return resolve(spec["checkpoint"], spec["sha256"])[spec["quality"] - 1][0]
+    def _build(cls, spec: CodecSpec, path: Path) -> Any:
+        from compressai.zoo.pretrained import load_pretrained
 
-    @classmethod
-    def preflight(cls, spec: CodecSpec) -> None:
-        """Every checkpoint the setting may use exists, is unchanged and fits the architecture."""
-        for path, _ in resolve(spec["checkpoint"], spec["sha256"]):
-            with _fit_lock:
-                _build(spec, path)
-
-    # ------------------------------------------------------------------ model
-
-    def _selected(self) -> tuple[Path, str]:
-        if self.spec["quality"] is None:
-            raise ConfigError(f"{self.spec.canonical} codes with one of its checkpoints per image (target.at)")
-        return self.files()[self.spec["quality"] - 1]
-
-    def _model(self) -> Any:
-        path, sha = self._selected()
-        key = (self.name, self.spec["arch"], self.spec["n"], self.spec["m"], str(path), sha, self.device)
-        with _models_lock:
-            if key in _models:
-                _models.move_to_end(key)
-                return _models[key]
-            if weights.sha256_file(path) != sha:
-                raise weights.WeightsHashError(f"compressai: checkpoint {path} changed since the run started; refused")
-            model = _build(self.spec, path).to(self.device)
-            _models[key] = model
-            while len(_models) > MODEL_CACHE_SIZE:
-                _models.popitem(last=False)
-            return model
-
-    # ------------------------------------------------------------------ streams
-
-    def _stream_name(self) -> str:
-        if self.spec["quality"] is None:  # a target setting writes no stream itself: its members do
-            return self.spec.canonical
-        return self._name_for(self._selected()[1])
-
-    def _name_for(self, sha: str) -> str:
-        body = [f"arch={self.spec['arch']}"]
-        body += [f"{k}={self.spec[k]}" for k in ("n", "m") if self.spec[k] is not None]
-        return f"{self.name}:{','.join(body)},sha256={sha[:STREAM_HASH_CHARS]}"
-
-    def _member(self, name: str) -> "CompressAICheckpoint | None":
-        if target.target_of(self) is None:
-            return None
-        for q, (_, sha) in enumerate(self.files(), start=1):
-            if self._name_for(sha) == name:
-                return target.at(self, q)
-        return None
-
-
-def _build(spec: CodecSpec, path: Path) -> Any:
-    """The model of ``spec``'s architecture with the weights at ``path``, on the CPU, tables ready."""
-    from compressai.zoo.pretrained import load_pretrained
-
-    cls = architectures()[spec["arch"]]
-    state = load_pretrained(weights.load_state_dict(path))  # CompressAI's renames of older key names
-    rebuild = fill_missing_tables(state)
-    if spec["n"] is None and spec["m"] is None and not hasattr(cls, "from_state_dict"):
-        raise ConfigError(f"compressai: {spec['arch']} cannot read N and M from a state dict: give n= and m=")
-    try:
-        if spec["n"] is not None or spec["m"] is not None:
-            model = cls(**{k.upper(): spec[k] for k in ("n", "m") if spec[k] is not None})
-            model.load_state_dict(state)
-        else:
-            model = cls.from_state_dict(state)
-    except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
-        raise ConfigError(f"checkpoint {path} does not fit {spec['arch']}: {str(exc).splitlines()[0][:300]}") from None
-    # tables the file lacks are computed here, on the CPU, before any device: the same for every device
-    model.update(force=rebuild)
-    return model.eval().requires_grad_(False)
+        arch = architectures()[spec["arch"]]
+        state = load_pretrained(weights.load_state_dict(path))  # CompressAI's renames of older key names
+        rebuild = fill_missing_tables(state)
+        if spec["n"] is None and spec["m"] is None and not hasattr(arch, "from_state_dict"):
+            raise ConfigError(f"compressai: {spec['arch']} cannot read N and M from a state dict: give n= and m=")
+        try:
+            if spec["n"] is not None or spec["m"] is not None:
+                model = arch(**{k.upper(): spec[k] for k in ("n", "m") if spec[k] is not None})
+                model.load_state_dict(state)
+            else:
+                model = arch.from_state_dict(state)
+        except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ConfigError(f"checkpoint {path} does not fit {spec['arch']}: "
+                              f"{str(exc).splitlines()[0][:300]}") from None
+        # tables the file lacks are computed here, on the CPU, before any device: the same for every device
+        model.update(force=rebuild)
+        return model.eval().requires_grad_(False)

@@ -22,6 +22,14 @@ Coding is CompressAI's, as in the original: the hyper-latent through the factori
 scales. The image is padded to the stride of 64 (edge pixels repeated) and cropped after decoding,
 and the strings go into the project's ``.bin`` exactly as for CompressAI's zoo (the two codecs share
 :class:`~pipeline.codecs.compressai_zoo.ZooCodec`'s encode and decode).
+
+``msillm-own:checkpoint=PATH`` runs the same architecture with weights the researcher trained: the
+HiFiC sizes (input and latent channels, hyper-latent channels, residual blocks, analysis and
+synthesis widths) are read from the state dict's shapes
+(:func:`pipeline.codecs.msillm_net.sizes`), and everything about the files (hash in the spec and
+tag, several checkpoints for ``quality=``/``bpp=``, the ``.bin`` header naming the hash, ``mpq
+decode``) is :mod:`pipeline.codecs.own`'s, as for ``compressai:``. The weights are the researcher's:
+NeuralCompression's CC-BY-NC licence of its published weights does not apply to them.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from typing import Any, ClassVar
 from . import register, weights
 from ..errors import ConfigError
 from .compressai_zoo import ZooCodec
+from .own import OwnCheckpoint, fill_missing_tables, own_params
 from .params import Param
 from .spec import CodecSpec
 
@@ -128,3 +137,37 @@ class NoGANMS(NeuralCompressionCodec):
     summary = (f"MS-ILLM's No-GAN twin (same HiFiC mean-scale autoencoder, no adversarial loss), "
                f"NeuralCompression's weights, {LICENSE}: non-commercial use only")
     file_prefix = "noganms"
+
+
+@register
+class MSILLMOwn(OwnCheckpoint):
+    """MS-ILLM's HiFiC autoencoder with the researcher's own weights (see the module docstring)."""
+
+    name = "msillm-own"
+    library = "MS-ILLM's HiFiC architecture (NeuralCompression), CompressAI's entropy coders"
+    summary = ("MS-ILLM's architecture (HiFiC autoencoder, mean-scale hyperprior) with your own trained weights "
+               "(checkpoint=PATH, | for several); sizes read from the state dict")
+    params: ClassVar[tuple[Param, ...]] = own_params()
+    model_cache_size: ClassVar[int] = MODEL_CACHE_SIZE
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return NeuralCompressionCodec.unavailable()
+
+    @classmethod
+    def _build(cls, spec: CodecSpec, path: Path) -> Any:
+        from . import msillm_net
+
+        state = weights.load_state_dict(path)
+        rebuild = fill_missing_tables(state)
+        try:
+            model = msillm_net.HiFiCAutoencoder.from_state_dict(state)
+        except (RuntimeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ConfigError(f"checkpoint {path} does not fit {cls.name} (MS-ILLM's HiFiC autoencoder): "
+                              f"{str(exc).splitlines()[0][:300]}") from None
+        # tables the file lacks are computed here, on the CPU, before any device: the same for every device
+        model.update(force=rebuild)
+        return model.eval().requires_grad_(False)
+
+    def _placed(self, model: Any) -> Any:
+        return model.place(self.device)  # the entropy part stays on the CPU

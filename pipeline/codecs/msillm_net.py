@@ -15,7 +15,10 @@ fvcore and torch-fidelity); only CompressAI's entropy models are used, as the or
   branches, one for the means and one for the scales of the latent's Gaussian conditional;
   the hyper-latent has a factorized prior (CompressAI's ``EntropyBottleneck``).
 
-The whole stride is 16 x 4 = 64. The entropy part (hyperprior networks and both entropy models)
+These are the published sizes; a researcher's own checkpoint (``msillm-own``) may have others: the
+latent and hyper-latent channels, the number of residual blocks and the widths of the analysis and
+synthesis are read from its state dict's shapes (:func:`sizes`). The whole stride is 16 x 4 = 64
+(with k widths in the analysis, 2**(k-1) x 4). The entropy part (hyperprior networks and both entropy models)
 always runs on the CPU, as NeuralCompression's ``update_tensor_devices("compress")`` arranges it: the
 scales and means that index the entropy coder are then computed the same way whatever device runs the
 analysis and synthesis, so a stream encoded on a GPU decodes anywhere.
@@ -25,6 +28,7 @@ and only when a model is built.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -67,9 +71,9 @@ def _conv_norm_relu(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequent
 class Encoder(nn.Module):
     """The analysis transform: image in [0, 1] to the 220-channel latent at 1/16 of its size."""
 
-    def __init__(self, in_channels: int = 3, latent_features: int = LATENT_FEATURES):
+    def __init__(self, in_channels: int = 3, latent_features: int = LATENT_FEATURES,
+                 widths: tuple[int, ...] = ENCODER_WIDTHS):
         super().__init__()
-        widths = ENCODER_WIDTHS
         layers: list[nn.Module] = [_conv_norm_relu(in_channels, widths[0], 7, 1)]
         layers += [_conv_norm_relu(a, b, 3, 2) for a, b in zip(widths, widths[1:])]
         layers.append(nn.Conv2d(widths[-1], latent_features, 3, padding=1))
@@ -95,9 +99,8 @@ class Generator(nn.Module):
     """The synthesis transform (the generator MS-ILLM fine-tunes adversarially): latent to image."""
 
     def __init__(self, image_channels: int = 3, latent_features: int = LATENT_FEATURES,
-                 residual_blocks: int = RESIDUAL_BLOCKS):
+                 residual_blocks: int = RESIDUAL_BLOCKS, widths: tuple[int, ...] = ENCODER_WIDTHS[::-1]):
         super().__init__()
-        widths = ENCODER_WIDTHS[::-1]
         self.block_0 = nn.Sequential(ChannelNorm2D(latent_features),
                                      nn.Conv2d(latent_features, widths[0], 3, padding=1), ChannelNorm2D(widths[0]))
         self.resid_blocks = nn.Sequential(*(ResidualBlock(widths[0]) for _ in range(residual_blocks)))
@@ -127,6 +130,43 @@ def _hyper_synthesis(hyper: int, latent: int) -> nn.Sequential:
                          _conv(hyper, latent, kernel=3, stride=1))
 
 
+def _indices(state: dict[str, Tensor], pattern: str) -> int:
+    """How many consecutive indices 0, 1, ... the keys matching ``pattern`` (one ``(\\d+)`` group) have."""
+    found = {int(m.group(1)) for k in state if (m := re.fullmatch(pattern, k))}
+    n = 0
+    while n in found:
+        n += 1
+    return n
+
+
+def sizes(state: dict[str, Tensor]) -> dict[str, Any]:
+    """The constructor arguments of :class:`HiFiCAutoencoder` that ``state``'s shapes give.
+
+    Input channels and analysis widths from the analysis convolutions, the latent's channels from
+    its last one, the hyper-latent's from the hyper-analysis, the synthesis widths from its first
+    convolution and transposed convolutions, and the residual blocks by counting them. A key the
+    architecture needs and the state dict lacks raises ``KeyError`` naming it.
+    """
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise KeyError(f"{key} missing: not a HiFiC autoencoder's state dict")
+        return tuple(state[key].shape)
+
+    down = _indices(state, r"encoder\.blocks\.(\d+)\.0\.weight")
+    up = _indices(state, r"decoder\.blocks\.(\d+)\.0\.weight")
+    first = shape("encoder.blocks.0.0.weight")
+    return {
+        "in_channels": first[1],
+        "latent_features": shape(f"encoder.blocks.{down}.weight")[0],
+        "hyper_features": shape("hyper_analysis.0.weight")[0],
+        "residual_blocks": _indices(state, r"decoder\.resid_blocks\.(\d+)\.sequence\.0\.weight"),
+        "encoder_widths": tuple(shape(f"encoder.blocks.{i}.0.weight")[0] for i in range(down)),
+        # transposed convolutions: weight (in, out, k, k)
+        "decoder_widths": (shape("decoder.block_0.1.weight")[0],
+                           *(shape(f"decoder.blocks.{i}.0.weight")[1] for i in range(up))),
+    }
+
+
 class HiFiCAutoencoder(CompressionModel):
     """Analysis, synthesis and a mean-scale hyperprior, with CompressAI's ``compress``/``decompress`` interface.
 
@@ -134,13 +174,19 @@ class HiFiCAutoencoder(CompressionModel):
     and ``decompress(strings, shape)`` returns ``{"x_hat": image}``, like CompressAI's zoo models.
     """
 
-    downsampling_factor = STRIDE
+    downsampling_factor = STRIDE  # the published sizes'; an instance sets its own
 
     def __init__(self, in_channels: int = 3, latent_features: int = LATENT_FEATURES,
-                 hyper_features: int = HYPER_FEATURES, residual_blocks: int = RESIDUAL_BLOCKS):
+                 hyper_features: int = HYPER_FEATURES, residual_blocks: int = RESIDUAL_BLOCKS,
+                 encoder_widths: tuple[int, ...] = ENCODER_WIDTHS, decoder_widths: tuple[int, ...] | None = None):
         super().__init__()
-        self.encoder = Encoder(in_channels, latent_features)
-        self.decoder = Generator(in_channels, latent_features, residual_blocks)
+        decoder_widths = tuple(encoder_widths[::-1]) if decoder_widths is None else tuple(decoder_widths)
+        if not encoder_widths or len(decoder_widths) != len(encoder_widths):
+            raise ValueError(f"the synthesis must upsample as often as the analysis downsamples: widths "
+                             f"{tuple(encoder_widths)} and {decoder_widths}")
+        self.downsampling_factor = 2 ** (len(encoder_widths) - 1) * 4  # the hyper-analysis adds 4
+        self.encoder = Encoder(in_channels, latent_features, tuple(encoder_widths))
+        self.decoder = Generator(in_channels, latent_features, residual_blocks, decoder_widths)
         self.hyper_analysis = nn.Sequential(
             _conv(latent_features, hyper_features, kernel=3, stride=1), nn.ReLU(inplace=True),
             _conv(hyper_features, hyper_features), nn.ReLU(inplace=True), _conv(hyper_features, hyper_features))
@@ -151,7 +197,8 @@ class HiFiCAutoencoder(CompressionModel):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> "HiFiCAutoencoder":
-        """The published architecture holding ``state``, loaded strictly (every name and shape must match).
+        """The architecture holding ``state``, its sizes read from the shapes (:func:`sizes`), loaded
+        strictly (every name and shape must match).
 
         Built without random initialisation (on the meta device, then allocated empty): every tensor is
         then overwritten by the strict load, which saves filling 181 million parameters for nothing.
@@ -159,7 +206,7 @@ class HiFiCAutoencoder(CompressionModel):
         names CompressAI used before 1.2.7 (``hyper_bottleneck._matrix0``, ...), which the checkpoints carry.
         """
         with torch.device("meta"):
-            model = cls()
+            model = cls(**sizes(state))
         model.to_empty(device="cpu")
         model.load_state_dict(state, strict=True)
         return model

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..codecs.runtime import CodecRuntime, device_request
+from ..codecs.runtime import CodecRuntime, device_request, use as use_runtime
 from ..codecs.spec import CodecSpec, unique_specs
 from ..errors import ConfigError
 from ..media import MAX_PIXELS
@@ -140,7 +140,11 @@ class TranscodeConfig:
         values["source_options"] = tuple(sorted((k, v) for k, v in dict(values["source_options"] or {}).items()
                                                 if v is not None))
         _check(values)
-        return cls(dataset=dataset, root=str(root), codecs=tuple(unique_specs(codecs)), **values)
+        runtime = CodecRuntime(weights_dir=values["weights_dir"], offline=bool(values["offline"]),
+                               device=values["device"], inference_threads=values["inference_threads"])
+        with use_runtime(runtime):  # a spec read from files (own checkpoints) looks in the run's weights folder
+            specs = tuple(unique_specs(codecs))
+        return cls(dataset=dataset, root=str(root), codecs=specs, **values)
 
     @property
     def deep_metrics(self) -> tuple[str, ...]:

@@ -251,7 +251,7 @@ class _Assembler:
 def attempt_marker(task: ShardTask, spec: CodecSpec) -> str:
     """Where a running attempt of this task says so (next to the shard of ``spec``)."""
     folder, name = task.paths(spec)
-    return open_store(task.out).child(folder, f".{name}.attempt")
+    return open_store(task.out).child(folder, layout.attempt_name(name))
 
 
 def run_shard(task: ShardTask) -> ShardResult:

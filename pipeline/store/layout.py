@@ -55,5 +55,10 @@ def stats_name(name: str) -> str:
     return f"{name}{STATS_SUFFIX}"
 
 
+def attempt_name(name: str) -> str:
+    """The marker a running attempt of shard ``name``'s task leaves beside it (hidden: never a shard)."""
+    return f".{name}.attempt"
+
+
 MANIFEST = "manifest.parquet"
 INDEX = "index.json"

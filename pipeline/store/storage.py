@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from . import layout
 from ..errors import OutputError
 from .writer import (TMP_MARK, ShardWriter, dumps, file_digest, output_errors, publish_bytes, remove_stale_temps,
                      tmp_path)
@@ -305,8 +306,8 @@ class OutputStore:
             return remove_all_temps(Path(folder))
         if self.protocol in ATOMIC_PUT:
             return 0  # nothing is ever written there under a temporary name
-        prefix = f".{name}" if name else "."
-        stale = [n for n in self.names(folder, prefix) if TMP_MARK in n]
+        prefixes = [f".{name}", f".{layout.attempt_name(name)}"] if name else ["."]
+        stale = sorted({n for prefix in prefixes for n in self.names(folder, prefix) if TMP_MARK in n})
         for n in stale:
             self.remove(self._child(folder, n))
         return len(stale)

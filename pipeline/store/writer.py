@@ -11,6 +11,7 @@ Any failure to write (a read-only or full file system, no permission) is raised 
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import hashlib
 import io
@@ -157,10 +158,12 @@ def file_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
 
 
 def remove_stale_temps(folder: Path, name: str) -> None:
-    """Delete temporary files a killed run left for ``name`` (they never stand under a final name)."""
+    """Delete temporary files a killed run left for ``name`` (they never stand under a final name): of its
+    shard, its stats and its attempt marker (a worker killed while writing the marker leaves that one)."""
     if folder.is_dir():
-        for suffix in (*layout.SHARD_EXTS, layout.STATS_SUFFIX):
-            for p in folder.glob(f".{name}{suffix}{TMP_MARK}*"):
+        finals = [f"{name}{suffix}" for suffix in (*layout.SHARD_EXTS, layout.STATS_SUFFIX)]
+        for final in (*finals, layout.attempt_name(name)):
+            for p in folder.glob(f".{glob.escape(final)}{TMP_MARK}*"):
                 p.unlink(missing_ok=True)
 
 

@@ -27,7 +27,9 @@ SETTINGS = {  # (low, high) where the generic rule below does not apply or is no
 
 # codecs with no setting of their own to derive: a spec must name a file the user trained
 OWN_FILES = {"compressai": "compressai: every spec names a checkpoint the researcher trained (checkpoint=PATH); "
-                           "tests/codecs/test_own_codec.py codes real photographs with random-weight checkpoints"}
+                           "tests/codecs/test_own_codec.py codes real photographs with random-weight checkpoints",
+             "msillm-own": "msillm-own: every spec names a checkpoint the researcher trained (checkpoint=PATH); "
+                           "tests/codecs/test_msillm_own.py codes real photographs with random-weight checkpoints"}
 
 
 def settings(name: str) -> tuple[CodecSpec, CodecSpec]:

@@ -22,10 +22,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import warnings
 from pathlib import Path
 
+import checkpoints as ck
 import fixtures as fx
 import numpy as np
 import pytest
@@ -92,17 +92,6 @@ def published_shapes() -> dict[str, tuple[int, ...] | None]:
     return out
 
 
-def _published_names(state: dict) -> dict:
-    """CompressAI >= 1.2.7 names (``matrices.0``) back to the ones the checkpoints carry (``_matrix0``)."""
-    renames = {"matrices": "_matrix", "biases": "_bias", "factors": "_factor"}
-    out = {}
-    for key, value in state.items():
-        module, _, rest = key.partition(".")
-        head, _, index = rest.partition(".")
-        out[f"{module}.{renames[head]}{index}" if module == "hyper_bottleneck" and head in renames else key] = value
-    return out
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> dict[str, Path]:
     """Random-init checkpoints (seeded) under the published names; see the module docstring."""
@@ -113,9 +102,9 @@ def store(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("nc-store")
     torch.manual_seed(0)
     model = HiFiCAutoencoder()
-    bare = _published_names({k: v.clone() for k, v in model.state_dict().items()})  # no CDF tables yet
+    bare = ck.published_names({k: v.clone() for k, v in model.state_dict().items()})  # no CDF tables yet
     model.update(force=True)
-    torch.save(_published_names(model.state_dict()), folder / FILES["msillm"])
+    torch.save(ck.published_names(model.state_dict()), folder / FILES["msillm"])
     gen = torch.Generator().manual_seed(1)
     for key, value in bare.items():  # another decoder, the same encoder and entropy model
         if key.startswith("decoder.") and key.endswith(".weight"):
@@ -161,14 +150,7 @@ def photos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     return root, pixels
 
 
-def _members(folder: Path) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    for tar in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, _, ext = m.name.partition(".")
-                out.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return out
+_members = fx.set_members
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +175,7 @@ def test_state_dict_names_and_shapes_are_the_published_ones():
     from pipeline.codecs.msillm_net import HiFiCAutoencoder
 
     with torch.device("meta"):  # names and shapes only, nothing allocated
-        state = _published_names(HiFiCAutoencoder().state_dict())
+        state = ck.published_names(HiFiCAutoencoder().state_dict())
     expected = published_shapes()
     assert set(state) == set(expected)
     assert {k: tuple(v.shape) for k, v in state.items() if expected[k] is not None} == \

@@ -457,7 +457,7 @@ def test_device_choice(monkeypatch):
 
 
 def test_learned_codecs_ask_for_a_gpu_and_store_reconstructions():
-    learned = [*ZOO, "hific", "msillm", "noganms", "compressai"]
+    learned = [*ZOO, "hific", "msillm", "noganms", "compressai", "msillm-own"]
     for name in learned:
         cls = get_codec(name)
         assert cls.needs_gpu and cls.reconstruction and cls.extension == "bin"

@@ -5,17 +5,14 @@ here (small N and M so the pipeline runs stay quick; the batch-exactness tests u
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tarfile
 import warnings
 from pathlib import Path
 
+import checkpoints as ck
 import fixtures as fx
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipeline import TranscodeConfig, transcode
 from pipeline.codecs import batching, bitstream, make_codec
@@ -31,68 +28,36 @@ ARCH = "mbt2018-mean"
 SIZES = {"photo": ("astronaut", 64, 96), "odd": ("chelsea", 45, 70), "wide": ("rocket", 40, 120)}
 
 
+pytestmark = pytest.mark.usefixtures("offline_cpu")
+
+
 def _save(path: Path, arch: str = ARCH, n: int = 16, m: int = 24, seed: int = 0, scale: float = 1.0,
           tables: bool = False, strip: bool = False) -> Path:
-    """A random model of ``arch``; ``scale`` multiplies the analysis transform's last layer (larger
-    latents, more bits); ``tables``: update() first, as a zoo file; ``strip``: table keys removed."""
+    """A random model of ``arch`` (see :func:`checkpoints.save_state` for the options)."""
     from compressai.zoo.image import model_architectures
 
     torch.manual_seed(seed)
     model = model_architectures[arch](n, m)
-    with torch.no_grad():
-        model.g_a[-1].weight.mul_(scale)
-    if tables:
-        model.update(force=True)
-    state = model.state_dict()
-    if strip:
-        state = {k: v for k, v in state.items() if not k.endswith(("_quantized_cdf", "_offset", "_cdf_length",
-                                                                    "scale_table"))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return path
+    return ck.save_state(model, path, scale_layer=model.g_a[-1], scale=scale, tables=tables, strip=strip)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _cpu(monkeypatch):
-    monkeypatch.setenv("MPQ_DEVICE", "cpu")
-    monkeypatch.setenv("MPQ_OFFLINE", "1")
-    monkeypatch.delenv("MPQ_WEIGHTS_DIR", raising=False)
+_sha = ck.sha256
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
-    root = tmp_path_factory.mktemp("photos")
-    pixels = {}
-    for key, (name, h, w) in SIZES.items():
-        pixels[key] = fx.photo(name, h, w)
-        Image.fromarray(pixels[key]).save(root / f"{key}.png")
-    return root, pixels
+    return ck.photo_folder(tmp_path_factory.mktemp("photos"), SIZES)
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("own")
-    return {"a": _save(root / "a.pth"), "b": _save(root / "b.pth", seed=1),
-            "low": _save(root / "rd" / "1-low.pth", seed=2), "high": _save(root / "rd" / "2-high.pth", seed=2, scale=8.0)}
+    return ck.checkpoint_set(tmp_path_factory.mktemp("own"), _save)
 
 
-def _members(folder: Path) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    for tar in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, _, ext = m.name.partition(".")
-                out.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return out
+_members = fx.set_members
 
 
-def _png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB")).copy()
+_png = fx.rgb_pixels
 
 
 # --------------------------------------------------------------------------- specs

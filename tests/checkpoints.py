@@ -1,0 +1,67 @@
+"""What the tests of own-checkpoint codecs share: random models saved as a researcher saves them, hashes,
+published parameter names, and a folder of photographs to transcode."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import fixtures as fx
+import numpy as np
+from PIL import Image
+
+#: the entropy coder's tables a CompressAI model saves after update()
+TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_state(model: Any, path: Path, *, scale_layer: Any, scale: float = 1.0, tables: bool = False,
+               strip: bool = False, rename: Any = None) -> Path:
+    """Save ``model``'s state dict at ``path``: ``scale`` multiplies ``scale_layer``'s weight (the analysis
+    transform's last layer: larger latents, more bits); ``tables``: update() first, as a published file;
+    ``strip``: the table keys removed; ``rename``: a function over the state dict (older key names)."""
+    import torch
+
+    with torch.no_grad():
+        scale_layer.weight.mul_(scale)
+    if tables:
+        model.update(force=True)
+    state = model.state_dict()
+    if strip:
+        state = {k: v for k, v in state.items() if not k.endswith(TABLE_SUFFIXES)}
+    if rename is not None:
+        state = rename(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def checkpoint_set(root: Path, save: Any) -> dict[str, Path]:
+    """What the own-checkpoint tests use, written by ``save(path, seed=, scale=)``: two different files ``a``
+    and ``b``, and a folder ``rd/`` of two (``low``, then ``high`` with larger latents) for ``bpp=``."""
+    return {"a": save(root / "a.pth"), "b": save(root / "b.pth", seed=1),
+            "low": save(root / "rd" / "1-low.pth", seed=2), "high": save(root / "rd" / "2-high.pth", seed=2, scale=8.0)}
+
+
+def published_names(state: dict) -> dict:
+    """CompressAI >= 1.2.7 names (``matrices.0``) back to the older ones (``_matrix0``) NeuralCompression's
+    checkpoints carry."""
+    renames = {"matrices": "_matrix", "biases": "_bias", "factors": "_factor"}
+    out = {}
+    for key, value in state.items():
+        module, _, rest = key.partition(".")
+        head, _, index = rest.partition(".")
+        out[f"{module}.{renames[head]}{index}" if module == "hyper_bottleneck" and head in renames else key] = value
+    return out
+
+
+def photo_folder(root: Path, sizes: dict[str, tuple[str, int, int]]) -> tuple[Path, dict[str, np.ndarray]]:
+    """``root/KEY.png`` for each ``KEY: (photo, height, width)``, and the pixels."""
+    pixels = {}
+    for key, (name, h, w) in sizes.items():
+        pixels[key] = fx.photo(name, h, w)
+        Image.fromarray(pixels[key]).save(root / f"{key}.png")
+    return root, pixels
