@@ -37,7 +37,8 @@ def _cpu(monkeypatch):
 
 
 def _own(tmp_path: Path, arch: str, seed: int = 0) -> object:
-    """A codec over a random ``arch`` model (N=16, M=24) written as an own checkpoint."""
+    """A codec over a random ``arch`` model (N=16, M=24) written as an own checkpoint. Models are cached
+    per process by their weights' hash, and checks per model: equal seeds share both."""
     from compressai.zoo.image import model_architectures
 
     torch.manual_seed(seed)
@@ -135,7 +136,7 @@ def test_autoregressive_models_decode_their_bytes(tmp_path):
 
 
 def test_a_differing_latent_falls_back_to_the_bytes_and_warns(tmp_path):
-    codec = _own(tmp_path, "bmshj2018-hyperprior")
+    codec = _own(tmp_path, "bmshj2018-hyperprior", seed=11)  # weights no other test uses: a model not checked yet
     rgb = fx.photo("astronaut", 64, 64)
     enc = codec.encode(rgb)
     y_hat = enc.kept.y_hat.clone()
@@ -154,7 +155,7 @@ def test_a_differing_latent_falls_back_to_the_bytes_and_warns(tmp_path):
 
 def test_a_float_difference_in_the_synthesis_is_seen(tmp_path, monkeypatch):
     """A synthesis that differs by one part in 10^7 (what another kernel can do): rarely a pixel, always a float."""
-    codec = _own(tmp_path, "mbt2018-mean")
+    codec = _own(tmp_path, "mbt2018-mean", seed=12)  # weights no other test uses: a model not checked yet
     real = latents.dialect(codec._model())
     drifting = latents.Dialect(real.name, real.compress, lambda m, y: real.synthesize(m, y) * (1 + 1e-7),
                                real.synthesis_module)
