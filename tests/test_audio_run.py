@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import audio_fixtures as af
+import fixtures as fx
 from pipeline import TranscodeConfig, parse_spec, transcode
 from pipeline.media.audio import decode_audio, remix, resample
 from pipeline.metrics.audio import si_sdr, snr
@@ -40,15 +40,7 @@ def hq(tmp_path_factory) -> af.BuiltAudio:
     return af.build_musdb_hq(tmp_path_factory.mktemp("musdb"))
 
 
-def read_shards(folder: Path) -> dict[str, dict[str, bytes]]:
-    """key -> {extension: bytes}, members in stored order (dicts keep insertion order)."""
-    out: dict[str, dict[str, bytes]] = {}
-    for tar in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar) as t:
-            for m in t.getmembers():
-                key, _, ext = m.name.partition(".")
-                out.setdefault(key, {})[ext] = t.extractfile(m).read()
-    return out
+read_shards = fx.set_members
 
 
 def decode_back(spec: str, payload: bytes, record: dict) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tarfile
 import warnings
 from pathlib import Path
 
@@ -166,14 +165,7 @@ def test_a_float_difference_in_the_synthesis_is_seen(tmp_path, monkeypatch):
     assert source == "bytes" and np.array_equal(pixels[0], codec.decode(enc.payload))
 
 
-def _members(folder: Path) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    for tar in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, _, ext = m.name.partition(".")
-                out.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return out
+_members = fx.set_members
 
 
 def test_transcoded_shards_do_not_depend_on_the_kept_path(tmp_path, monkeypatch):

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import warnings
 from pathlib import Path
 
@@ -112,13 +111,8 @@ def photos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
 
 
 def _members(folder: Path) -> dict[str, list[tuple[str, bytes]]]:
-    out: dict[str, list[tuple[str, bytes]]] = {}
-    for tar in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, _, ext = m.name.partition(".")
-                out.setdefault(key, []).append((ext, tf.extractfile(m).read()))
-    return out
+    """key -> [(extension, bytes), ...] in stored order."""
+    return {key: list(members.items()) for key, members in fx.set_members(folder).items()}
 
 
 def _png_pixels(data: bytes) -> np.ndarray:
