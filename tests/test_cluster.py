@@ -88,6 +88,7 @@ def test_shipped_configuration_parses(path):
     if cfg.kind == "slurm":
         kw = slurm_kwargs(cfg)
         assert kw["processes"] >= 1 and "export OMP_NUM_THREADS=1" in kw["job_script_prologue"]
+        assert "export MALLOC_ARENA_MAX=1" in kw["job_script_prologue"]
     if cfg.kind == "kubernetes":
         spec, _ = kubernetes_specs(cfg)
         assert spec["kind"] == "DaskCluster"
@@ -148,6 +149,7 @@ def test_kubernetes_spec_and_gpu_worker_group():
     assert container["args"][:3] == ["dask-worker", "--nthreads", "1"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["OMP_NUM_THREADS"] == "1" and env["X"] == "1" and "DASK_DISTRIBUTED__WORKER__RESOURCES__GPU" not in env
+    assert env["MALLOC_ARENA_MAX"] == "1"
     assert gpu["n_workers"] == 2 and gpu["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     assert gpu["env"]["DASK_DISTRIBUTED__WORKER__RESOURCES__GPU"] == "1"
     with pytest.raises(ConfigError, match="unknown kubernetes option 'replicas'"):
@@ -190,10 +192,12 @@ def test_local_gpu_workers_get_the_learned_codec_tasks(tmp_path):
         logs: list[str] = []
         with dask_executor(cluster=cfg, log=logs.append) as ex:
             env = ex._client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
+            arenas = ex._client.run(lambda: __import__("os").environ.get("MALLOC_ARENA_MAX"))
             res = transcode(TranscodeConfig.create("imagefolder", src, ["test-gpu-png", "test-where-png"],
                                                    out=tmp_path / "o", samples_per_shard=1), ex)
     assert "2 workers" in logs[0] and "GPU workers: 1" in logs[1]
     assert sorted(env.values(), key=str) == ["0", None], "the GPU worker sees GPU 0 only"
+    assert list(arenas.values()) == ["1", "1"], "one malloc arena in every worker process (cluster.py)"
     where = {s.tag: {r["on_gpu_worker"] for r in pq.read_table(Path(s.folder) / "manifest.parquet").to_pylist()}
              for s in res.sets}
     assert where["test-gpu-png"] == {"True"} and "False" in where["test-where-png"]

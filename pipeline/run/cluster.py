@@ -180,8 +180,16 @@ def load_cluster_config(path: str | os.PathLike) -> ClusterConfig:
 # --------------------------------------------------------------------------- per-kind construction
 
 
+#: glibc's malloc: one arena per worker process. A worker runs its tasks on a thread, and a thread's own
+#: arena cannot hold a block larger than its heap (64 MB): MS-ILLM's ~94 MB activations at 512x768 were
+#: then mapped and page-faulted afresh for every image, whatever the thresholds (restore_malloc_thresholds).
+#: Workers run one task thread, so one arena costs no contention.
+_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1"}
+
+
 def _thread_env() -> dict[str, str]:
-    return {var: "1" for var in _THREAD_VARS}
+    """The environment of worker processes we start: one thread for BLAS and OpenMP, one malloc arena."""
+    return {**{var: "1" for var in _THREAD_VARS}, **_MALLOC_ENV}
 
 
 def _resource_args(resources: Mapping[str, float]) -> list[str]:
@@ -216,7 +224,7 @@ def slurm_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
         raise ConfigError(f"{cfg.path}: slurm needs options.memory (memory per job, e.g. 32GB)")
     kw.setdefault("processes", kw["cores"])  # one single-threaded worker process per core
     kw["worker_extra_args"] = [*kw.get("worker_extra_args", []), *_resource_args(cfg.resources)]
-    exports = [f"export {k}=1" for k in _THREAD_VARS]
+    exports = [f"export {k}={v}" for k, v in _thread_env().items()]
     kw["job_script_prologue"] = [*exports, *kw.get("job_script_prologue", [])]
     kw["scheduler_options"] = {"dashboard_address": cfg.dashboard, **(kw.get("scheduler_options") or {})}
     return kw
@@ -319,20 +327,28 @@ def _forget_kube_clusters(operator) -> None:
 # --------------------------------------------------------------------------- executor
 
 
+#: glibc thresholds set in every worker process (bytes): blocks up to MMAP come from the heap and are
+#: reused, and up to TRIM of free heap is kept rather than returned to the system
+MALLOC_MMAP_THRESHOLD = 256 << 20
+MALLOC_TRIM_THRESHOLD = 512 << 20
+
+
 def restore_malloc_thresholds() -> bool:
     """Undo the effect of Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` on glibc's allocator in this process.
 
     Setting that variable switches off glibc's adaptive mmap threshold, so every image-sized buffer
     (> 128 KiB) is mmap-ed and page-faulted afresh: decoding ran 3x slower in Dask workers than in a
-    plain process (measured here). We set explicit, generous thresholds instead; returns True if done.
+    plain process (measured here). We set explicit, generous thresholds instead, above the ~94 MB
+    activations of MS-ILLM at 512x768 (with one malloc arena, ``_MALLOC_ENV``, that image's system
+    time went from 0.9 s to 0.0 s: ``bench/bench_arena.py``); returns True if done.
     """
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers in glibc's malloc.h
-        ok = libc.mallopt(m_mmap_threshold, 64 << 20) == 1
-        return libc.mallopt(m_trim_threshold, 256 << 20) == 1 and ok
+        ok = libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD) == 1
+        return libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD) == 1 and ok
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to undo
         return False
 
