@@ -165,14 +165,18 @@ class TrainTransform:
     # ------------------------------------------------------------------ batches
 
     def normalize(self, images: Any) -> Any:
-        """uint8 (N, 3, h, w) -> float32, as ``ToDtype(float32, scale=True)`` then ``Normalize`` compute it."""
+        """uint8 (3, h, w) images (a sequence or an (N, 3, h, w) tensor) -> one float32 batch, as
+        ``ToDtype(float32, scale=True)`` then ``Normalize`` compute it."""
         import torch
 
+        h, w = self.out_size
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        out = torch.empty(images.shape, dtype=torch.float32).contiguous(memory_format=fmt)
+        out = torch.empty((len(images), 3, h, w), dtype=torch.float32).contiguous(memory_format=fmt)
         mean, std = self._stats()
-        for n in range(images.shape[0]):
-            _normalize_into(out[n], images[n], mean, std)
+        for n, image in enumerate(images):
+            if tuple(image.shape) != (3, h, w):
+                raise ValueError(f"image {n} of the batch is {tuple(image.shape)}, not (3, {h}, {w})")
+            _normalize_into(out[n], image, mean, std)
         return out
 
     def _stats(self) -> tuple[Any, Any]:
@@ -188,15 +192,7 @@ class TrainTransform:
 
         if not samples:
             raise ValueError("an empty batch")
-        h, w = self.out_size
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = torch.empty((len(samples), 3, h, w), dtype=torch.float32).contiguous(memory_format=fmt)
-        mean, std = self._stats()
-        for n, s in enumerate(samples):
-            if tuple(s["image"].shape) != (3, h, w):
-                raise ValueError(f"sample {n} of the batch is {tuple(s['image'].shape)}, not (3, {h}, {w})")
-            _normalize_into(images[n], s["image"], mean, std)
-        out: dict[str, Any] = {"image": images}
+        out: dict[str, Any] = {"image": self.normalize([s["image"] for s in samples])}
         for name in samples[0]:
             if name == "image":
                 continue

@@ -50,6 +50,14 @@ def test_output_is_torchvisions_pipeline():
             assert torch.equal(mine, expected), s
 
 
+def test_a_batch_of_another_size_is_refused():
+    t = TrainTransform(size=(24, 40))
+    good = {"image": torch.zeros((3, 24, 40), dtype=torch.uint8), "label": 1}
+    assert t.collate([good, good])["image"].shape == (2, 3, 24, 40)
+    with pytest.raises(ValueError, match=r"image 1 of the batch is \(3, 40, 24\), not \(3, 24, 40\)"):
+        t.collate([good, {"image": torch.zeros((3, 40, 24), dtype=torch.uint8), "label": 2}])
+
+
 def test_sample_seed_depends_on_seed_epoch_and_key():
     seeds = {sample_seed(s, e, k) for s in (0, 1) for e in (0, 1) for k in ("a", "b")}
     assert len(seeds) == 8
