@@ -37,11 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "examples"))
 
+from bench_loader import WNIDS  # noqa: E402 - ten real ILSVRC-2012 classes, shared by the benches
+
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
-#: ten real ILSVRC-2012 classes (the first of the sorted list): the imagenet source labels a folder by
-#: its wnid's index in that list and skips any other folder
-WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041",
-         "n01514668", "n01514859", "n01518878"]
 SETTINGS = ("jpeg:quality=75", "none")
 GPU_RATE = 2500.0  # images/s, one A100 training ResNet-50 with AMP (NVIDIA's published figure)
 VAL_IMAGES = 50_000
