@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError, SampleError
@@ -146,13 +146,6 @@ def objects_of(cell: Any) -> list[Mapping[str, Any]]:
     raise SampleError(f"objects cell of type {type(cell).__name__} is neither a struct of lists nor a list of structs")
 
 
-def _f32(value: float) -> float:
-    """The shortest decimal that reads back as the same float32 (COCO's ``473.07`` stored as float32 gives 473.07)."""
-    import numpy as np
-
-    return float(str(np.float32(value)))
-
-
 def _decimal(value: float, float32: bool) -> Decimal:
     """A stored number as the shortest decimal that reads back as it, in the precision it was stored in."""
     import numpy as np
@@ -182,18 +175,65 @@ def _convert(a: Any, b: Any, c: Any, d: Any, fmt: str, width: Any, height: Any) 
     return a, b, c, d
 
 
+#: digits after the point tried for a derived box value before keeping the exact decimal result
+_MAX_DECIMALS = 17
+
+
+def _recomputed(value: Decimal, stored: float, float32: bool, offset: float = 0.0, scale: float = 1.0) -> Decimal:
+    """The shortest decimal ``v`` from which the copy's maker, computing ``(offset + v) / scale`` in doubles
+    and storing it in the column's precision, gets ``stored`` back bit for bit; ``value`` (the exact decimal
+    result) if none (adding 0 and dividing by 1 are exact, so a stored number is its own shortest decimal).
+
+    A number the copy derived (a corner ``x + w``, a centre, a fraction ``x / W``) carries the rounding of
+    the maker's binary arithmetic, so exact decimal arithmetic on it gives ``38.64999999999997`` for COCO's
+    ``38.65``: the same rule as for a stored number (the shortest decimal that reads back as it), applied
+    through the maker's computation."""
+    import numpy as np
+
+    def same(v: Decimal) -> bool:
+        out = (offset + float(v)) / scale
+        return bool(np.float32(out) == np.float32(stored)) if float32 else out == stored
+
+    with localcontext() as ctx:
+        ctx.prec = 64  # a box of any sane size at 17 decimals
+        for digits in range(_MAX_DECIMALS + 1):
+            unit = Decimal(1).scaleb(-digits)
+            try:
+                q = value.quantize(unit)
+            except InvalidOperation:  # too large for that many decimals: no box of an image
+                break
+            for candidate in (q, q - unit, q + unit):
+                if same(candidate):
+                    return candidate
+    return value
+
+
 def to_xywh(box: Any, fmt: str, width: int, height: int, float32: bool = False) -> tuple[float, float, float, float]:
     """One box as COCO's ``[x, y, w, h]`` in pixels.
 
     Each stored number is taken as the shortest decimal that reads back as it (in float32 when stored so) and
-    converted in exact decimal arithmetic, then written as the nearest double: a copy that stored COCO's
-    ``[473.07, 395.93, 38.65, 28.67]`` as float32 corners gives those four values back.
+    converted in exact decimal arithmetic; a value the copy derived (from corners, centres or fractions) is
+    then the shortest decimal from which the copy's numbers are recomputed bit for bit, as doubles (see
+    :func:`_recomputed`), so a copy that stored COCO's ``[473.07, 395.93, 38.65, 28.67]`` as corners or
+    fractions, in float32 or float64, gives those four values back.
     """
-    a, b, c, d = (_decimal(v, float32) for v in _numbers(box))
+    stored = _numbers(box)
+    a, b, c, d = (_decimal(v, float32) for v in stored)
     if not all(v.is_finite() for v in (a, b, c, d)):
         raise SampleError(f"box {box!r} is not four finite numbers")
     x, y, w, h = _convert(a, b, c, d, fmt, width, height)
-    return float(x), float(y), float(w), float(h)
+    base, norm = fmt.removesuffix("_norm"), fmt.endswith("_norm")
+    out: list[Decimal] = []
+    for pos, size, s_pos, s_size, side in ((x, w, stored[0], stored[2], width), (y, h, stored[1], stored[3], height)):
+        scale = float(side) if norm else 1.0
+        if base == "cxcywh":  # the size was stored (w, or w / W), the centre made from it
+            size = _recomputed(size, s_size, float32, scale=scale)
+            pos = _recomputed(pos, s_pos, float32, offset=float(size) / 2, scale=scale)
+        else:  # the position was stored (x, or x / W); the size, or the far corner made from it
+            pos = _recomputed(pos, s_pos, float32, scale=scale)
+            size = _recomputed(size, s_size, float32, offset=float(pos) if base == "xyxy" else 0.0, scale=scale)
+        out += [pos, size]
+    return float(out[0]), float(out[2]), float(out[1]), float(out[3])
 
 
 def coco_annotations(cell: Any, schema: ObjectsSchema, fmt: str, image_id: int, width: int, height: int,
@@ -220,7 +260,7 @@ def coco_annotations(cell: Any, schema: ObjectsSchema, fmt: str, image_id: int, 
         if area is None:
             area = xywh[2] * xywh[3]
         elif schema.area_float32:
-            area = _f32(area)
+            area = float(_decimal(area, True))
         crowd = obj.get(schema.crowd) if schema.crowd else None
         ann_id = obj.get(schema.ids) if schema.ids else None
         out.append({"area": area, "iscrowd": int(crowd or 0), "image_id": image_id, "bbox": list(xywh),
