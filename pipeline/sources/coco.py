@@ -23,6 +23,9 @@ from . import register
 
 #: the member holding a sample's image record and annotations (JSON, decoded by the safe ``json`` decoder)
 MEMBER = "coco.json"
+#: what a detection sample declares (the ``coco`` source, and ``hf`` with an objects column): the annotation
+#: member handed out as a detection target (boxes move with the image), and COCO's image id
+DETECTION_FIELDS = (attachment("target", MEMBER, "detection", "json"), record("image_id", "int"))
 
 #: COCO 2017's 80 detection categories as ``instances_*.json`` lists them: official ids 1..90 (with gaps),
 #: names and supercategories, in id order (what a Hugging Face copy's renumbered classes are mapped back to)
@@ -73,7 +76,7 @@ class Coco(Source):
 
     def fields(self) -> tuple[Field, ...]:
         """The annotation member is handed out as a detection target (boxes move with the image)."""
-        return (attachment("target", MEMBER, "detection", "json"), record("image_id", "int"), *super().fields())
+        return (*DETECTION_FIELDS, *super().fields())
 
     def _base(self) -> Path:
         """The folder holding ``annotations/instances_<split>.json``: the root or one folder below it."""

@@ -16,9 +16,9 @@ from typing import Any
 from ..errors import ConfigError, SampleError
 from .base import RawSample, SampleRef, Source, SourceOption, sanitize_key
 from .listing import Listing, ListingBuilder
-from ..store.index import Field, attachment, record
+from ..store.index import Field, attachment
 from . import hfobjects
-from .coco import COCO_2017_CATEGORIES, MEMBER, record_text
+from .coco import COCO_2017_CATEGORIES, DETECTION_FIELDS, MEMBER, record_text
 from . import register
 
 
@@ -67,7 +67,7 @@ class HuggingFace(Source):
         if self.opts.get("label_column"):
             own += (attachment("label", "cls", "int", "integer"),)
         if self.opts.get("objects_column"):
-            own += (attachment("target", MEMBER, "detection", "json"), record("image_id", "int"))
+            own += DETECTION_FIELDS
         return (*own, *super().fields())
 
     def describe(self) -> dict[str, Any]:
@@ -159,7 +159,11 @@ class HuggingFace(Source):
         if detection:
             schema, _ = self.objects()  # the box format too: workers get it resolved
             numbers = [hfobjects.image_id_of(v) for v in values] if values is not None else []
-            if numbers and all(v is not None for v in numbers):
+            if values is not None and key_col == "image_id" and None in numbers:  # COCO's ids must be numbers
+                row = numbers.index(None)
+                raise ConfigError(f"hf: column image_id holds {values[row]!r} at row {row}, not an image id; "
+                                  f"give --key-column to key the rows otherwise")
+            if numbers and None not in numbers:
                 image_ids = [int(v) for v in numbers if v is not None]
                 ids = [f"{v:012d}" for v in image_ids]
             if schema.ids is None:

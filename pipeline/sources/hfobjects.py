@@ -261,10 +261,12 @@ def coco_annotations(cell: Any, schema: ObjectsSchema, fmt: str, image_id: int, 
             area = xywh[2] * xywh[3]
         elif schema.area_float32:
             area = float(_decimal(area, True))
-        crowd = obj.get(schema.crowd) if schema.crowd else None
-        ann_id = obj.get(schema.ids) if schema.ids else None
+        crowd = obj.get(schema.crowd) if schema.crowd else 0
+        ann_id = obj.get(schema.ids) if schema.ids else first_id + j
+        if crowd not in (0, 1, None, False, True) or not isinstance(ann_id, int) or isinstance(ann_id, bool):
+            raise SampleError(f"object {j}: iscrowd {crowd!r} is not 0 or 1, or id {ann_id!r} is not an integer")
         out.append({"area": area, "iscrowd": int(crowd or 0), "image_id": image_id, "bbox": list(xywh),
-                    "category_id": cid, "id": first_id + j if ann_id is None else int(ann_id)})
+                    "category_id": cid, "id": ann_id})
     return out
 
 
@@ -357,7 +359,8 @@ def image_id_of(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
-        stem = value.rsplit("/", 1)[-1].split(".", 1)[0]
-        if stem.isdigit():
+        stem, dot, ext = value.rsplit("/", 1)[-1].rpartition(".")
+        stem = stem if dot and ext.isalpha() else value.rsplit("/", 1)[-1]  # a file's extension only: "12.5" is none
+        if stem.isascii() and stem.isdigit():
             return int(stem)
     return None

@@ -392,3 +392,27 @@ def test_normalized_centres_and_bad_rows(tmp_path):
         src = make_source("hf", bad, None, {"objects_column": "objects", "bbox_format": "cxcywh_norm"})
         with pytest.raises(SampleError, match=match):
             src.read(src.list()[0])
+
+
+def test_image_ids_and_object_ids_that_are_not_integers(tmp_path):
+    """An image_id column keys the rows by COCO's ids, so a value that is not one stops the listing; an object
+    id that is null (or a crowd flag that is not 0/1) is that sample's error, never a made-up number."""
+    from pipeline.sources.hfobjects import image_id_of
+
+    assert [image_id_of(v) for v in (139, "139", "val2017/000000000139.jpg", "12.5", "²", True)] == \
+        [139, 139, 139, None, None, None]
+    feature = datasets.List({"bbox": datasets.List(datasets.Value("float64"), length=4),
+                             "label": datasets.Value("string"), "id": datasets.Value("int64")})
+    photo = {"bytes": fx.jpeg_bytes(fx.photo("astronaut", 96, 128)), "path": None}
+    ds = datasets.Dataset.from_dict({"image": [photo, photo], "image_id": ["139", "cat"],
+                                     "objects": [[], []]},
+                                    features=datasets.Features({"image": datasets.Image(), "objects": feature,
+                                                                "image_id": datasets.Value("string")}))
+    (tmp_path / "ids").mkdir()
+    ds.to_parquet(str(tmp_path / "ids" / "x.parquet"))
+    with pytest.raises(ConfigError, match="column image_id holds 'cat' at row 1, not an image id"):
+        make_source("hf", tmp_path / "ids", None, {"objects_column": "objects", "bbox_format": "xywh"}).list()
+    root = _tiny(tmp_path / "nullid", [{"bbox": [1.0, 2.0, 3.0, 4.0], "label": "person", "id": None}], feature)
+    src = make_source("hf", root, None, {"objects_column": "objects", "bbox_format": "xywh"})
+    with pytest.raises(SampleError, match="id None is not an integer"):
+        src.read(src.list()[0])
