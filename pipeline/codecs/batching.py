@@ -196,9 +196,12 @@ def verified(key: tuple[Any, ...], fast: Callable[[], T], reference: Callable[[]
     if known is not None:
         return fast(), True
     with _probe_lock:  # one probe at a time: its hooks see only its own thread's work
-        out, exact = probe()
-        _learn(key, exact, warning())
-    return out, exact
+        known = _known(key)  # another batch in flight may have probed this key while this one waited
+        if known is None:
+            out, exact = probe()
+            _learn(key, exact, warning())
+            return out, exact
+    return (fast(), True) if known else (reference(), False)
 
 
 class _Trace:

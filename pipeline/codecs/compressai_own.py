@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import register, weights
-from .compressai_zoo import MODEL_CACHE_SIZE
+from .compressai_zoo import MODEL_CACHE_SIZE, ModelCache
 from .own import OwnCheckpoint, fill_missing_tables, own_params
 from .params import Param
 from .spec import CodecSpec
@@ -54,7 +54,7 @@ class CompressAICheckpoint(OwnCheckpoint):
     summary = "any CompressAI image model with your own trained weights (checkpoint=PATH, | for several)"
     params: ClassVar[tuple[Param, ...]] = _params()
     groups: ClassVar[int | None] = None  # per architecture; CompressAI's decompress checks
-    model_cache_size: ClassVar[int] = MODEL_CACHE_SIZE
+    models: ClassVar[ModelCache] = ModelCache(MODEL_CACHE_SIZE)
 
     @classmethod
     def unavailable(cls) -> str | None:

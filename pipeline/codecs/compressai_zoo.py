@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Hashable
 
 import numpy as np
 
@@ -32,8 +32,29 @@ from .base import ImageCodec
 #: models kept in memory per process (a sweep over qualities reuses them shard after shard)
 MODEL_CACHE_SIZE = 8
 
-_models: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-_models_lock = threading.Lock()
+
+class ModelCache:
+    """Models kept in memory by one process, the least recently used dropped first; room is made before
+    a model is built, since a large one may not fit twice. One cache per codec family, with its size."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._models: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The model under ``key``, built by ``build()`` (under the lock: one build per key) when absent."""
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            while len(self._models) >= self.size:
+                self._models.popitem(last=False)
+            model = self._models[key] = build()
+            return model
+
+
+_MODELS = ModelCache(MODEL_CACHE_SIZE)
 
 
 def _versions() -> dict[str, str]:
@@ -152,15 +173,7 @@ class ZooCodec(CompressAIModel):
         st = path.stat()
         key = (self.name, self.spec["metric"], self.spec["quality"], str(path), st.st_size, st.st_mtime_ns,
                self.device)
-        with _models_lock:
-            if key in _models:
-                _models.move_to_end(key)
-                return _models[key]
-            model = self._load(path)
-            _models[key] = model
-            while len(_models) > MODEL_CACHE_SIZE:
-                _models.popitem(last=False)
-            return model
+        return _MODELS.get(key, lambda: self._load(path))
 
     def _load(self, path: Path) -> Any:
         from compressai.zoo.image import model_architectures

@@ -33,14 +33,12 @@ NeuralCompression's CC-BY-NC licence of its published weights does not apply to 
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
 from . import register, weights
 from ..errors import ConfigError
-from .compressai_zoo import ZooCodec
+from .compressai_zoo import ModelCache, ZooCodec
 from .own import OwnCheckpoint, fill_missing_tables, own_params
 from .params import Param
 from .spec import CodecSpec
@@ -54,8 +52,7 @@ TARGET_BPP = {"vlo1": "0.00218", "vlo2": "0.00438", "1": "0.035", "2": "0.07", "
 #: models kept in memory per process: 181 million parameters (726 MB) each
 MODEL_CACHE_SIZE = 2
 
-_models: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-_models_lock = threading.Lock()
+_MODELS = ModelCache(MODEL_CACHE_SIZE)
 
 
 class NeuralCompressionCodec(ZooCodec):
@@ -100,14 +97,7 @@ class NeuralCompressionCodec(ZooCodec):
         path = self.checkpoint(self.spec)
         st = path.stat()
         key = (self.spec.canonical, str(path), st.st_size, st.st_mtime_ns, self.device)
-        with _models_lock:
-            if key in _models:
-                _models.move_to_end(key)
-                return _models[key]
-            while len(_models) >= MODEL_CACHE_SIZE:  # make room first: two of these models fill 1.5 GB
-                _models.popitem(last=False)
-            model = _models[key] = self._load(path)
-            return model
+        return _MODELS.get(key, lambda: self._load(path))
 
     def _load(self, path: Path) -> Any:
         from . import msillm_net
@@ -148,7 +138,7 @@ class MSILLMOwn(OwnCheckpoint):
     summary = ("MS-ILLM's architecture (HiFiC autoencoder, mean-scale hyperprior) with your own trained weights "
                "(checkpoint=PATH, | for several); sizes read from the state dict")
     params: ClassVar[tuple[Param, ...]] = own_params()
-    model_cache_size: ClassVar[int] = MODEL_CACHE_SIZE
+    models: ClassVar[ModelCache] = ModelCache(MODEL_CACHE_SIZE)
 
     @classmethod
     def unavailable(cls) -> str | None:

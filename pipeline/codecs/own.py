@@ -27,12 +27,11 @@ cached per process by that name, the full hash and the device.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, ClassVar
 
 from . import target, weights
-from .compressai_zoo import CompressAIModel
+from .compressai_zoo import CompressAIModel, ModelCache
 from .params import Param, RateKnob, bpp_param, check_values
 from .spec import CodecSpec
 from ..errors import ConfigError, MissingWeightsError
@@ -48,8 +47,6 @@ _TABLES = ("_offset", "_quantized_cdf", "_cdf_length")
 #: the rate knob's parameters (an instance's range is its number of checkpoints)
 KNOB = RateKnob("quality", "bpp", 1, 1)
 
-_models: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-_models_lock = threading.Lock()
 _fit_lock = threading.Lock()
 
 
@@ -164,8 +161,8 @@ class OwnCheckpoint(CompressAIModel):
 
     #: the class knob says which parameters; each instance's range is its number of checkpoints
     rate_knob: ClassVar[RateKnob | None] = KNOB
-    #: models kept in memory per process (all own-checkpoint codecs together)
-    model_cache_size: ClassVar[int] = 8
+    #: models kept in memory per process: each subclass has its own cache, sized for its models
+    models: ClassVar[ModelCache]
 
     def __init__(self, spec: CodecSpec, *, device: str | None = None):
         super().__init__(spec, device=device)
@@ -242,17 +239,14 @@ class OwnCheckpoint(CompressAIModel):
     def _model(self) -> Any:
         path, sha = self._selected()
         key = (self._name_for(sha), sha, self.device)
-        with _models_lock:
-            if key in _models:
-                _models.move_to_end(key)
-                return _models[key]
+
+        def build() -> Any:
             if weights.sha256_file(path) != sha:
                 raise weights.WeightsHashError(f"{self.name}: checkpoint {path} changed since the run started; "
                                                f"refused")
-            while len(_models) >= self.model_cache_size:  # make room first: a large model may not fit twice
-                _models.popitem(last=False)
-            model = _models[key] = self._placed(self._build(self.spec, path))
-            return model
+            return self._placed(self._build(self.spec, path))
+
+        return self.models.get(key, build)
 
     # ------------------------------------------------------------------ streams
 

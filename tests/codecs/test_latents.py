@@ -28,11 +28,7 @@ KEPT = ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"]
 RGBS = [("astronaut", 50, 60), ("chelsea", 64, 64), ("coffee", 40, 70)]  # the first two: 64 x 64 once padded
 
 
-@pytest.fixture(autouse=True)
-def _cpu(monkeypatch):
-    monkeypatch.setenv("MPQ_DEVICE", "cpu")
-    monkeypatch.setenv("MPQ_OFFLINE", "1")
-    monkeypatch.delenv("MPQ_WEIGHTS_DIR", raising=False)
+pytestmark = pytest.mark.usefixtures("offline_cpu")
 
 
 def _own(tmp_path: Path, arch: str, seed: int = 0) -> object:

@@ -308,3 +308,22 @@ def test_chunks_bucket_by_key_in_powers_of_two():
     assert sorted(i for p in parts for i in p) == list(range(len(keys)))
     assert all(len(p) in (1, 2, 4) and len({keys[i] for i in p}) == 1 for p in parts)
     assert [p for p in parts if keys[p[0]] == "a"] == [[0, 2, 4, 5], [6, 7]]
+
+
+def test_model_caches_are_per_codec_family_and_least_recently_used():
+    """Each family keeps its own models (MS-ILLM's 726 MB ones never crowd out the others, nor the reverse);
+    a full cache drops the least recently used model before building the next, and builds a key once."""
+    from pipeline.codecs import get_codec
+    from pipeline.codecs.compressai_zoo import ModelCache
+
+    assert get_codec("compressai").models is not get_codec("msillm-own").models
+    assert (get_codec("compressai").models.size, get_codec("msillm-own").models.size) == (8, 2)
+    built: list[str] = []
+    cache = ModelCache(2)
+
+    def get(key: str) -> str:
+        return cache.get(key, lambda: built.append(key) or f"model {key}")
+
+    assert [get("a"), get("b"), get("a"), get("c"), get("a"), get("b")] == [
+        "model a", "model b", "model a", "model c", "model a", "model b"]
+    assert built == ["a", "b", "c", "b"]  # c pushed out b (a was used more recently), so b is built again
