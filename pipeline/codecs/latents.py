@@ -112,13 +112,32 @@ def _g_s(model: Any, y_hat: Any) -> Any:
     return model.g_s(y_hat).clamp_(0, 1)
 
 
+#: 16 hex digits of the SHA-256 of the source of ``compress`` + ``decompress`` each dialect above restates
+#: (CompressAI 1.2.8). Another library version whose methods read otherwise gets no dialect: its streams
+#: come from its own ``compress`` and are decoded from their bytes, never from a restatement that may differ.
+_CHECKED_SOURCES = {"FactorizedPrior": "197c879244e0b303", "ScaleHyperprior": "ddbe5fa456986087",
+                    "MeanScaleHyperprior": "ba70919036b9bfbe"}
+
+
+def _source_hash(cls: type) -> str | None:
+    import hashlib
+    import inspect
+
+    try:
+        text = inspect.getsource(cls.compress) + inspect.getsource(cls.decompress)  # type: ignore[attr-defined]
+    except (OSError, TypeError):  # no source shipped: not checkable
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
 def _compressai() -> dict[tuple[Any, Any], Dialect]:
     from compressai.models.google import FactorizedPrior, MeanScaleHyperprior, ScaleHyperprior
 
     return {(c.compress, c.decompress): Dialect(c.__name__, f, _g_s, "g_s")
             for c, f in ((FactorizedPrior, _factorized), (ScaleHyperprior, _scale),
-                         (MeanScaleHyperprior, _mean_scale))}
+                         (MeanScaleHyperprior, _mean_scale))
+            if _source_hash(c) == _CHECKED_SOURCES[c.__name__]}
 
 
 def dialect(model: Any) -> Dialect | None:

@@ -130,6 +130,22 @@ def test_autoregressive_models_decode_their_bytes(tmp_path):
     assert source == "bytes" and np.array_equal(pixels[0], codec.decode(enc.payload))
 
 
+def test_a_library_whose_compress_reads_otherwise_decodes_its_bytes(tmp_path, monkeypatch):
+    """The dialects restate CompressAI 1.2.8's compress: a version whose source differs gets none, so its
+    streams are its own compress's, decoded from their bytes."""
+    codec = _own(tmp_path, "mbt2018-mean")
+    assert latents.dialect(codec._model()) is not None
+    monkeypatch.setitem(latents._CHECKED_SOURCES, "MeanScaleHyperprior", "0" * 16)
+    latents._compressai.cache_clear()
+    try:
+        assert latents.dialect(codec._model()) is None
+        assert codec.encode(fx.photo("astronaut", 64, 64)).kept is None
+    finally:
+        monkeypatch.undo()
+        latents._compressai.cache_clear()
+    assert latents.dialect(codec._model()) is not None
+
+
 def test_a_differing_latent_falls_back_to_the_bytes_and_warns(tmp_path):
     codec = _own(tmp_path, "bmshj2018-hyperprior", seed=11)  # weights no other test uses: a model not checked yet
     rgb = fx.photo("astronaut", 64, 64)
