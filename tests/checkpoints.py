@@ -65,3 +65,43 @@ def photo_folder(root: Path, sizes: dict[str, tuple[str, int, int]]) -> tuple[Pa
         pixels[key] = fx.photo(name, h, w)
         Image.fromarray(pixels[key]).save(root / f"{key}.png")
     return root, pixels
+
+
+def check_stored_sample(members: dict[str, bytes], rgb: np.ndarray) -> Any:
+    """One learned sample as stored: ``bits`` from the ``.bin``'s bytes, the PNG the decoded stream's pixels
+    (as ``mpq decode`` writes them); the stream unpacked, for its header."""
+    import json
+
+    from pipeline.codecs import bitstream
+
+    record = json.loads(members["json"])
+    assert record["bits"] == 8 * len(members["bin"])
+    assert record["bpp"] == record["bits"] / rgb.shape[0] / rgb.shape[1]
+    rec = fx.rgb_pixels(members["png"])
+    assert rec.shape == rgb.shape and members["png"] == bitstream.png_bytes(rec)
+    assert np.array_equal(bitstream.decode_bytes(members["bin"], record=record), rec)
+    return bitstream.unpack(members["bin"])
+
+
+def check_decode_finds_the_checkpoint(members: dict[str, bytes], folder: Path, weights: Path, refusal: str,
+                                      monkeypatch: Any) -> None:
+    """``mpq decode KEY.bin`` gives the stored PNG through ``KEY.json`` beside it and through
+    ``--weights-dir``, and with neither is refused, naming the hash (``refusal``)."""
+    import pytest
+
+    from pipeline.cli import main
+    from pipeline.codecs import bitstream
+    from pipeline.errors import MissingWeightsError
+
+    src = folder / "sample.bin"
+    src.write_bytes(members["bin"])
+    src.with_suffix(".json").write_bytes(members["json"])
+    assert main(["decode", str(src), "-o", str(folder / "a.png")]) == 0
+    assert (folder / "a.png").read_bytes() == members["png"]
+    src.with_suffix(".json").unlink()
+    assert main(["decode", str(src), "-o", str(folder / "b.png"), "--weights-dir", str(weights)]) == 0
+    assert (folder / "b.png").read_bytes() == members["png"]
+    monkeypatch.setenv("TORCH_HOME", str(folder / "torch"))
+    with pytest.raises(MissingWeightsError, match=refusal):
+        bitstream.decode_file(src)
+    assert main(["decode", str(src), "-o", str(folder / "c.png")]) == 2

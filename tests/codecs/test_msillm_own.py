@@ -46,25 +46,6 @@ def _save(path: Path, seed: int = 0, scale: float = 1.0, tables: bool = False, s
                          strip=strip, rename=ck.published_names if old_names else None)
 
 
-_sha = ck.sha256
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
-    return ck.photo_folder(tmp_path_factory.mktemp("photos"), SIZES)
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    return ck.checkpoint_set(tmp_path_factory.mktemp("own"), _save)
-
-
-_members = fx.set_members
-
-
-_png = fx.rgb_pixels
-
-
 # --------------------------------------------------------------------------- architecture and specs
 
 
@@ -88,13 +69,13 @@ def test_spec_names_the_checkpoint_by_hash_and_no_licence_of_its_own(ckpts, caps
     from pipeline.cli import main
 
     spec = parse_spec(f"msillm-own:checkpoint={ckpts['a']}")
-    sha = _sha(ckpts["a"])
+    sha = ck.sha256(ckpts["a"])
     assert spec.canonical == f"msillm-own:checkpoint={ckpts['a']},quality=1,sha256={sha}"
     assert spec.tag == f"msillm-own-q1-h{sha[:10]}"  # the path is never in the tag
     assert parse_spec(f"msillm-own:checkpoint={ckpts['b']}").tag != spec.tag
     assert parse_spec(spec.canonical) == spec
     several = parse_spec(f"msillm-own:checkpoint={ckpts['low'].parent},bpp=0.5")
-    assert several["sha256"] == f"{_sha(ckpts['low'])}|{_sha(ckpts['high'])}"  # a folder: its files by name
+    assert several["sha256"] == f"{ck.sha256(ckpts['low'])}|{ck.sha256(ckpts['high'])}"  # a folder: its files by name
     assert several.tag.startswith("msillm-own-bpp0p5-h")
     cls = get_codec("msillm-own")
     assert "MS-ILLM's architecture" in cls.summary and "CC-BY-NC" not in cls.summary + cls.library
@@ -130,7 +111,7 @@ def test_offline_hash_not_in_the_weights_folder_is_refused_before_any_work(ckpts
 
     empty = tmp_path / "weights"
     empty.mkdir()
-    sha = _sha(ckpts["a"])
+    sha = ck.sha256(ckpts["a"])
     out = tmp_path / "out"
     code = main(["transcode", "imagefolder", str(photos[0]), "--codec", "jpeg:quality=50", "--codec",
                  f"msillm-own:sha256={sha}", "--out", str(out), "--weights-dir", str(empty), "--offline",
@@ -162,7 +143,6 @@ def test_missing_tables_are_rebuilt_and_code_as_the_stored_ones(tmp_path, photos
 
 
 def test_two_checkpoints_two_sets_exact_bits_and_decode(ckpts, photos, tmp_path, monkeypatch):
-    from pipeline.cli import main
 
     specs = [f"msillm-own:checkpoint={ckpts['a']}", f"msillm-own:checkpoint={ckpts['b']}"]
     result = transcode(TranscodeConfig.create("imagefolder", photos[0], specs, out=tmp_path / "out"))
@@ -171,33 +151,18 @@ def test_two_checkpoints_two_sets_exact_bits_and_decode(ckpts, photos, tmp_path,
     for summary, name in zip(result.sets, ["a", "b"]):
         folder = Path(summary.folder)
         index = json.loads((folder / "index.json").read_text())
-        assert index["spec"]["params"]["sha256"] == _sha(ckpts[name])  # the index records the file's SHA-256
-        assert folder.name.endswith(_sha(ckpts[name])[:10])
-        members = _members(folder)
+        assert index["spec"]["params"]["sha256"] == ck.sha256(ckpts[name])  # the index records the file's SHA-256
+        assert folder.name.endswith(ck.sha256(ckpts[name])[:10])
+        members = fx.set_members(folder)
         assert sorted(members) == sorted(SIZES)
         for key, d in members.items():
-            record, rgb = json.loads(d["json"]), photos[1][key]
-            assert record["bits"] == 8 * len(d["bin"])
-            stream = bitstream.unpack(d["bin"])
-            assert stream.spec == f"msillm-own:sha256={_sha(ckpts[name])[:16]}"  # no path in the bits
+            stream = ck.check_stored_sample(d, photos[1][key])
+            assert stream.spec == f"msillm-own:sha256={ck.sha256(ckpts[name])[:16]}"  # no path in the bits
             assert len(stream.groups) == 2  # latent, hyper-latent
-            rec = _png(d["png"])
-            assert rec.shape == rgb.shape and d["png"] == bitstream.png_bytes(rec)
-            assert np.array_equal(bitstream.decode_bytes(d["bin"], record=record), rec)
-    # mpq decode KEY.bin: through KEY.json beside it, through --weights-dir, refused with neither
-    d = _members(Path(result.sets[0].folder))["odd"]
-    src = tmp_path / "odd.bin"
-    src.write_bytes(d["bin"])
-    src.with_suffix(".json").write_bytes(d["json"])
-    assert main(["decode", str(src), "-o", str(tmp_path / "a.png")]) == 0
-    assert (tmp_path / "a.png").read_bytes() == d["png"]
-    src.with_suffix(".json").unlink()
-    assert main(["decode", str(src), "-o", str(tmp_path / "b.png"), "--weights-dir", str(ckpts["a"].parent)]) == 0
-    assert (tmp_path / "b.png").read_bytes() == d["png"]
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(MissingWeightsError, match=f"msillm-own: no checkpoint with SHA-256 {_sha(ckpts['a'])[:16]}"):
-        bitstream.decode_file(src)
-    assert main(["decode", str(src), "-o", str(tmp_path / "c.png")]) == 2
+    d = fx.set_members(Path(result.sets[0].folder))["odd"]
+    ck.check_decode_finds_the_checkpoint(d, tmp_path, ckpts["a"].parent,
+                                         f"msillm-own: no checkpoint with SHA-256 {ck.sha256(ckpts['a'])[:16]}",
+                                         monkeypatch)
 
 
 def test_bpp_with_several_checkpoints_picks_per_image_and_records_it(ckpts, photos, tmp_path):
@@ -214,14 +179,14 @@ def test_bpp_with_several_checkpoints_picks_per_image_and_records_it(ckpts, phot
     result = transcode(TranscodeConfig.create("imagefolder", photos[0], [f"msillm-own:checkpoint={folder},"
                                                                          f"bpp={target!r}"], out=tmp_path / "out"))
     assert not result.failed
-    for key, d in _members(Path(result.sets[0].folder)).items():
+    for key, d in fx.set_members(Path(result.sets[0].folder)).items():
         record = json.loads(d["json"])
         assert record["chosen_quality"] == expected[key] and record["bpp"] <= target
         chosen = (low, high)[expected[key] - 1]
         assert d["bin"] == chosen.encode(photos[1][key]).payload
-        sha = _sha((ckpts["low"], ckpts["high"])[expected[key] - 1])
+        sha = ck.sha256((ckpts["low"], ckpts["high"])[expected[key] - 1])
         assert bitstream.unpack(d["bin"]).spec == f"msillm-own:sha256={sha[:16]}"
-        assert np.array_equal(bitstream.decode_bytes(d["bin"], record=record), _png(d["png"]))
+        assert np.array_equal(bitstream.decode_bytes(d["bin"], record=record), fx.rgb_pixels(d["png"]))
 
 
 # --------------------------------------------------------------------------- batching

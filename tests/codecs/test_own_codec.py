@@ -41,41 +41,22 @@ def _save(path: Path, arch: str = ARCH, n: int = 16, m: int = 24, seed: int = 0,
     return ck.save_state(model, path, scale_layer=model.g_a[-1], scale=scale, tables=tables, strip=strip)
 
 
-_sha = ck.sha256
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
-    return ck.photo_folder(tmp_path_factory.mktemp("photos"), SIZES)
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    return ck.checkpoint_set(tmp_path_factory.mktemp("own"), _save)
-
-
-_members = fx.set_members
-
-
-_png = fx.rgb_pixels
-
-
 # --------------------------------------------------------------------------- specs
 
 
 def test_spec_names_the_checkpoint_by_hash(ckpts):
     spec = parse_spec(f"compressai:arch={ARCH},checkpoint={ckpts['a']}")
-    sha = _sha(ckpts["a"])
+    sha = ck.sha256(ckpts["a"])
     assert spec.canonical == f"compressai:arch={ARCH},checkpoint={ckpts['a']},quality=1,sha256={sha}"
     assert spec.tag == f"compressai-ambt2018mmean-q1-h{sha[:10]}"  # the path is never in the tag
     other = parse_spec(f"compressai:arch={ARCH},checkpoint={ckpts['b']}")
     assert other.tag != spec.tag
     assert parse_spec(spec.canonical) == spec  # a canonical spec reparses to itself
     several = parse_spec(f"compressai:arch={ARCH},checkpoint={ckpts['a']}|{ckpts['b']},bpp=0.5")
-    assert several["sha256"] == f"{sha}|{_sha(ckpts['b'])}"
+    assert several["sha256"] == f"{sha}|{ck.sha256(ckpts['b'])}"
     assert several.tag.startswith("compressai-ambt2018mmean-bpp0p5-h") and several.tag != spec.tag
     folder = parse_spec(f"compressai:arch={ARCH},checkpoint={ckpts['low'].parent},quality=2")
-    assert folder["sha256"] == f"{_sha(ckpts['low'])}|{_sha(ckpts['high'])}"  # a folder: its files by name
+    assert folder["sha256"] == f"{ck.sha256(ckpts['low'])}|{ck.sha256(ckpts['high'])}"  # a folder: its files by name
 
 
 def test_spec_refusals_name_the_problem(ckpts, tmp_path):
@@ -89,12 +70,12 @@ def test_spec_refusals_name_the_problem(ckpts, tmp_path):
     with pytest.raises(ConfigError, match="quality=3 but only 2"):
         parse_spec(f"compressai:arch={ARCH},checkpoint={ckpts['a']}|{ckpts['b']},quality=3")
     with pytest.raises(ConfigError, match="changed since the spec was written"):  # a stale canonical spec
-        parse_spec(f"compressai:arch={ARCH},checkpoint={ckpts['a']},sha256={_sha(ckpts['b'])}")
+        parse_spec(f"compressai:arch={ARCH},checkpoint={ckpts['a']},sha256={ck.sha256(ckpts['b'])}")
 
 
 def test_relative_paths_are_under_the_weights_dir(ckpts, monkeypatch):
     monkeypatch.setenv("MPQ_WEIGHTS_DIR", str(ckpts["a"].parent))
-    assert parse_spec(f"compressai:arch={ARCH},checkpoint=a.pth")["sha256"] == _sha(ckpts["a"])
+    assert parse_spec(f"compressai:arch={ARCH},checkpoint=a.pth")["sha256"] == ck.sha256(ckpts["a"])
 
 
 def test_a_checkpoint_for_another_architecture_fails_before_any_work(ckpts, photos, tmp_path):
@@ -145,7 +126,6 @@ def own_run(tmp_path_factory, ckpts, photos):
 
 
 def test_two_checkpoints_two_sets_exact_bits_and_decode(own_run, ckpts, photos, tmp_path, monkeypatch):
-    from pipeline.cli import main
 
     root, specs = own_run
     result = transcode(TranscodeConfig.create("imagefolder", photos[0], specs[:2], out=root / "out"))
@@ -154,31 +134,14 @@ def test_two_checkpoints_two_sets_exact_bits_and_decode(own_run, ckpts, photos, 
     for summary, name in zip(result.sets, ["a", "b"]):
         folder = Path(summary.folder)
         index = json.loads((folder / "index.json").read_text())
-        assert index["spec"]["params"]["sha256"] == _sha(ckpts[name])  # the index records the file's SHA-256
-        assert folder.name.endswith(_sha(ckpts[name])[:10])
-        for key, d in _members(folder).items():
-            record, rgb = json.loads(d["json"]), photos[1][key]
-            assert record["bits"] == 8 * len(d["bin"]) and record["bpp"] == record["bits"] / rgb.shape[0] / rgb.shape[1]
-            stream = bitstream.unpack(d["bin"])
-            assert stream.spec == f"compressai:arch={ARCH},sha256={_sha(ckpts[name])[:16]}"  # no path in the bits
-            rec = _png(d["png"])
-            assert rec.shape == rgb.shape and d["png"] == bitstream.png_bytes(rec)
-            assert np.array_equal(bitstream.decode_bytes(d["bin"], record=record), rec)
-    # mpq decode KEY.bin: through KEY.json beside it, through --weights-dir, and refused with neither
-    folder = Path(result.sets[0].folder)
-    key, d = next(iter(_members(folder).items()))
-    src = tmp_path / f"{key}.bin"
-    src.write_bytes(d["bin"])
-    src.with_suffix(".json").write_bytes(d["json"])
-    assert main(["decode", str(src), "-o", str(tmp_path / "a.png")]) == 0
-    assert (tmp_path / "a.png").read_bytes() == d["png"]
-    src.with_suffix(".json").unlink()
-    assert main(["decode", str(src), "-o", str(tmp_path / "b.png"), "--weights-dir", str(ckpts["a"].parent)]) == 0
-    assert (tmp_path / "b.png").read_bytes() == d["png"]
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(MissingWeightsError, match=f"no checkpoint with SHA-256 {_sha(ckpts['a'])[:16]}"):
-        bitstream.decode_file(src)
-    assert main(["decode", str(src), "-o", str(tmp_path / "c.png")]) == 2
+        assert index["spec"]["params"]["sha256"] == ck.sha256(ckpts[name])  # the index records the file's SHA-256
+        assert folder.name.endswith(ck.sha256(ckpts[name])[:10])
+        for key, d in fx.set_members(folder).items():
+            stream = ck.check_stored_sample(d, photos[1][key])
+            assert stream.spec == f"compressai:arch={ARCH},sha256={ck.sha256(ckpts[name])[:16]}"  # no path in the bits
+    d = next(iter(fx.set_members(Path(result.sets[0].folder)).values()))
+    ck.check_decode_finds_the_checkpoint(d, tmp_path, ckpts["a"].parent,
+                                         f"no checkpoint with SHA-256 {ck.sha256(ckpts['a'])[:16]}", monkeypatch)
 
 
 def test_a_changed_checkpoint_is_a_new_set(tmp_path, photos):
@@ -203,11 +166,11 @@ def test_bpp_with_several_checkpoints_picks_the_right_one(own_run, ckpts, photos
         spec = specs[2].replace("BPP", repr(target))
         out = tmp_path / f"out-{chosen}"
         result = transcode(TranscodeConfig.create("imagefolder", photos[0], [spec], out=out))
-        d = _members(Path(result.sets[0].folder))["photo"]
+        d = fx.set_members(Path(result.sets[0].folder))["photo"]
         record = json.loads(d["json"])
         assert record["chosen_quality"] == chosen and record["bpp"] <= target
         assert d["bin"] == (low, high)[chosen - 1].encode(rgb).payload
-        assert np.array_equal(bitstream.decode_bytes(d["bin"], record=record), _png(d["png"]))
+        assert np.array_equal(bitstream.decode_bytes(d["bin"], record=record), fx.rgb_pixels(d["png"]))
 
 
 # --------------------------------------------------------------------------- batching
