@@ -172,18 +172,20 @@ def test_nothing_partial_in_the_bucket_while_running(s3, tmp_path):
     src = _slow_source(tmp_path / "src", 8)
     url = f"s3://{BUCKET}/watched"
     seen: dict[str, bytes] = {}
-    order: list[str] = []
+    first_poll: dict[str, int] = {}  # a name -> the poll that first saw it (one poll may see several)
     with registered_fault_codecs() as fc:
         config = TranscodeConfig.create("imagefolder", src, ["test-slow-png"], out=url, samples_per_shard=2)
         os.environ[fc.SLOW_ENV] = "0.15"
         try:
             runner = threading.Thread(target=transcode, args=(config,))
             runner.start()
+            poll = 0
             while runner.is_alive():
                 for name, data in bucket_files(s3, "watched").items():
                     if name not in seen:
                         seen[name] = data
-                        order.append(name)
+                        first_poll[name.rsplit("/", 1)[-1]] = poll
+                poll += 1
                 time.sleep(0.05)
             runner.join()
         finally:
@@ -193,13 +195,17 @@ def test_nothing_partial_in_the_bucket_while_running(s3, tmp_path):
     for name, data in seen.items():
         if name.endswith(".tar"):
             assert data == final[name], f"{name} was visible before it was complete"
-    names = [n.rsplit("/", 1)[-1] for n in order]
-    for n in names:
+    # a poll lists the bucket at one moment, so "came after" can only mean "seen no earlier": two
+    # objects written between two polls are seen by the same one
+    for n, at in first_poll.items():
         if n.endswith("_stats.json"):
-            assert n.replace("_stats.json", ".tar") in names[: names.index(n)], "stats before their tar"
-    if "index.json" in names:
-        before = names[: names.index("index.json")]
-        assert "manifest.parquet" in before and sum(n.endswith("_stats.json") for n in before) == 4
+            tar = n.replace("_stats.json", ".tar")
+            assert first_poll.get(tar, at + 1) <= at, "stats before their tar"
+    if "index.json" in first_poll:
+        at = first_poll["index.json"]
+        assert first_poll.get("manifest.parquet", at + 1) <= at, "index before the manifest"
+        assert sum(n.endswith("_stats.json") and p <= at for n, p in first_poll.items()) == 4, \
+            "index before every shard's stats"
     assert not [n for n in final if n.rsplit("/", 1)[-1].startswith(".")], "no temporary or marker objects"
 
 
