@@ -46,7 +46,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, ClassVar, Hashable, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, ClassVar, Hashable, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -305,6 +305,17 @@ def checked(key: tuple[Any, ...], batched: Callable[[], list[T]], alone: Callabl
                                                 f"(shape, batch); those images are coded one at a time"))[0]
 
 
+@contextlib.contextmanager
+def _inference() -> Iterator[None]:
+    """No autograd; and quiet about CompressAI's "Inference on GPU is not recommended" (its entropy coder
+    can differ between devices; the batch and kept-latent checks compare against one-image decoding)."""
+    import torch
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
+        yield
+
+
 def batch_exact(key: tuple[Any, ...]) -> bool | None:
     """What the check found for ``key`` in this process (None: not checked yet)."""
     return _known(key)
@@ -366,10 +377,7 @@ class CompressAIBatching:
 
     def _compress(self, model: Any, x: Any) -> list[list[bytes]]:
         """Per image of the batch ``x``, its string of every group; checks the latent shape."""
-        import torch
-
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
+        with _inference():
             out = model.compress(x.to(self.device))
         self._check_shape(model, x, out)
         return [[bytes(group[i]) for group in out["strings"]] for i in range(x.shape[0])]
@@ -392,12 +400,9 @@ class CompressAIBatching:
 
     def _compress_kept(self, model: Any, x: Any, dialect: latents.Dialect | None) -> list[tuple[list[bytes], Any]]:
         """Per image of the batch ``x``, its strings and, with a ``dialect``, its ``y_hat`` (else None)."""
-        import torch
-
         if dialect is None:
             return [(groups, None) for groups in self._compress(model, x)]
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
+        with _inference():
             out, y_hat = dialect.compress(model, x.to(self.device))
         self._check_shape(model, x, out)
         return [([bytes(group[i]) for group in out["strings"]], y_hat[i: i + 1]) for i in range(x.shape[0])]
@@ -434,11 +439,8 @@ class CompressAIBatching:
                                            f"the stream has {[len(g) for g in stream.groups]}")
 
     def _decompress(self, model: Any, streams: Sequence[bitstream.Bitstream], shape: tuple[int, int]) -> Any:
-        import torch
-
         strings = [[s.groups[g][0] for s in streams] for g in range(len(streams[0].groups))]
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Inference on GPU is not recommended")
+        with _inference():
             return model.decompress(strings, shape)["x_hat"].float().cpu()
 
     def _latent_shape(self, model: Any, streams: Sequence[bitstream.Bitstream]) -> tuple[int, int]:

@@ -139,9 +139,7 @@ class TranscodeConfig:
             codecs = [codecs]
         values["source_options"] = tuple(sorted((k, v) for k, v in dict(values["source_options"] or {}).items()
                                                 if v is not None))
-        _check(values)
-        runtime = CodecRuntime(weights_dir=values["weights_dir"], offline=bool(values["offline"]),
-                               device=values["device"], inference_threads=values["inference_threads"])
+        runtime = _check(values)
         with use_runtime(runtime):  # a spec read from files (own checkpoints) looks in the run's weights folder
             specs = tuple(unique_specs(codecs))
         return cls(dataset=dataset, root=str(root), codecs=specs, **values)
@@ -157,8 +155,7 @@ class TranscodeConfig:
     @property
     def runtime(self) -> CodecRuntime:
         """The learned-codec settings every task carries to its worker."""
-        return CodecRuntime(weights_dir=self.weights_dir, offline=self.offline, device=self.device,
-                            inference_threads=self.inference_threads)
+        return _runtime({n: getattr(self, n) for n in RUNTIME_FIELDS})
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -173,8 +170,15 @@ class TranscodeConfig:
         return cls.create(data.pop("dataset"), data.pop("root"), data.pop("codecs"), **data)
 
 
-def _check(values: dict[str, Any]) -> None:
-    """Validate and normalise field values in place (one-line ConfigErrors, named as the CLI option)."""
+def _runtime(values: Mapping[str, Any]) -> CodecRuntime:
+    """The learned-codec settings among a config's field values (raises on a bad thread count)."""
+    return CodecRuntime(weights_dir=values["weights_dir"], offline=bool(values["offline"]), device=values["device"],
+                        inference_threads=values["inference_threads"])
+
+
+def _check(values: dict[str, Any]) -> CodecRuntime:
+    """Validate and normalise field values in place (one-line ConfigErrors, named as the CLI option);
+    returns the run's learned-codec settings."""
     if values["samples_per_shard"] < 1:
         raise ConfigError("--samples-per-shard must be at least 1")
     if values["limit"] is not None and values["limit"] < 1:
@@ -200,8 +204,7 @@ def _check(values: dict[str, Any]) -> None:
         values["weights_dir"] = os.path.abspath(os.path.expanduser(str(values["weights_dir"])))
     if values["device"] is not None:
         values["device"] = device_request(values["device"])
-    CodecRuntime(weights_dir=values["weights_dir"], offline=bool(values["offline"]), device=values["device"],
-                 inference_threads=values["inference_threads"])  # raises on a bad thread count
+    return _runtime(values)
 
 
 def cli_fields() -> list[tuple[str, CliOption]]:
