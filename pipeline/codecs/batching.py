@@ -277,7 +277,8 @@ def _same_layers(batch: list[list[bytes]], single: list[list[bytes]], i: int, n:
 
 
 def checked(key: tuple[Any, ...], batched: Callable[[], list[T]], alone: Callable[[int], T],
-            same: Callable[[T, T], bool], n: int, what: str, model: Any = None) -> list[T]:
+            same: Callable[[T, T], bool], n: int, what: str, model: Any = None, *,
+            then: str = "those images are coded one at a time") -> list[T]:
     """The batch result where batching was found exact for ``key``, else the one-image results.
 
     The first time a key is met both are computed and compared: the results with ``same``, and when
@@ -302,7 +303,7 @@ def checked(key: tuple[Any, ...], batched: Callable[[], list[T]], alone: Callabl
 
     return verified(key, batched, lambda: [alone(i) for i in range(n)], probe,
                     lambda: BatchInexactWarning(f"{what}: batching changes the result on this device for {key[2:]} "
-                                                f"(shape, batch); those images are coded one at a time"))[0]
+                                                f"(shape, batch); {then}"))[0]
 
 
 @contextlib.contextmanager
@@ -482,11 +483,14 @@ class CompressAIBatching:
         """Pixels of what :meth:`encode_batch` just gave in this process, and where they came from.
 
         ``"latent"``: synthesised from the ``y_hat`` each encoding kept, skipping the entropy decoding;
-        ``"bytes"``: decoded from the payloads, as ``mpq decode`` does. The kept path is taken for a
-        (model, device, padded size, batch size) only once its first batch was also decoded from the
-        bytes, one image at a time, and gave every ``y_hat`` and every decoded float identically;
-        otherwise that key decodes the bytes for the rest of the process (a
-        :class:`KeptLatentInexactWarning` says so).
+        ``"bytes"``: decoded from the payloads, as ``mpq decode`` does. Two checks, each once per key
+        and process. The kept latents: the first images of a (model, device, latent size) are also
+        decoded from their bytes one at a time, and the kept path is taken only where every ``y_hat``
+        (captured where decompress feeds the synthesis) and every decoded float was identical;
+        otherwise that key decodes the bytes (a :class:`KeptLatentInexactWarning` says so). The
+        batch: several kept latents go through the synthesis together only where a batch of that size
+        gave, layer by layer, the floats of one latent at a time (:func:`checked`); otherwise they are
+        synthesised one at a time, still from the kept latents.
         """
         import torch
 
@@ -503,27 +507,36 @@ class CompressAIBatching:
             self._check_stream(s)
         shape = self._latent_shape(model, streams)
         n = len(encs)
+        synthesis = getattr(model, dialect.synthesis_module)
 
-        def synthesized() -> list[Any]:
-            with torch.inference_mode():
-                y_hat = torch.cat([k.y_hat for k in kept])
+        def synthesize(y_hat: Any) -> list[Any]:
+            with _inference():
                 return list(dialect.synthesize(model, y_hat).float().cpu().unbind(0))
 
+        def one(i: int) -> Any:
+            return synthesize(kept[i].y_hat)[0]
+
+        def synthesized() -> list[Any]:
+            return checked(("synthesis", token, self.device, shape, n),
+                           lambda: synthesize(torch.cat([k.y_hat for k in kept])), one, _same_tensor, n,
+                           f"{self.name}: the synthesis from kept latents", synthesis,
+                           then="those latents are synthesised one at a time")
+
         def probe() -> tuple[list[Any], bool]:
-            fast = synthesized()
-            singles, seen = [], []
+            fast, singles, seen = [], [], []
             for i in range(n):  # what a one-image decoder (mpq decode) computes, and the y_hat it feeds its synthesis
-                with _Inputs(getattr(model, dialect.synthesis_module)) as inputs:
+                with _Inputs(synthesis) as inputs:
                     singles.append(self._decompress(model, streams[i: i + 1], shape)[0])
                 seen.append(inputs.seen)
+                fast.append(one(i))
             exact = (all(_same_tensor(a, b) for a, b in zip(fast, singles))
                      and all(len(s) == 1 and _same_tensor(s[0], k.y_hat) for s, k in zip(seen, kept)))
             return (fast if exact else singles), exact
 
-        key = ("kept", token, self.device, shape, n)
+        key = ("kept", token, self.device, shape)
         x_hats, from_latent = verified(
             key, synthesized, lambda: self._x_hats(model, streams), probe,
             lambda: KeptLatentInexactWarning(f"{self.name}: the synthesis from the encoder's latents differs from "
-                                             f"decoding the bytes on this device for {key[3:]} (shape, batch); "
+                                             f"decoding the bytes on this device for latent size {shape}; "
                                              f"those images are decoded from their bytes"))
         return self._pixels(x_hats, streams), "latent" if from_latent else "bytes"
