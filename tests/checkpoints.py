@@ -3,12 +3,17 @@ published parameter names, and a folder of photographs to transcode."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
 import fixtures as fx
 import numpy as np
+import pytest
 from PIL import Image
+
+from pipeline.codecs.spec import parse_spec
+from pipeline.errors import ConfigError, MissingWeightsError
 
 #: the entropy coder's tables a CompressAI model saves after update()
 TABLE_SUFFIXES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
@@ -44,6 +49,21 @@ def checkpoint_set(root: Path, save: Any) -> dict[str, Path]:
     and ``b``, and a folder ``rd/`` of two (``low``, then ``high`` with larger latents) for ``bpp=``."""
     return {"a": save(root / "a.pth"), "b": save(root / "b.pth", seed=1),
             "low": save(root / "rd" / "1-low.pth", seed=2), "high": save(root / "rd" / "2-high.pth", seed=2, scale=8.0)}
+
+
+def check_spec_refusals(spec: str, ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """The refusals every own-checkpoint codec shares (``spec``: the codec name and any other parameters,
+    e.g. ``compressai:arch=mbt2018-mean,``): a missing file named with its folder, two files without a
+    quality or bpp, a quality beyond the files given."""
+    name = spec.split(":", 1)[0]
+    missing = tmp_path / "gone" / "mine.pth"
+    with pytest.raises(MissingWeightsError, match=re.escape(f"{name}: checkpoint mine.pth does not exist in "
+                                                            f"{missing.parent}")):
+        parse_spec(f"{spec}checkpoint={missing}")
+    with pytest.raises(ConfigError, match=re.escape(f"{name}: 2 checkpoints: give quality=1..2 or bpp=")):
+        parse_spec(f"{spec}checkpoint={ckpts['a']}|{ckpts['b']}")
+    with pytest.raises(ConfigError, match=f"{name}: quality=3 but only 2"):
+        parse_spec(f"{spec}checkpoint={ckpts['a']}|{ckpts['b']},quality=3")
 
 
 def published_names(state: dict) -> dict:

@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline import TranscodeConfig, transcode
 from pipeline.codecs import bitstream, get_codec, make_codec
 from pipeline.codecs.spec import parse_spec
-from pipeline.errors import ConfigError, MissingWeightsError
+from pipeline.errors import ConfigError
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("compressai")
@@ -85,14 +85,7 @@ def test_spec_names_the_checkpoint_by_hash_and_no_licence_of_its_own(ckpts, caps
 
 
 def test_refusals_name_the_codec_and_the_file(ckpts, tmp_path, photos):
-    missing = tmp_path / "gone" / "mine.pth"
-    with pytest.raises(MissingWeightsError, match=f"msillm-own: checkpoint mine.pth does not exist in "
-                                                  f"{missing.parent}"):
-        parse_spec(f"msillm-own:checkpoint={missing}")
-    with pytest.raises(ConfigError, match="msillm-own: 2 checkpoints: give quality=1..2 or bpp="):
-        parse_spec(f"msillm-own:checkpoint={ckpts['a']}|{ckpts['b']}")
-    with pytest.raises(ConfigError, match="msillm-own: quality=3 but only 2"):
-        parse_spec(f"msillm-own:checkpoint={ckpts['a']}|{ckpts['b']},quality=3")
+    ck.check_spec_refusals("msillm-own:", ckpts, tmp_path)
     with pytest.raises(ConfigError, match="msillm-own: give checkpoint=PATH"):
         parse_spec("msillm-own")
     # a CompressAI model's file: refused before any work, naming the file and the codec
