@@ -9,8 +9,9 @@ means predicted from the hyper-latent decoded from its own strings, and ``compre
 hyper-latent too before coding ``y`` (so that both index the coder alike). The same call in the
 encoder, on the same symbols (``quantize(y, "symbols", means)``, what the coder was given) and the same
 means, gives the decoder's ``y_hat`` bit for bit; the synthesis then runs from it.
-:class:`~pipeline.codecs.batching.CompressAIBatching` checks that per model, device, size and batch
-(the first time, against the bytes decoded one image at a time) before relying on it.
+:class:`~pipeline.codecs.batching.CompressAIBatching` checks that per model, device and latent size
+(the first time, against the bytes decoded one image at a time) before relying on it, and a batch's
+synthesis per batch size against one latent at a time.
 
 A model's dialect is recognised by the functions its class runs, not by ``isinstance``: a subclass
 that overrides ``compress`` or ``decompress`` is not assumed to agree, and is decoded from its bytes.
